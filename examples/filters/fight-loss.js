@@ -1,0 +1,1 @@
+function(event) { return event.getData().get('result') === 'loss' }

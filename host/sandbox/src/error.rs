@@ -1,0 +1,122 @@
+//! Typed errors of the sandbox.
+
+use std::fmt;
+use std::time::Duration;
+
+/// The kind of a failed evaluation, as reported in metrics, logs and `rtcrm filter eval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The filter used its whole fuel budget.
+    Fuel,
+    /// The filter tried to grow its memory past its cap.
+    Memory,
+    /// The filter ran past its wall-clock deadline.
+    Deadline,
+    /// The filter trapped (stack overflow, unreachable, out-of-bounds access, ...).
+    Trap,
+    /// The JavaScript filter threw.
+    Exception,
+}
+
+impl ErrorKind {
+    /// Every kind, in a stable order.
+    pub const ALL: [ErrorKind; 5] =
+        [ErrorKind::Fuel, ErrorKind::Memory, ErrorKind::Deadline, ErrorKind::Trap, ErrorKind::Exception];
+
+    /// The kind's name: `fuel`, `memory`, `deadline`, `trap` or `exception`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Fuel => "fuel",
+            ErrorKind::Memory => "memory",
+            ErrorKind::Deadline => "deadline",
+            ErrorKind::Trap => "trap",
+            ErrorKind::Exception => "exception",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed evaluation. It counts as "no match"; after any kind but `exception` the instance
+/// has been discarded and rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvalError {
+    /// See [`ErrorKind::Fuel`].
+    #[error("out of fuel: the filter used its whole budget of {limit} fuel")]
+    Fuel {
+        /// The budget.
+        limit: u64,
+    },
+    /// See [`ErrorKind::Memory`].
+    #[error("memory limit: the filter asked for {requested} bytes of memory, over its cap of {limit} bytes")]
+    Memory {
+        /// Bytes the filter asked for.
+        requested: usize,
+        /// The cap.
+        limit: usize,
+    },
+    /// See [`ErrorKind::Deadline`].
+    #[error("deadline: the filter ran past its wall-clock deadline of {} ms", limit.as_millis())]
+    Deadline {
+        /// The deadline.
+        limit: Duration,
+    },
+    /// See [`ErrorKind::Trap`].
+    #[error("trap: {0}")]
+    Trap(String),
+    /// See [`ErrorKind::Exception`]; holds the thrown value as text (`Error: message`).
+    #[error("exception: {0}")]
+    Exception(String),
+}
+
+impl EvalError {
+    /// This error's kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EvalError::Fuel { .. } => ErrorKind::Fuel,
+            EvalError::Memory { .. } => ErrorKind::Memory,
+            EvalError::Deadline { .. } => ErrorKind::Deadline,
+            EvalError::Trap(_) => ErrorKind::Trap,
+            EvalError::Exception(_) => ErrorKind::Exception,
+        }
+    }
+}
+
+/// The sandbox itself could not be set up (engine, runtime, cache).
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// Creating the engine, compiling or instantiating the runtime failed.
+    #[error("{context}: {message}")]
+    Wasmtime {
+        /// What was being done.
+        context: String,
+        /// wasmtime's error, with its causes.
+        message: String,
+    },
+    /// Reading or writing the compiled-runtime cache failed.
+    #[error("runtime cache {path}: {source}")]
+    Cache {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+impl SandboxError {
+    pub(crate) fn wasmtime(context: impl Into<String>, err: wasmtime::Error) -> SandboxError {
+        SandboxError::Wasmtime { context: context.into(), message: format!("{err:?}") }
+    }
+}
+
+/// The typed error a [`wasmtime::ResourceLimiter`] raises when a filter outgrows its memory cap.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("memory limit: {requested} bytes requested, cap is {limit} bytes")]
+pub(crate) struct MemoryLimitExceeded {
+    pub requested: usize,
+    pub limit: usize,
+}

@@ -1,0 +1,52 @@
+//! rtcrm's filter sandbox: campaign filters (untrusted JavaScript compiled to WebAssembly) run
+//! in wasmtime under fuel, memory and wall-clock limits, so no filter can stall, crash or read
+//! the processor. No Kafka here: this crate builds and tests on its own.
+//!
+//! ```no_run
+//! use rtcrm_sandbox::{Event, Sandbox, SandboxConfig};
+//!
+//! let sandbox = Sandbox::new(SandboxConfig::default())?;
+//! let compiled = sandbox.compile_js("function(event) { return event.getData().get('result') === 'loss' }")?;
+//! let mut filter = sandbox.js_filter(&compiled, "4711", sandbox.limits())?;
+//! let event = Event::parse(br#"{"game":"foe","data":{"result":"loss"}}"#.to_vec())?;
+//! assert!(filter.eval(&event)?.matched);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Core concepts
+//! - [`Sandbox`]: one per process. It owns the wasmtime [`wasmtime::Engine`] (fuel metering and
+//!   epoch interruption on), the JS runtime — a Javy plugin pre-initialised with wasmtime-wizer
+//!   and compiled once, cached on disk by content digest and engine configuration — and the epoch
+//!   ticker thread that enforces deadlines.
+//! - [`Sandbox::compile_js`]: JavaScript source → [`CompiledJs`], a few-hundred-byte campaign module
+//!   carrying QuickJS bytecode (a fresh runtime instance compiles it in well under a millisecond).
+//! - [`JsFilter`]: a campaign's own runtime instance (own linear memory, ~200 KiB resident),
+//!   reused across events. Rebuilt after any trap.
+//! - [`Event`]: parsed once per event; every campaign's filter reads the fields it touches
+//!   through host calls, so an event is never rebuilt as a JS object per campaign.
+//! - [`Limits`] (see its module for the defaults and their known gaps) and [`EvalError`], whose
+//!   [`ErrorKind`] is one of `fuel`, `memory`, `deadline`, `trap`, `exception`.
+//!
+//! # Fresh instance per event, the alternative
+//! Building a new instance for each event (instantiate, load the bytecode, evaluate) makes every
+//! evaluation start from the pre-initialised snapshot, so no state survives between events. It
+//! costs an instantiation plus a bytecode load per evaluation — measured in `docs/performance.md`
+//! (`fresh_instance_per_event`) at well over ten times a reused instance. rtcrm reuses instances
+//! and documents that filters must not rely on state between calls (spec §5); isolation between
+//! campaigns does not depend on the choice, since each campaign has its own instance.
+
+mod error;
+mod event;
+mod limits;
+mod log;
+mod output;
+mod runtime;
+mod sandbox;
+
+pub use error::{ErrorKind, EvalError, SandboxError};
+pub use event::{Event, EventError};
+pub use limits::Limits;
+pub use log::{LogCaps, LogSink, LogStream, MemorySink, TracingSink};
+pub use rtcrm_compiler::{CompileError, ModuleError, SourceForm, RUNTIME_NAMESPACE};
+pub use runtime::default_cache_dir;
+pub use sandbox::{CompiledJs, JsFilter, ModuleLoadError, Sandbox, SandboxConfig, Verdict};

@@ -26,9 +26,9 @@ STOP_TIMEOUT=20
 die() { echo "broker.sh: $*" >&2; exit 1; }
 log() { echo "broker.sh: $*" >&2; }
 
-usage() {
-  sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
-  exit 2
+usage() { # [EXIT_CODE]
+  sed -n '2,/^[^#]/p' "${BASH_SOURCE[0]}" | sed -n 's/^# \{0,1\}//p' >&2
+  exit "${1:-2}"
 }
 
 need_java() {
@@ -70,23 +70,39 @@ fetch() {
   log "jars ready in $LIBS"
 }
 
-# Print one free TCP port on 127.0.0.1.
-free_port() {
-  if command -v python3 >/dev/null 2>&1; then
-    python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-s.close()'
+# Print two distinct free TCP ports on 127.0.0.1 (broker, controller).
+free_ports() {
+  local out
+  if command -v python3 >/dev/null 2>&1 && out=$(python3 -c 'import socket
+ss = [socket.socket() for _ in range(2)]
+for s in ss:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in ss))' 2>/dev/null) && [[ -n $out ]]; then
+    echo "$out"
     return
   fi
-  local p i
-  for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 30000))
+  local p i found=()
+  for ((i = 0; i < 400 && ${#found[@]} < 2; i++)); do
+    # Below Linux's ephemeral range (32768+), so no outgoing socket takes it.
+    p=$((20000 + RANDOM % 12768))
+    [[ ${#found[@]} -eq 1 && ${found[0]} == "$p" ]] && continue
     # A refused connection means nothing listens there.
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then found+=("$p"); fi
   done
-  die "found no free loopback port"
+  ((${#found[@]} == 2)) || die "found no free loopback ports"
+  echo "${found[@]}"
+}
+
+# A Kafka cluster id, as 'kafka.tools.StorageTool random-uuid' prints it
+# (16 random bytes, base64url without padding, not starting with '-'), made
+# without starting a JVM.
+random_cluster_id() {
+  local id
+  while :; do
+    id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+    [[ ${#id} -eq 22 && $id != -* ]] && break
+  done
+  echo "$id"
 }
 
 pid_alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
@@ -146,10 +162,8 @@ fail_start() { # DIR PID MESSAGE
   local dir=$1 pid=$2
   shift 2
   echo "broker.sh: $*" >&2
-  if [[ -s $dir/broker.log ]]; then
-    echo "---- tail of $dir/broker.log ----" >&2
-    tail -n 40 "$dir/broker.log" >&2
-  fi
+  echo "---- tail of $dir/broker.log ----" >&2
+  if [[ -s $dir/broker.log ]]; then tail -n 40 "$dir/broker.log" >&2; else echo "(empty)" >&2; fi
   if [[ -s $dir/broker.out ]]; then
     echo "---- tail of $dir/broker.out (stdout/stderr) ----" >&2
     tail -n 20 "$dir/broker.out" >&2
@@ -194,19 +208,18 @@ start() { # DIR
 
   local t0=$SECONDS attempt port cport pid="" cluster_id
   for attempt in 1 2 3; do
-    port=$(free_port)
-    cport=$(free_port)
-    while [[ $cport == "$port" ]]; do cport=$(free_port); done
+    read -r port cport < <(free_ports)
+    [[ -n $port && -n $cport ]] || die "could not pick free loopback ports"
     write_properties "$dir" "$port" "$cport"
     rm -rf "$dir/data"
 
-    cluster_id=$(java -cp "$LIBS/*" -Dlog4j2.configurationFile="$dir/log4j2.xml" \
-      kafka.tools.StorageTool random-uuid 2>"$dir/format.out") ||
-      { cat "$dir/format.out" >&2; die "kafka.tools.StorageTool random-uuid failed"; }
-    # Static quorum (controller.quorum.voters): format without --standalone.
-    java -cp "$LIBS/*" -Dlog4j2.configurationFile="$dir/log4j2.xml" \
+    cluster_id=$(random_cluster_id)
+    # Static quorum (controller.quorum.voters): format without --standalone,
+    # which is only for the dynamic controller.quorum.bootstrap.servers setup.
+    java -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -cp "$LIBS/*" \
+      -Dlog4j2.configurationFile="$dir/log4j2.xml" \
       kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" \
-      >>"$dir/format.out" 2>&1 ||
+      >"$dir/format.out" 2>&1 ||
       { cat "$dir/format.out" >&2; die "formatting $dir/data failed"; }
 
     # setsid: the broker outlives this shell and ignores its terminal's signals.
@@ -215,6 +228,7 @@ start() { # DIR
       -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" \
       </dev/null >"$dir/broker.out" 2>&1 &
     pid=$!
+    disown "$pid" 2>/dev/null || true   # no "Killed" notice if we must kill it
     echo "$pid" >"$dir/broker.pid"
 
     # A port picked above can be taken by someone else before the broker binds
@@ -273,6 +287,6 @@ case $cmd in
   start) [[ $# -eq 2 ]] || usage; start "$2" ;;
   stop) [[ $# -eq 2 ]] || usage; stop "$2" ;;
   fetch) [[ $# -eq 1 ]] || usage; need_java; fetch; echo "$LIBS" ;;
-  -h | --help | help) usage ;;
+  -h | --help | help) usage 0 ;;
   *) usage ;;
 esac

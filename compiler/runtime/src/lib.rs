@@ -21,7 +21,7 @@ use javy_plugin_api::{
     import_namespace,
     javy::{
         quickjs::{
-            self as rq, qjs, CatchResultExt, Ctx, Function, Module, Persistent, Value, WriteOptions,
+            self as rq, qjs, CatchResultExt, Ctx, Function, Module, Value, WriteOptions,
         },
         Runtime,
     },
@@ -53,7 +53,10 @@ const KIND_SCRIPT: u8 = 0;
 const KIND_MODULE: u8 = 1;
 
 static mut CONTEXT: Option<rq::Context> = None;
-static mut FILTER: Option<Persistent<Function<'static>>> = None;
+/// The same context, for the C API on the hot path (it lives as long as the instance).
+static mut RAW_CTX: *mut qjs::JSContext = std::ptr::null_mut();
+/// The loaded filter function (owned), for the C API on the hot path.
+static mut RAW_FILTER: qjs::JSValue = qjs::JS_UNDEFINED;
 static mut RESULT: Vec<u8> = Vec::new();
 static mut SCRATCH: Vec<u8> = Vec::new();
 
@@ -103,7 +106,10 @@ fn modify_runtime(runtime: Runtime) -> Runtime {
         for name in ["Javy", "__javy_io", "require", "process", "std", "os"] {
             let _ = globals.remove(name);
         }
-        event_object::install(&ctx).expect("the event view installs");
+        unsafe {
+            event_object::install(ctx.as_raw().as_ptr());
+            RAW_CTX = ctx.as_raw().as_ptr();
+        }
     });
     unsafe {
         SCRATCH = vec![0; 16 * 1024];
@@ -137,19 +143,16 @@ pub(crate) fn fetch(call: impl Fn(*mut u8, usize) -> i32) -> Option<usize> {
     }
 }
 
-pub(crate) fn parse_scratch<'js>(ctx: &Ctx<'js>, len: usize) -> rq::Result<Value<'js>> {
-    unsafe {
-        let v = qjs::JS_ParseJSON(
-            ctx.as_raw().as_ptr(),
-            SCRATCH.as_ptr().cast(),
-            len as _,
-            c"event".as_ptr(),
-        );
-        if qjs::JS_IsException(v) {
-            return Err(rq::Error::Exception);
-        }
-        Ok(Value::from_raw(ctx.clone(), v))
-    }
+/// The first `len` bytes of the scratch buffer.
+pub(crate) unsafe fn scratch(len: usize) -> &'static [u8] {
+    let scratch: &'static Vec<u8> = &*std::ptr::addr_of!(SCRATCH);
+    &scratch[..len]
+}
+
+/// Parses the JSON in the scratch buffer (NUL-terminated by the host); a new reference, or an
+/// exception value.
+pub(crate) unsafe fn parse_scratch_raw(ctx: *mut qjs::JSContext, len: usize) -> qjs::JSValue {
+    qjs::JS_ParseJSON(ctx, SCRATCH.as_ptr().cast(), len as _, c"event".as_ptr())
 }
 
 fn context() -> &'static rq::Context {
@@ -286,7 +289,8 @@ pub unsafe extern "C" fn rtcrm_load(ptr: *const u8, len: usize) -> i32 {
         match loaded.catch(&ctx) {
             Ok(value) => match value.into_function() {
                 Some(f) => {
-                    FILTER = Some(Persistent::save(&ctx, f));
+                    qjs::JS_FreeValue(ctx.as_raw().as_ptr(), RAW_FILTER);
+                    RAW_FILTER = qjs::JS_DupValue(ctx.as_raw().as_ptr(), f.as_raw());
                     run_pending_jobs(&ctx);
                     0
                 }
@@ -378,26 +382,38 @@ fn run_pending_jobs(ctx: &Ctx<'_>) {
 /// value, -1 when it threw (the message is in the result buffer), -2 when no filter is loaded.
 #[export_name = "rtcrm_eval"]
 pub extern "C" fn rtcrm_eval() -> i32 {
-    let Some(filter) = (unsafe { FILTER.clone() }) else {
-        set_result(b"no filter loaded".to_vec());
-        return -2;
-    };
+    unsafe {
+        let ctx = RAW_CTX;
+        if ctx.is_null() || !qjs::JS_IsFunction(ctx, RAW_FILTER) {
+            set_result(b"no filter loaded".to_vec());
+            return -2;
+        }
+        let mut event = event_object::new_event(ctx);
+        if qjs::JS_IsException(event) {
+            return report_exception();
+        }
+        let result = qjs::JS_Call(ctx, RAW_FILTER, qjs::JS_UNDEFINED, 1, &mut event);
+        qjs::JS_FreeValue(ctx, event);
+        if qjs::JS_IsException(result) {
+            return report_exception();
+        }
+        let matched = qjs::JS_VALUE_GET_TAG(result) == qjs::JS_TAG_BOOL as i32 && qjs::JS_VALUE_GET_BOOL(result);
+        qjs::JS_FreeValue(ctx, result);
+        if qjs::JS_IsJobPending(qjs::JS_GetRuntime(ctx)) {
+            context().with(|ctx| run_pending_jobs(&ctx));
+        }
+        i32::from(matched)
+    }
+}
+
+/// Takes the pending exception into the result buffer; returns -1.
+fn report_exception() -> i32 {
     context().with(|ctx| {
-        let run = || -> rq::Result<Value> {
-            let filter = filter.restore(&ctx)?;
-            let event = event_object::new_event(&ctx)?;
-            filter.call((event,))
-        };
-        let status = match run().catch(&ctx) {
-            Ok(v) => i32::from(v.as_bool() == Some(true)),
-            Err(e) => {
-                set_result(caught_text(&ctx, e).into_bytes());
-                -1
-            }
-        };
+        let exc = ctx.catch();
+        set_result(describe_exception(&ctx, &exc).into_bytes());
         run_pending_jobs(&ctx);
-        status
-    })
+    });
+    -1
 }
 
 #[export_name = "rtcrm_result_ptr"]

@@ -46,13 +46,13 @@ impl fmt::Display for ErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EvalError {
     /// See [`ErrorKind::Fuel`].
-    #[error("out of fuel: the filter used its whole budget of {limit} fuel")]
+    #[error("the filter used its whole budget of {limit} fuel")]
     Fuel {
         /// The budget.
         limit: u64,
     },
     /// See [`ErrorKind::Memory`].
-    #[error("memory limit: the filter asked for {requested} bytes of memory, over its cap of {limit} bytes")]
+    #[error("the filter asked for {requested} bytes of memory, over its cap of {limit} bytes")]
     Memory {
         /// Bytes the filter asked for.
         requested: usize,
@@ -60,16 +60,16 @@ pub enum EvalError {
         limit: usize,
     },
     /// See [`ErrorKind::Deadline`].
-    #[error("deadline: the filter ran past its wall-clock deadline of {} ms", limit.as_millis())]
+    #[error("the filter ran past its wall-clock deadline of {} ms", limit.as_millis())]
     Deadline {
         /// The deadline.
         limit: Duration,
     },
-    /// See [`ErrorKind::Trap`].
-    #[error("trap: {0}")]
+    /// See [`ErrorKind::Trap`]; holds the trap's description.
+    #[error("{0}")]
     Trap(String),
     /// See [`ErrorKind::Exception`]; holds the thrown value as text (`Error: message`).
-    #[error("exception: {0}")]
+    #[error("{0}")]
     Exception(String),
 }
 

@@ -70,10 +70,14 @@ impl Event {
 
     /// The raw JSON of top-level field `key` (the last one, if the key repeats, as `JSON.parse`).
     pub fn field(&self, key: &str) -> Option<&[u8]> {
+        let key = key.as_bytes();
         self.fields
             .iter()
             .rev()
-            .find(|(k, _)| self.key(k) == key)
+            .find(|(k, _)| match k {
+                Key::InPlace(r) => &self.bytes[r.start as usize..r.end as usize] == key,
+                Key::Decoded(s) => s.as_bytes() == key,
+            })
             .map(|(_, r)| &self.bytes[r.start as usize..r.end as usize])
     }
 

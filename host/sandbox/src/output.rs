@@ -26,6 +26,11 @@ impl CapturedOutput {
         CapturedOutput { inner: Arc::new(Shared { buf: Mutex::new(Vec::new()), pending: AtomicBool::new(false), cap }) }
     }
 
+    /// Whether anything was written since the last [`CapturedOutput::take_lines`] emptied it.
+    pub fn has_pending(&self) -> bool {
+        self.inner.pending.load(Ordering::Relaxed)
+    }
+
     /// Takes the complete lines written so far (and a trailing partial line when `flush_all`).
     pub fn take_lines(&self, flush_all: bool) -> Vec<Vec<u8>> {
         if !self.inner.pending.load(Ordering::Relaxed) {

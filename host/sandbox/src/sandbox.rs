@@ -270,7 +270,7 @@ impl Sandbox {
             Ok(LoadOutcome::Loaded) => Ok(()),
             Ok(LoadOutcome::Threw(message)) => Err(CompileError::TopLevelThrew { message }),
             Ok(LoadOutcome::NotAFunction(found)) => Err(CompileError::NotAFunction { found }),
-            Err(e) => Err(CompileError::TopLevelFailed(e.to_string())),
+            Err(e) => Err(CompileError::TopLevelFailed(format!("{}: {e}", e.kind()))),
         }
     }
 
@@ -383,7 +383,11 @@ impl FilterState {
     }
 
     fn forward_output(&mut self, flush_all: bool) {
-        for (stream, out) in [(LogStream::Out, self.stdout.clone()), (LogStream::Err, self.stderr.clone())] {
+        for stream in [LogStream::Out, LogStream::Err] {
+            let out = if stream == LogStream::Out { &self.stdout } else { &self.stderr };
+            if !out.has_pending() {
+                continue;
+            }
             for line in out.take_lines(flush_all) {
                 self.log.line(stream, &line);
             }

@@ -129,3 +129,25 @@ fn anything_but_boolean_true_is_no_match() {
     }
     assert!(verdict("e => !!1", SEED_EVENT));
 }
+
+#[test]
+fn field_values_read_exactly_as_json_parse_reads_them() {
+    // The runtime builds common values without the JSON parser; each must equal JSON.parse's.
+    let values = [
+        r#""plain""#, r#""esc\"aped\n\u00e9""#, r#""ünïcödé 🎮""#, r#""""#,
+        "0", "-0", "42", "-17", "2147483647", "2147483648", "12345678901234", "1.5", "-2.5e-3", "1E3", "1e400",
+        "true", "false", "null",
+        "{}", "[]", r#"{"a":1}"#, r#"{ "a" : "x" , "b" : -1.25 , "c" : null , "d" : true }"#,
+        r#"{"a":1,"a":2}"#, r#"{"k\"q":1}"#, r#"{"s":"a\\b","t":"}"}"#, r#"{"n":{"m":[1,{"x":2}]}}"#, r#"[1,"two",{"three":3}]"#,
+    ];
+    for value in values {
+        let ev = format!(r#"{{"v":{value}}}"#);
+        let literal = serde_json::to_string(value).unwrap();
+        let source = format!(
+            "e => {{ const want = JSON.parse({literal}); const got = e.v; \
+             return JSON.stringify(got) === JSON.stringify(want) && typeof got === typeof want \
+             && Object.is(got, want) === (typeof want !== 'object' || want === null) }}"
+        );
+        assert!(verdict(&source, &ev), "field value {value} must read as JSON.parse reads it");
+    }
+}

@@ -1,0 +1,86 @@
+//! The command line (spec §10).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// rtcrm evaluates tracking events against runtime-updatable campaigns and emits a trigger for
+/// every match. Campaign filters are untrusted JavaScript (or WebAssembly) run in a wasmtime
+/// sandbox under fuel, memory and time limits.
+#[derive(Debug, Parser)]
+#[command(name = "rtcrm", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "RTCRM_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// More log output (-v: debug, -vv: trace). `RUST_LOG` overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check, compile and evaluate filters locally, with the processor's engine and limits.
+    #[command(subcommand)]
+    Filter(FilterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FilterCommand {
+    /// Compile a JavaScript filter without running it: prints `ok` (exit 0), or
+    /// `FILE:LINE:COLUMN: message` on stderr (exit 2).
+    Check {
+        /// The filter's JavaScript source.
+        file: PathBuf,
+    },
+    /// Compile a JavaScript filter to its campaign module (a few hundred bytes of WebAssembly).
+    Compile {
+        /// The filter's JavaScript source.
+        file: PathBuf,
+        /// Where to write the module.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Evaluate a filter against events: prints `true` or `false` per event. A limit, trap or
+    /// throw prints the error kind and message on stderr and exits 3 (with --events, the line
+    /// shows `error:<kind>` and the run continues).
+    Eval(EvalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The filter: JavaScript source (`.js`, `.mjs`) or a compiled module (`.wasm`).
+    #[arg(long)]
+    pub filter: PathBuf,
+    /// One event (a JSON object).
+    #[arg(long, conflicts_with = "events", required_unless_present = "events")]
+    pub event: Option<PathBuf>,
+    /// Events, one JSON object per line.
+    #[arg(long)]
+    pub events: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Flags that lower the host's limits (they never raise them).
+#[derive(Debug, Args, Clone, Copy)]
+pub struct LimitArgs {
+    /// Fuel per evaluation [default: the host's, 20000000 ≈ 2 ms].
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// Memory cap per filter instance, in MiB [default: the host's, 16].
+    #[arg(long)]
+    pub memory_mb: Option<u64>,
+    /// Wall-clock deadline per evaluation, in milliseconds [default: the host's, 20].
+    #[arg(long)]
+    pub deadline_ms: Option<u64>,
+}

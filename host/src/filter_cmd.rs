@@ -1,0 +1,124 @@
+//! `rtcrm filter check | compile | eval`: the sandbox on the command line, with the same engine
+//! and limits as the processor.
+
+use crate::cli::{EvalArgs, FilterCommand, LimitArgs};
+use crate::Exit;
+use anyhow::{Context, Result};
+use rtcrm_sandbox::{CompileError, CompiledJs, Event, Limits, ModuleLoadError, Sandbox, SandboxConfig};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::time::Duration;
+
+pub fn run(cmd: FilterCommand) -> Result<()> {
+    match cmd {
+        FilterCommand::Check { file } => {
+            let sandbox = new_sandbox(None)?;
+            compile_file(&sandbox, &file)?;
+            println!("ok");
+            Ok(())
+        }
+        FilterCommand::Compile { file, output } => {
+            let sandbox = new_sandbox(None)?;
+            let compiled = compile_file(&sandbox, &file)?;
+            std::fs::write(&output, compiled.module_bytes())
+                .with_context(|| format!("writing {}", output.display()))?;
+            Ok(())
+        }
+        FilterCommand::Eval(args) => eval(args),
+    }
+}
+
+fn new_sandbox(limits: Option<LimitArgs>) -> Result<Sandbox> {
+    let mut config = SandboxConfig::default();
+    if let Some(l) = limits {
+        config.limits = lowered(config.limits, l);
+    }
+    Sandbox::new(config).context("starting the filter sandbox")
+}
+
+fn lowered(host: Limits, args: LimitArgs) -> Limits {
+    let mut limits = host.lowered(args.fuel, args.memory_mb);
+    if let Some(ms) = args.deadline_ms {
+        limits.deadline = limits.deadline.min(Duration::from_millis(ms));
+    }
+    limits
+}
+
+/// Reads and compiles a JavaScript filter; a rejected source is exit 2 with `FILE:LINE:COLUMN: message`.
+fn compile_file(sandbox: &Sandbox, file: &Path) -> Result<CompiledJs> {
+    let source = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    sandbox.compile_js(&source).map_err(|e| rejected(file, &e).into())
+}
+
+fn rejected(file: &Path, err: &CompileError) -> Exit {
+    let message = match err {
+        CompileError::Syntax { message, line, column } => format!("{}:{line}:{column}: {message}", file.display()),
+        other => format!("{}:1:1: {other}", file.display()),
+    };
+    Exit { code: 2, message }
+}
+
+fn load_filter(sandbox: &Sandbox, file: &Path) -> Result<CompiledJs> {
+    if file.extension().and_then(|e| e.to_str()) == Some("wasm") {
+        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        return sandbox.load_js_module(&bytes).map_err(|e| match e {
+            ModuleLoadError::Compile(c) => rejected(file, &c).into(),
+            ModuleLoadError::Module(m) => Exit { code: 2, message: format!("{}: {m}", file.display()) }.into(),
+        });
+    }
+    compile_file(sandbox, file)
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    let sandbox = new_sandbox(Some(args.limits))?;
+    let compiled = load_filter(&sandbox, &args.filter)?;
+    let name = args.filter.file_stem().map_or_else(|| "filter".into(), |s| s.to_string_lossy().into_owned());
+    let mut filter = sandbox
+        .js_filter(&compiled, &name, sandbox.limits())
+        .map_err(|e| Exit { code: 3, message: format!("{}: {e}", e.kind()) })?;
+
+    if let Some(path) = args.event {
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let event = Event::parse(bytes).with_context(|| format!("{} is not an event", path.display()))?;
+        return match filter.eval(&event) {
+            Ok(v) => {
+                println!("{}", v.matched);
+                Ok(())
+            }
+            Err(e) => Err(Exit { code: 3, message: format!("{}: {e}", e.kind()) }.into()),
+        };
+    }
+
+    let path = args.events.expect("clap requires --event or --events");
+    let file = std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut failed = 0usize;
+    for (n, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let result = match Event::parse(line.into_bytes()) {
+            Ok(event) => match filter.eval(&event) {
+                Ok(v) => v.matched.to_string(),
+                Err(e) => {
+                    eprintln!("{}:{}: {}: {e}", path.display(), n + 1, e.kind());
+                    failed += 1;
+                    format!("error:{}", e.kind())
+                }
+            },
+            Err(e) => {
+                eprintln!("{}:{}: not an event: {e}", path.display(), n + 1);
+                failed += 1;
+                "error:event".to_owned()
+            }
+        };
+        writeln!(out, "{result}")?;
+    }
+    out.flush()?;
+    if failed > 0 {
+        return Err(Exit { code: 3, message: format!("{failed} event(s) failed") }.into());
+    }
+    Ok(())
+}

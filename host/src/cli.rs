@@ -29,6 +29,14 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the processor: consume events, evaluate every campaign, produce triggers.
+    Run(crate::config::RunArgs),
+    /// Try rtcrm with one command: an embedded Kafka-protocol broker, the example campaign and
+    /// the processor, with ready-to-paste kcat commands.
+    Dev(crate::dev::DevArgs),
+    /// Publish, delete and list campaigns on a running cluster.
+    #[command(subcommand)]
+    Campaign(crate::campaign_cmd::CampaignCommand),
     /// Check, compile and evaluate filters locally, with the processor's engine and limits.
     #[command(subcommand)]
     Filter(FilterCommand),

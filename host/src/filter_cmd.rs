@@ -12,13 +12,13 @@ use std::time::Duration;
 pub fn run(cmd: FilterCommand) -> Result<()> {
     match cmd {
         FilterCommand::Check { file } => {
-            let sandbox = new_sandbox(None)?;
+            let sandbox = new_sandbox()?;
             compile_file(&sandbox, &file)?;
             println!("ok");
             Ok(())
         }
         FilterCommand::Compile { file, output } => {
-            let sandbox = new_sandbox(None)?;
+            let sandbox = new_sandbox()?;
             let compiled = compile_file(&sandbox, &file)?;
             std::fs::write(&output, compiled.module_bytes())
                 .with_context(|| format!("writing {}", output.display()))?;
@@ -28,12 +28,8 @@ pub fn run(cmd: FilterCommand) -> Result<()> {
     }
 }
 
-fn new_sandbox(limits: Option<LimitArgs>) -> Result<Sandbox> {
-    let mut config = SandboxConfig::default();
-    if let Some(l) = limits {
-        config.limits = lowered(config.limits, l);
-    }
-    Sandbox::new(config).context("starting the filter sandbox")
+fn new_sandbox() -> Result<Sandbox> {
+    Sandbox::new(SandboxConfig::default()).context("starting the filter sandbox")
 }
 
 fn lowered(host: Limits, args: LimitArgs) -> Limits {
@@ -70,11 +66,12 @@ fn load_filter(sandbox: &Sandbox, file: &Path) -> Result<CompiledJs> {
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
-    let sandbox = new_sandbox(Some(args.limits))?;
+    // Compiled under the host's limits; evaluated under the lowered ones, as a campaign's `limits`.
+    let sandbox = new_sandbox()?;
     let compiled = load_filter(&sandbox, &args.filter)?;
     let name = args.filter.file_stem().map_or_else(|| "filter".into(), |s| s.to_string_lossy().into_owned());
     let mut filter = sandbox
-        .js_filter(&compiled, &name, sandbox.limits())
+        .js_filter(&compiled, &name, lowered(sandbox.limits(), args.limits))
         .map_err(|e| Exit { code: 3, message: format!("{}: {e}", e.kind()) })?;
 
     if let Some(path) = args.event {

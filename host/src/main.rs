@@ -3,9 +3,20 @@
 //! A thin entry point: parse the command line, run the command, print the error chain and map
 //! it to an exit code.
 
+mod campaign;
+mod campaign_cmd;
 mod cli;
+mod config;
+mod dev;
+mod events;
 mod filter_cmd;
+mod http;
+mod kafka;
+mod loader;
 mod logging;
+mod metrics;
+mod registry;
+mod run;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -21,11 +32,29 @@ pub struct Exit {
     pub message: String,
 }
 
+/// State shared by the processor's tasks and threads.
+pub struct Shared {
+    pub settings: config::Settings,
+    pub sandbox: rtcrm_sandbox::Sandbox,
+    pub registry: registry::Registry,
+    pub metrics: std::sync::Arc<metrics::Metrics>,
+    pub producer: rdkafka::producer::FutureProducer,
+    /// The campaigns topic has been read up to its end offsets at start.
+    pub campaigns_loaded: std::sync::atomic::AtomicBool,
+    /// The events consumer received its first assignment.
+    pub events_assigned: std::sync::atomic::AtomicBool,
+    /// The tokio runtime, for work started from worker threads.
+    pub runtime: tokio::runtime::Handle,
+}
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     logging::init(cli.log_format, cli.verbose);
     let result = match cli.command {
         cli::Command::Filter(cmd) => filter_cmd::run(cmd),
+        cli::Command::Run(args) => config::Settings::load(&args).and_then(run::run),
+        cli::Command::Dev(args) => dev::run(args),
+        cli::Command::Campaign(cmd) => campaign_cmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -97,6 +97,15 @@ pub enum SandboxError {
         /// wasmtime's error, with its causes.
         message: String,
     },
+    /// A new instance's initial memory is already over its cap (the campaign's `memory_mb` is
+    /// below the runtime's own footprint).
+    #[error("memory limit: a new instance needs {requested} bytes, over its cap of {limit} bytes")]
+    MemoryLimit {
+        /// Bytes the instance needs.
+        requested: usize,
+        /// The cap.
+        limit: usize,
+    },
     /// Reading or writing the compiled-runtime cache failed.
     #[error("runtime cache {path}: {source}")]
     Cache {

@@ -343,10 +343,10 @@ impl JsFilter {
     }
 
     fn build(&self) -> Result<Live, EvalError> {
-        let mut live = self
-            .shared
-            .instantiate(self.name.clone(), self.limits)
-            .map_err(|e| EvalError::Trap(format!("instantiating the filter: {e}")))?;
+        let mut live = self.shared.instantiate(self.name.clone(), self.limits).map_err(|e| match e {
+            SandboxError::MemoryLimit { requested, limit } => EvalError::Memory { requested, limit },
+            other => EvalError::Trap(format!("instantiating the filter: {other}")),
+        })?;
         match live.load(&self.shared, &self.bytecode)? {
             LoadOutcome::Loaded => Ok(live),
             LoadOutcome::Threw(message) => Err(EvalError::Exception(message)),
@@ -499,10 +499,15 @@ impl Shared {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         store.set_epoch_deadline(self.deadline_ticks(&limits));
-        let instance = self
-            .js_runtime
-            .instantiate(&mut store)
-            .map_err(|e| SandboxError::wasmtime("instantiating the JS runtime", e))?;
+        let instance = match self.js_runtime.instantiate(&mut store) {
+            Ok(instance) => instance,
+            Err(e) => {
+                return Err(match store.data().memory_exceeded {
+                    Some(requested) => SandboxError::MemoryLimit { requested, limit: limits.memory_bytes },
+                    None => SandboxError::wasmtime("instantiating the JS runtime", e),
+                })
+            }
+        };
         let get = |store: &mut Store<FilterState>, name: &str| {
             instance.get_func(&mut *store, name).ok_or_else(|| SandboxError::Wasmtime {
                 context: "linking the JS runtime".into(),

@@ -1,0 +1,154 @@
+//! `rtcrm campaign put | delete | list` against a running cluster.
+
+use crate::campaign::{id_from_key, CampaignDef};
+use crate::Exit;
+use anyhow::{Context, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the campaigns live.
+#[derive(Debug, clap::Args)]
+pub struct Cluster {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "RTCRM_BOOTSTRAP_SERVERS", default_value = "localhost:9093")]
+    pub bootstrap_servers: String,
+    /// Campaigns topic.
+    #[arg(long, env = "RTCRM_CAMPAIGN_TOPIC", default_value = "crm-campaigns")]
+    pub campaign_topic: String,
+    /// Campaign status topic.
+    #[arg(long, env = "RTCRM_STATUS_TOPIC", default_value = "crm-campaign-status")]
+    pub status_topic: String,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CampaignCommand {
+    /// Validate a campaign JSON file and publish it (keyed by its id).
+    Put {
+        /// The campaign JSON.
+        file: PathBuf,
+        #[command(flatten)]
+        cluster: Cluster,
+    },
+    /// Delete a campaign (a tombstone under its id).
+    Delete {
+        /// The campaign id.
+        id: i64,
+        #[command(flatten)]
+        cluster: Cluster,
+    },
+    /// List the campaigns in the topic, with their last reported state.
+    List {
+        #[command(flatten)]
+        cluster: Cluster,
+    },
+}
+
+pub fn run(cmd: CampaignCommand) -> Result<()> {
+    crate::run::runtime()?.block_on(async move {
+        match cmd {
+            CampaignCommand::Put { file, cluster } => {
+                let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                let def = CampaignDef::parse(None, &bytes)
+                    .map_err(|r| Exit { code: 2, message: format!("{}: {}", file.display(), r.reason) })?;
+                // The filter is compiled here too, so a syntax error is reported before publishing.
+                let sandbox = rtcrm_sandbox::Sandbox::new(rtcrm_sandbox::SandboxConfig::default())?;
+                if let Err(e) = sandbox.compile_js(&def.filter) {
+                    return Err(Exit { code: 2, message: format!("{}: filter: {}", file.display(), crate::loader::describe(&e)) }.into());
+                }
+                let value = String::from_utf8_lossy(&bytes).trim().to_owned();
+                send(&cluster, &def.id.to_string(), Some(&value)).await?;
+                println!("campaign {} published to {}", def.id, cluster.campaign_topic);
+                Ok(())
+            }
+            CampaignCommand::Delete { id, cluster } => {
+                send(&cluster, &id.to_string(), None).await?;
+                println!("campaign {id} deleted (tombstone published to {})", cluster.campaign_topic);
+                Ok(())
+            }
+            CampaignCommand::List { cluster } => list(&cluster),
+        }
+    })
+}
+
+async fn send(cluster: &Cluster, key: &str, value: Option<&str>) -> Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &cluster.bootstrap_servers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "30000")
+        .create()?;
+    let mut record: FutureRecord<'_, str, str> = FutureRecord::to(&cluster.campaign_topic).key(key);
+    if let Some(v) = value {
+        record = record.payload(v);
+    }
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| e)
+        .with_context(|| format!("publishing to {} on {}", cluster.campaign_topic, cluster.bootstrap_servers))?;
+    Ok(())
+}
+
+/// Reads `topic` from the beginning to its end: the last value per key (None: tombstone).
+fn read_all(bootstrap: &str, topic: &str) -> Result<BTreeMap<String, Option<Vec<u8>>>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("rtcrm-cli-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut ends = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+            if high > 0 {
+                ends.insert(p.id(), high);
+                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+            }
+        }
+    }
+    consumer.assign(&tpl)?;
+    drop(tpl);
+    let mut out = BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ends.is_empty() && std::time::Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let m = m?;
+        let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+        let value = m.payload().map(<[u8]>::to_vec);
+        // Keyless campaign messages carry their id in the body.
+        let key = if key.is_empty() {
+            value.as_deref().and_then(|v| CampaignDef::parse(None, v).ok()).map(|d| d.id.to_string()).unwrap_or(key)
+        } else {
+            key
+        };
+        out.insert(key, value);
+        if ends.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
+            ends.remove(&m.partition());
+        }
+    }
+    Ok(out)
+}
+
+fn list(cluster: &Cluster) -> Result<()> {
+    let campaigns = read_all(&cluster.bootstrap_servers, &cluster.campaign_topic)?;
+    let statuses = read_all(&cluster.bootstrap_servers, &cluster.status_topic).unwrap_or_default();
+    println!("{:>10}  {:<11}  {:<8}  {:<10}  {:<16}  error", "id", "state", "enabled", "game", "event_name");
+    for (key, value) in campaigns {
+        let Some(value) = value else { continue };
+        let status: Option<serde_json::Value> = statuses.get(&key).cloned().flatten().and_then(|s| serde_json::from_slice(&s).ok());
+        let state = status.as_ref().and_then(|s| s["state"].as_str().map(str::to_owned)).unwrap_or_else(|| "-".into());
+        let error = status.as_ref().and_then(|s| s["error"].as_str().map(str::to_owned)).unwrap_or_default();
+        match CampaignDef::parse(None, &value) {
+            Ok(d) => println!("{:>10}  {:<11}  {:<8}  {:<10}  {:<16}  {error}", d.id, state, d.enabled, d.game, d.event_name),
+            Err(r) => println!("{:>10}  {:<11}  {:<8}  {:<10}  {:<16}  {}", id_from_key(key.as_bytes()).map_or(key.clone(), |i| i.to_string()), "invalid", "-", "-", "-", r.reason),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! Configuration of `rtcrm run`, in two stages: raw settings (a TOML file or the original
+//! system's `config.json`, then `RTCRM_*` environment variables, then flags) are merged and
+//! validated once into [`Settings`]. Errors quote the offending value.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Which time a campaign's window is checked against (spec §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Clock {
+    /// The event's `created_at`, else `received_at`, else the wall clock: a replay gives the
+    /// same triggers as the first run.
+    Event,
+    /// The wall clock, as the original system did.
+    Processing,
+}
+
+/// Where a new consumer group starts reading events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsetReset {
+    /// The oldest event still in the topic.
+    Earliest,
+    /// Only events written after the group first joins (the original system's behaviour).
+    Latest,
+}
+
+/// Flags of `rtcrm run` (each also read from `RTCRM_<NAME>`); they override the config file.
+#[derive(Debug, Args, Default, Clone)]
+pub struct RunArgs {
+    /// A TOML file with the settings below (snake_case), or the original system's `config.json`.
+    #[arg(long, env = "RTCRM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap servers [default: localhost:9093].
+    #[arg(long, env = "RTCRM_BOOTSTRAP_SERVERS")]
+    pub bootstrap_servers: Option<String>,
+    /// Consumer group of the events topic [default: flink-real-time-crm].
+    #[arg(long, env = "RTCRM_GROUP_ID")]
+    pub group_id: Option<String>,
+    /// Events topic [default: events-valid].
+    #[arg(long, env = "RTCRM_EVENT_TOPIC")]
+    pub event_topic: Option<String>,
+    /// Campaigns topic [default: crm-campaigns].
+    #[arg(long, env = "RTCRM_CAMPAIGN_TOPIC")]
+    pub campaign_topic: Option<String>,
+    /// Triggers topic [default: crm-triggers].
+    #[arg(long, env = "RTCRM_TRIGGER_TOPIC")]
+    pub trigger_topic: Option<String>,
+    /// Campaign status topic [default: crm-campaign-status].
+    #[arg(long, env = "RTCRM_STATUS_TOPIC")]
+    pub status_topic: Option<String>,
+    /// Dead-letter topic for malformed events [default: events-dlq].
+    #[arg(long, env = "RTCRM_DLQ_TOPIC")]
+    pub dlq_topic: Option<String>,
+    /// Time against which campaign windows are checked [default: event].
+    #[arg(long, env = "RTCRM_CLOCK", value_enum)]
+    pub clock: Option<Clock>,
+    /// Evaluation threads [default: the number of cores].
+    #[arg(long, env = "RTCRM_WORKERS")]
+    pub workers: Option<usize>,
+    /// Partitions of the topics rtcrm creates when they are missing [default: 1].
+    #[arg(long, env = "RTCRM_PARTITIONS")]
+    pub partitions: Option<i32>,
+    /// Address of the HTTP server (health, readiness, metrics) [default: 127.0.0.1:8080].
+    #[arg(long, env = "RTCRM_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// This process's name in status messages [default: host name and process id].
+    #[arg(long, env = "RTCRM_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Consecutive failed evaluations after which a campaign is quarantined [default: 50].
+    #[arg(long, env = "RTCRM_QUARANTINE_AFTER")]
+    pub quarantine_after: Option<u32>,
+    /// Where a new consumer group starts [default: earliest].
+    #[arg(long, env = "RTCRM_AUTO_OFFSET_RESET", value_enum)]
+    pub auto_offset_reset: Option<OffsetReset>,
+}
+
+/// The config file, TOML form: the same names as the flags, in snake_case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bootstrap_servers: Option<String>,
+    group_id: Option<String>,
+    event_topic: Option<String>,
+    campaign_topic: Option<String>,
+    trigger_topic: Option<String>,
+    status_topic: Option<String>,
+    dlq_topic: Option<String>,
+    clock: Option<Clock>,
+    workers: Option<usize>,
+    partitions: Option<i32>,
+    http_addr: Option<String>,
+    instance_id: Option<String>,
+    quarantine_after: Option<u32>,
+    auto_offset_reset: Option<OffsetReset>,
+}
+
+/// The original system's `config.json` (its keys; the Flink-only ones are accepted and ignored).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OriginalConfig {
+    kafka_bootstrap_servers: Option<String>,
+    kafka_group_id: Option<String>,
+    event_topic: Option<String>,
+    campaign_topic: Option<String>,
+    trigger_topic: Option<String>,
+    default_parallelism: Option<usize>,
+    #[allow(dead_code)]
+    checkpoint_interval: Option<serde_json::Value>,
+    #[allow(dead_code)]
+    checkpoint_dir: Option<serde_json::Value>,
+}
+
+impl From<OriginalConfig> for FileConfig {
+    fn from(o: OriginalConfig) -> Self {
+        FileConfig {
+            bootstrap_servers: o.kafka_bootstrap_servers,
+            group_id: o.kafka_group_id,
+            event_topic: o.event_topic,
+            campaign_topic: o.campaign_topic,
+            trigger_topic: o.trigger_topic,
+            workers: o.default_parallelism,
+            ..FileConfig::default()
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the config file {}", path.display()))?;
+    if text.trim_start().starts_with('{') {
+        let original: OriginalConfig = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid config.json (keys of the original system)", path.display()))?;
+        Ok(original.into())
+    } else {
+        toml::from_str(&text).with_context(|| format!("{} is not a valid rtcrm TOML config", path.display()))
+    }
+}
+
+/// Validated settings of the processor.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bootstrap_servers: String,
+    pub group_id: String,
+    pub event_topic: String,
+    pub campaign_topic: String,
+    pub trigger_topic: String,
+    pub status_topic: String,
+    pub dlq_topic: String,
+    pub clock: Clock,
+    pub workers: usize,
+    pub partitions: i32,
+    pub http_addr: SocketAddr,
+    pub instance_id: String,
+    pub quarantine_after: u32,
+    pub auto_offset_reset: OffsetReset,
+    /// Create missing topics with the admin API (off against the mock cluster, which lacks it).
+    pub create_topics: bool,
+}
+
+impl Settings {
+    /// Merges the file, the environment and the flags (flags and environment win), and validates.
+    pub fn load(args: &RunArgs) -> Result<Settings> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        fn pick<T: Clone>(flag: &Option<T>, file: Option<T>, default: T) -> T {
+            flag.clone().or(file).unwrap_or(default)
+        }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let http = pick(&args.http_addr, file.http_addr, "127.0.0.1:8080".into());
+        let settings = Settings {
+            bootstrap_servers: pick(&args.bootstrap_servers, file.bootstrap_servers, "localhost:9093".into()),
+            group_id: pick(&args.group_id, file.group_id, "flink-real-time-crm".into()),
+            event_topic: pick(&args.event_topic, file.event_topic, "events-valid".into()),
+            campaign_topic: pick(&args.campaign_topic, file.campaign_topic, "crm-campaigns".into()),
+            trigger_topic: pick(&args.trigger_topic, file.trigger_topic, "crm-triggers".into()),
+            status_topic: pick(&args.status_topic, file.status_topic, "crm-campaign-status".into()),
+            dlq_topic: pick(&args.dlq_topic, file.dlq_topic, "events-dlq".into()),
+            clock: pick(&args.clock, file.clock, Clock::Event),
+            workers: pick(&args.workers, file.workers, cores),
+            partitions: pick(&args.partitions, file.partitions, 1),
+            http_addr: http.parse().with_context(|| format!("http_addr `{http}` is not an address like 127.0.0.1:8080"))?,
+            instance_id: pick(&args.instance_id, file.instance_id, default_instance_id()),
+            quarantine_after: pick(&args.quarantine_after, file.quarantine_after, 50),
+            auto_offset_reset: pick(&args.auto_offset_reset, file.auto_offset_reset, OffsetReset::Earliest),
+            create_topics: true,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.bootstrap_servers.trim().is_empty() {
+            bail!("bootstrap_servers is empty; give the Kafka brokers as host:port[,host:port]");
+        }
+        if self.workers == 0 || self.workers > 256 {
+            bail!("workers `{}` is out of range: use 1 to 256", self.workers);
+        }
+        if self.partitions < 1 {
+            bail!("partitions `{}` must be at least 1", self.partitions);
+        }
+        if self.quarantine_after == 0 {
+            bail!("quarantine_after `0` would quarantine every campaign; use 1 or more");
+        }
+        let topics = [
+            ("event_topic", &self.event_topic),
+            ("campaign_topic", &self.campaign_topic),
+            ("trigger_topic", &self.trigger_topic),
+            ("status_topic", &self.status_topic),
+            ("dlq_topic", &self.dlq_topic),
+        ];
+        for (name, topic) in topics {
+            let valid = !topic.is_empty()
+                && topic.len() <= 249
+                && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !valid {
+                bail!("{name} `{topic}` is not a valid Kafka topic name (letters, digits, '.', '_', '-')");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    format!("{}-{}", if host.is_empty() { "rtcrm" } else { &host }, std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("rtcrm-config-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn the_original_config_json_is_read_with_its_keys() {
+        let path = write(
+            "config.json",
+            r#"{"default_parallelism":2,"checkpoint_interval":10000,"checkpoint_dir":"file:///tmp","kafka_bootstrap_servers":"localhost:9093","kafka_group_id":"g1","event_topic":"ev","campaign_topic":"ca","trigger_topic":"tr"}"#,
+        );
+        let s = Settings::load(&RunArgs { config: Some(path), ..RunArgs::default() }).unwrap();
+        assert_eq!((s.group_id.as_str(), s.event_topic.as_str(), s.campaign_topic.as_str(), s.trigger_topic.as_str()), ("g1", "ev", "ca", "tr"));
+        assert_eq!(s.workers, 2);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let path = write("a.toml", "group_id = \"from-file\"\nworkers = 3\nclock = \"processing\"\n");
+        let args = RunArgs { config: Some(path), group_id: Some("from-flag".into()), ..RunArgs::default() };
+        let s = Settings::load(&args).unwrap();
+        assert_eq!(s.group_id, "from-flag");
+        assert_eq!(s.workers, 3);
+        assert_eq!(s.clock, Clock::Processing);
+    }
+
+    #[test]
+    fn errors_quote_the_offending_value() {
+        let err = Settings::load(&RunArgs { http_addr: Some("localhost".into()), ..RunArgs::default() }).unwrap_err();
+        assert!(format!("{err:#}").contains("`localhost`"), "{err:#}");
+        let err = Settings::load(&RunArgs { event_topic: Some("bad topic".into()), ..RunArgs::default() }).unwrap_err();
+        assert!(format!("{err:#}").contains("`bad topic`"), "{err:#}");
+        let path = write("b.toml", "gruop_id = \"typo\"\n");
+        let err = Settings::load(&RunArgs { config: Some(path), ..RunArgs::default() }).unwrap_err();
+        assert!(format!("{err:#}").contains("gruop_id"), "{err:#}");
+    }
+}

@@ -1,0 +1,419 @@
+//! The event path (spec §3–4, §8–9).
+//!
+//! ```text
+//! consumer task ──(partition % workers)──▶ worker threads ──(delivery futures, in order)──▶ ackers
+//!   recv events                              parse once, match, evaluate,           await deliveries,
+//!                                            produce triggers / dead letters         store the offset
+//! ```
+//!
+//! - Evaluation runs on dedicated threads, never on the tokio reactor.
+//! - A partition always goes to the same worker, which handles its events in order, so the
+//!   triggers of one partition keep their order.
+//! - At-least-once: an event's offset is stored (and then committed) only after every trigger
+//!   it produced is acknowledged; an acker handles one worker's events in order, so an offset is
+//!   never stored past an event whose triggers are still in flight.
+
+use crate::campaign::parse_time;
+use crate::config::Clock;
+use crate::metrics::{CampaignLabel, ErrorLabels};
+use crate::registry::{LiveCampaign, State};
+use crate::Shared;
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::ClientContext;
+use rtcrm_sandbox::{Event, JsFilter};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// One consumed event, detached from the consumer.
+struct Job {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+}
+
+/// An event handled by a worker: its offset may be stored once `deliveries` complete.
+struct Done {
+    partition: i32,
+    offset: i64,
+    deliveries: Vec<DeliveryFuture>,
+}
+
+/// Tracks the assignment, for readiness and the `rtcrm_assigned_partitions` gauge.
+pub struct EventsContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for EventsContext {}
+
+impl ConsumerContext for EventsContext {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Error(e) = rebalance {
+            tracing::warn!(error = %e, "consumer group rebalance failed");
+            return;
+        }
+        let owned = consumer.assignment().map(|tpl| tpl.count()).unwrap_or(0);
+        self.shared.metrics.assigned_partitions.set(owned as i64);
+        tracing::info!(partitions = owned, "events partitions assigned");
+        self.shared.events_assigned.store(true, Ordering::SeqCst);
+    }
+}
+
+type EventConsumer = StreamConsumer<EventsContext>;
+
+/// Consumes events until `shutdown`, then drains: every consumed event is finished, its
+/// triggers delivered and its offset committed.
+pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    // No event is evaluated before every campaign in the topic is loaded.
+    while !shared.campaigns_loaded.load(Ordering::SeqCst) {
+        tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    let settings = &shared.settings;
+    let consumer: Arc<EventConsumer> = Arc::new(
+        crate::kafka::event_consumer_config(settings)
+            .create_with_context(EventsContext { shared: shared.clone() })
+            .context("creating the events consumer")?,
+    );
+    consumer
+        .subscribe(&[&settings.event_topic])
+        .with_context(|| format!("subscribing to `{}`", settings.event_topic))?;
+
+    let mut senders = Vec::new();
+    let mut threads = Vec::new();
+    let mut ackers = Vec::new();
+    for n in 0..settings.workers {
+        let (job_tx, job_rx) = mpsc::channel::<Job>(1024);
+        let (done_tx, done_rx) = mpsc::channel::<Done>(4096);
+        let worker = Worker::new(shared.clone(), done_tx);
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("rtcrm-worker-{n}"))
+                .spawn(move || worker.run(job_rx))
+                .context("starting a worker thread")?,
+        );
+        ackers.push(tokio::spawn(acker(shared.clone(), consumer.clone(), done_rx)));
+        senders.push(job_tx);
+    }
+    let lag = tokio::spawn(track_lag(shared.clone(), consumer.clone(), shutdown.clone()));
+
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.changed() => break,
+            m = consumer.recv() => m,
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "consuming events");
+                continue;
+            }
+        };
+        let job = Job {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+        };
+        drop(message);
+        let worker = job.partition.unsigned_abs() as usize % senders.len();
+        if senders[worker].send(job).await.is_err() {
+            anyhow::bail!("worker {worker} stopped");
+        }
+    }
+
+    tracing::info!("stopping: finishing in-flight events");
+    drop(senders);
+    for t in threads {
+        tokio::task::spawn_blocking(move || t.join()).await.ok();
+    }
+    for a in ackers {
+        a.await.ok();
+    }
+    lag.await.ok();
+    shared.producer_flush();
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => tracing::info!("offsets committed"),
+        // Nothing stored since the last automatic commit.
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => tracing::info!("offsets already committed"),
+        Err(e) => tracing::warn!(error = %e, "committing offsets at shutdown"),
+    }
+    consumer.unsubscribe();
+    Ok(())
+}
+
+/// Awaits each event's deliveries in order, then stores its offset.
+async fn acker(shared: Arc<Shared>, consumer: Arc<EventConsumer>, mut rx: mpsc::Receiver<Done>) {
+    let topic = shared.settings.event_topic.clone();
+    while let Some(done) = rx.recv().await {
+        for delivery in done.deliveries {
+            shared.deliver(delivery).await;
+        }
+        // librdkafka stores offset + 1, the next one to read. A revoked partition is skipped:
+        // its new owner re-reads from the last commit (at-least-once).
+        if let Err(e) = consumer.store_offset(&topic, done.partition, done.offset) {
+            tracing::debug!(error = %e, partition = done.partition, "offset not stored");
+        }
+    }
+}
+
+/// Updates `rtcrm_consumer_lag` every few seconds.
+async fn track_lag(shared: Arc<Shared>, consumer: Arc<EventConsumer>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let (c, topic) = (consumer.clone(), shared.settings.event_topic.clone());
+        let lag = tokio::task::spawn_blocking(move || -> i64 {
+            // The list is dropped here, before the consumer can be (librdkafka #3796).
+            let Ok(positions) = c.position() else { return 0 };
+            let mut lag = 0;
+            for elem in positions.elements_for_topic(&topic) {
+                if let (Ok((_, high)), Some(pos)) =
+                    (c.fetch_watermarks(&topic, elem.partition(), Duration::from_secs(2)), elem.offset().to_raw())
+                {
+                    lag += (high - pos.max(0)).max(0);
+                }
+            }
+            lag
+        })
+        .await
+        .unwrap_or(0);
+        shared.metrics.consumer_lag.set(lag);
+    }
+}
+
+/// One evaluation thread, with its own filter instance per campaign.
+struct Worker {
+    shared: Arc<Shared>,
+    done: mpsc::Sender<Done>,
+    filters: HashMap<i64, (u64, JsFilter)>,
+}
+
+impl Worker {
+    fn new(shared: Arc<Shared>, done: mpsc::Sender<Done>) -> Worker {
+        Worker { shared, done, filters: HashMap::new() }
+    }
+
+    fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(job) = jobs.blocking_recv() {
+            let (partition, offset) = (job.partition, job.offset);
+            let deliveries = self.process(job);
+            if self.done.blocking_send(Done { partition, offset, deliveries }).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn process(&mut self, job: Job) -> Vec<DeliveryFuture> {
+        let metrics = &self.shared.metrics;
+        metrics.events.inc();
+        let Some(payload) = job.payload.clone() else {
+            return vec![self.dead_letter(&job, "empty message: an event must be a JSON object")];
+        };
+        let event = match Event::parse(payload) {
+            Ok(e) => e,
+            Err(e) => return vec![self.dead_letter(&job, &e.to_string())],
+        };
+        let (Some(game), Some(event_name)) = (event.str_field("game"), event.str_field("event_name")) else {
+            return Vec::new();
+        };
+        let t = event_time(&event, self.shared.settings.clock);
+        let snapshot = self.shared.registry.snapshot();
+        let mut deliveries = Vec::new();
+        for campaign in snapshot.candidates(&game, &event_name) {
+            if !campaign.def.enabled || campaign.is_quarantined() || !campaign.def.in_window(t) {
+                continue;
+            }
+            if self.evaluate(campaign, &event) {
+                deliveries.push(self.trigger(campaign, &event, &job));
+            }
+        }
+        // Instances of campaigns no longer in force are dropped.
+        if self.filters.len() > snapshot.len() {
+            self.filters.retain(|id, _| snapshot.get(*id).is_some());
+        }
+        deliveries
+    }
+
+    /// Runs the campaign's filter; a failure counts toward quarantine.
+    fn evaluate(&mut self, campaign: &Arc<LiveCampaign>, event: &Event) -> bool {
+        let id = campaign.def.id;
+        let label = CampaignLabel { campaign: id.to_string() };
+        let metrics = &self.shared.metrics;
+        metrics.evaluations.get_or_create(&label).inc();
+        let started = Instant::now();
+        let result = match self.filters.get_mut(&id) {
+            Some((generation, filter)) if *generation == campaign.generation => filter.eval(event),
+            _ => match self.shared.sandbox.js_filter(&campaign.compiled, &label.campaign, campaign.limits) {
+                Ok(mut filter) => {
+                    let r = filter.eval(event);
+                    self.filters.insert(id, (campaign.generation, filter));
+                    r
+                }
+                Err(e) => Err(e),
+            },
+        };
+        metrics.latency.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(verdict) => {
+                campaign.succeeded();
+                metrics.fuel.get_or_create(&label).observe(verdict.fuel_used as f64);
+                if verdict.matched {
+                    metrics.matches.get_or_create(&label).inc();
+                }
+                verdict.matched
+            }
+            Err(err) => {
+                let kind = err.kind();
+                metrics.errors.get_or_create(&ErrorLabels { campaign: label.campaign.clone(), kind: kind.as_str().into() }).inc();
+                tracing::debug!(campaign = id, kind = %kind, error = %err, "evaluation failed");
+                if campaign.failed(self.shared.settings.quarantine_after) {
+                    tracing::warn!(campaign = id, kind = %kind, error = %err, "campaign quarantined after {} consecutive failures", self.shared.settings.quarantine_after);
+                    self.shared.registry.quarantine(id, &err);
+                    self.filters.remove(&id);
+                    let reason = format!(
+                        "{} consecutive failed evaluations; last: {kind}: {err}",
+                        self.shared.settings.quarantine_after
+                    );
+                    let (shared, digest) = (self.shared.clone(), campaign.def.digest.clone());
+                    self.shared.runtime.spawn(async move {
+                        crate::loader::publish_status(&shared, Some(id), State::Quarantined, Some(&reason), &digest).await;
+                        shared.metrics.update_campaigns(&shared.registry);
+                    });
+                }
+                false
+            }
+        }
+    }
+
+    fn trigger(&self, campaign: &LiveCampaign, event: &Event, job: &Job) -> DeliveryFuture {
+        let settings = &self.shared.settings;
+        let trigger_id = match event.str_field("event_id") {
+            Some(event_id) => format!("{}:{event_id}", campaign.def.id),
+            None => format!("{}:{}-{}-{}", campaign.def.id, settings.event_topic, job.partition, job.offset),
+        };
+        let event_json = std::str::from_utf8(event.as_bytes()).expect("a parsed event is UTF-8");
+        let payload = format!(
+            r#"{{"campaign":{},"event":{},"trigger_id":{},"triggered_at":"{}"}}"#,
+            campaign.def.raw.get(),
+            event_json,
+            serde_json::Value::String(trigger_id),
+            Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        );
+        let key = player_key(event);
+        self.shared.metrics.triggers.inc();
+        self.shared.send(FutureRecord::to(&settings.trigger_topic).key(&key).payload(&payload))
+    }
+
+    fn dead_letter(&self, job: &Job, reason: &str) -> DeliveryFuture {
+        let settings = &self.shared.settings;
+        tracing::warn!(partition = job.partition, offset = job.offset, reason, "event sent to the dead-letter topic");
+        self.shared.metrics.dead_letters.inc();
+        let (partition, offset) = (job.partition.to_string(), job.offset.to_string());
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "rtcrm.error", value: Some(reason) })
+            .insert(Header { key: "rtcrm.source.topic", value: Some(settings.event_topic.as_str()) })
+            .insert(Header { key: "rtcrm.source.partition", value: Some(partition.as_str()) })
+            .insert(Header { key: "rtcrm.source.offset", value: Some(offset.as_str()) });
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&settings.dlq_topic).headers(headers);
+        if let Some(key) = &job.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(payload) = &job.payload {
+            record = record.payload(payload.as_slice());
+        }
+        self.shared.send(record)
+    }
+}
+
+/// The time an event's campaign windows are checked against (spec §4).
+fn event_time(event: &Event, clock: Clock) -> DateTime<Utc> {
+    if clock == Clock::Event {
+        for field in ["created_at", "received_at"] {
+            if let Some(t) = event.str_field(field).as_deref().and_then(parse_time) {
+                return t;
+            }
+        }
+    }
+    Utc::now()
+}
+
+/// The trigger key: the player id as text, empty when the event has none.
+fn player_key(event: &Event) -> String {
+    match event.field("player_id") {
+        Some(raw) if raw.first() == Some(&b'"') => serde_json::from_slice::<String>(raw).unwrap_or_default(),
+        Some(raw) if raw != b"null" => String::from_utf8_lossy(raw).into_owned(),
+        _ => String::new(),
+    }
+}
+
+/// Producer helpers shared by the workers, ackers and loader.
+impl Shared {
+    /// Enqueues a record, waiting while the producer's queue is full.
+    pub fn send<K, P>(&self, mut record: FutureRecord<'_, K, P>) -> DeliveryFuture
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => return delivery,
+                Err((e, back)) => {
+                    tracing::debug!(error = %e, "producer queue full; waiting");
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+
+    /// Waits for a delivery; a failed one is sent again until it is delivered.
+    pub async fn deliver(&self, delivery: DeliveryFuture) {
+        let mut result = delivery.await;
+        loop {
+            match result {
+                Ok(Ok(_)) => return,
+                Ok(Err((e, message))) => {
+                    tracing::warn!(error = %e, topic = message.topic(), "delivery failed; sending again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(message.topic());
+                    if let Some(k) = message.key() {
+                        record = record.key(k);
+                    }
+                    if let Some(p) = message.payload() {
+                        record = record.payload(p);
+                    }
+                    if let Some(h) = message.headers() {
+                        record = record.headers(h.clone());
+                    }
+                    result = Ok(self.producer.send(record, Timeout::Never).await);
+                }
+                Err(_canceled) => {
+                    tracing::error!("a delivery was cancelled (producer gone)");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends everything still queued (at shutdown).
+    pub fn producer_flush(&self) {
+        use rdkafka::producer::Producer;
+        if let Err(e) = self.producer.flush(Duration::from_secs(30)) {
+            tracing::warn!(error = %e, "flushing the producer at shutdown");
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! `rtcrm filter check | compile | eval` as a user runs them: exit codes, stdout and stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn rtcrm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rtcrm")).args(args).output().expect("rtcrm runs")
+}
+
+fn examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+fn tmp(name: &str, contents: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rtcrm-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn check_accepts_a_valid_filter() {
+    let out = rtcrm(&["filter", "check", s(&examples().join("filters/fight-loss.js"))]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "ok");
+}
+
+#[test]
+fn check_reports_a_syntax_error_with_file_line_and_column() {
+    let file = tmp("bad.js", "function(event) {\n  return event.data.result === ;\n}\n");
+    let out = rtcrm(&["filter", "check", s(&file)]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.starts_with(&format!("{}:2:32: SyntaxError", file.display())), "{err}");
+}
+
+#[test]
+fn check_rejects_a_source_without_a_function() {
+    let file = tmp("nofn.js", "42");
+    let out = rtcrm(&["filter", "check", s(&file)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("must evaluate to a function"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn compile_writes_a_module_that_eval_runs() {
+    let out_file = std::env::temp_dir().join(format!("rtcrm-cli-{}-f.wasm", std::process::id()));
+    let out = rtcrm(&["filter", "compile", s(&examples().join("filters/fight-loss.js")), "-o", s(&out_file)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let module = std::fs::read(&out_file).unwrap();
+    assert_eq!(&module[..4], b"\0asm");
+    for (event, expect) in [("fight-loss.json", "true"), ("fight-win.json", "false")] {
+        let out = rtcrm(&["filter", "eval", "--filter", s(&out_file), "--event", s(&examples().join("events").join(event))]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), expect);
+    }
+}
+
+#[test]
+fn eval_prints_the_verdict_of_the_original_filter() {
+    for (event, expect) in [("fight-loss.json", "true"), ("fight-win.json", "false")] {
+        let out = rtcrm(&[
+            "filter", "eval", "--filter", s(&examples().join("filters/fight-loss.js")),
+            "--event", s(&examples().join("events").join(event)),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), format!("{expect}\n"));
+    }
+}
+
+#[test]
+fn eval_of_a_hostile_filter_exits_3_with_the_error_kind() {
+    let event = examples().join("events/fight-loss.json");
+    for (source, kind) in [
+        ("e => { while (true) {} }", "fuel"),
+        ("e => { throw new Error('boom') }", "exception"),
+        ("e => { const k = []; while (true) k.push(new ArrayBuffer(1 << 20)) }", "memory"),
+    ] {
+        let file = tmp(&format!("{kind}.js"), source);
+        let out = rtcrm(&["filter", "eval", "--filter", s(&file), "--event", s(&event)]);
+        assert_eq!(out.status.code(), Some(3), "{source}");
+        let err = text(&out.stderr);
+        assert!(err.starts_with(&format!("{kind}: ")), "{source}: {err}");
+        assert!(text(&out.stdout).is_empty());
+    }
+}
+
+#[test]
+fn eval_over_a_jsonl_file_prints_one_result_per_line_and_continues_past_errors() {
+    let loss = std::fs::read_to_string(examples().join("events/fight-loss.json")).unwrap();
+    let win = std::fs::read_to_string(examples().join("events/fight-win.json")).unwrap();
+    let events = tmp("events.jsonl", &format!("{}\n{}\n[1,2]\n{{\"data\":{{\"result\":\"boom\"}}}}\n{}\n", loss.trim(), win.trim(), loss.trim()));
+    let filter = tmp("throws.js", "e => { if (e.data.result === 'boom') throw new Error('bad event'); return e.data.result === 'loss' }");
+    let out = rtcrm(&["filter", "eval", "--filter", s(&filter), "--events", s(&events)]);
+    assert_eq!(text(&out.stdout), "true\nfalse\nerror:event\nerror:exception\ntrue\n");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out.stderr).contains("Error: bad event"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn limit_flags_lower_the_limits() {
+    let filter = tmp("busy.js", "e => { let s = 0; for (let i = 0; i < 2000; i++) s += i; return s > 0 }");
+    let event = examples().join("events/fight-loss.json");
+    let out = rtcrm(&["filter", "eval", "--filter", s(&filter), "--event", s(&event)]);
+    assert_eq!(text(&out.stdout).trim(), "true", "{}", text(&out.stderr));
+    let out = rtcrm(&["filter", "eval", "--fuel", "50000", "--filter", s(&filter), "--event", s(&event)]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out.stderr).starts_with("fuel: "), "{}", text(&out.stderr));
+    let out = rtcrm(&["filter", "eval", "--memory-mb", "1", "--filter", s(&filter), "--event", s(&event)]);
+    assert_eq!(out.status.code(), Some(3), "1 MiB is below the runtime's own footprint");
+    assert!(text(&out.stderr).starts_with("memory: "), "{}", text(&out.stderr));
+}
+
+#[test]
+fn console_output_goes_to_stderr_not_stdout() {
+    let filter = tmp("chatty.js", "e => { console.log('hello from', e.game); return true }");
+    let out = rtcrm(&["filter", "eval", "--filter", s(&filter), "--event", s(&examples().join("events/fight-loss.json"))]);
+    assert_eq!(text(&out.stdout), "true\n");
+    assert!(text(&out.stderr).contains("hello from foe"), "{}", text(&out.stderr));
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what building and testing rtcrm needs on a fresh Debian machine, and nothing twice:
+#   clang-19, llvm-19 (llvm-ar), wasi-libc  the JS runtime plugin (QuickJS for wasm32-wasip1)
+#   kcat                                    the README's examples and the integration tests
+#   rustup target wasm32-wasip1             the JS runtime plugin
+# Java 17 and Maven (for the real Kafka broker of the integration tests) are checked, not installed.
+set -euo pipefail
+
+missing=()
+command -v clang-19 >/dev/null 2>&1 || missing+=(clang-19)
+command -v llvm-ar-19 >/dev/null 2>&1 || missing+=(llvm-19)
+[ -f /usr/include/wasm32-wasi/stdlib.h ] || missing+=(wasi-libc)
+command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+if ((${#missing[@]})); then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "setup: installing ${missing[*]}" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+    echo "setup: adding the Rust target wasm32-wasip1" >&2
+    rustup target add wasm32-wasip1
+fi
+
+for tool in java mvn; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "setup: $tool not found (the Kafka integration tests need Java 17 and Maven)" >&2; exit 1; }
+done

@@ -733,6 +733,31 @@ pub fn wait_topic_partitions(bootstrap: &str, topic: &str, timeout: Duration) ->
     }
 }
 
+/// Committed offsets of consumer group `group` for every partition of `topic` (None where the
+/// group has committed nothing), read with an OffsetFetch (the group is not joined).
+pub fn committed_offsets(group: &str, topic: &str) -> Vec<Option<i64>> {
+    let n = wait_topic_partitions(&broker(), topic, Duration::from_secs(30));
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("create a Kafka consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..n as i32 {
+        tpl.add_partition(topic, p);
+    }
+    let res = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("OffsetFetch for group {group} on {topic}: {e}"));
+    (0..n as i32)
+        .map(|p| match res.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => Some(o),
+            _ => None,
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Kafka: consuming
 // ---------------------------------------------------------------------------------------------

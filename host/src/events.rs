@@ -417,3 +417,31 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(json: &str) -> Event {
+        Event::parse(json.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn the_event_clock_prefers_created_at_then_received_at() {
+        let t = event_time(&ev(r#"{"created_at":"2023-11-20T11:00:00.00Z","received_at":"2023-11-20T11:00:02Z"}"#), Clock::Event);
+        assert_eq!(t, parse_time("2023-11-20T11:00:00Z").unwrap());
+        let t = event_time(&ev(r#"{"created_at":"garbage","received_at":"2023-11-20T11:00:02Z"}"#), Clock::Event);
+        assert_eq!(t, parse_time("2023-11-20T11:00:02Z").unwrap());
+        let before = Utc::now();
+        assert!(event_time(&ev(r#"{"created_at":"2023-11-20T11:00:00Z"}"#), Clock::Processing) >= before);
+        assert!(event_time(&ev("{}"), Clock::Event) >= before);
+    }
+
+    #[test]
+    fn the_trigger_key_is_the_player_id_as_text() {
+        assert_eq!(player_key(&ev(r#"{"player_id":12345}"#)), "12345");
+        assert_eq!(player_key(&ev(r#"{"player_id":"p-9"}"#)), "p-9");
+        assert_eq!(player_key(&ev(r#"{"player_id":null}"#)), "");
+        assert_eq!(player_key(&ev("{}")), "");
+    }
+}

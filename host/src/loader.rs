@@ -38,10 +38,28 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> Re
     if pending.is_empty() {
         mark_loaded(&shared);
     }
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         let message = tokio::select! {
             _ = shutdown.changed() => break,
             m = consumer.recv() => m,
+            _ = tick.tick(), if !pending.is_empty() => {
+                // Compaction can remove the last offsets before the end watermark: the position
+                // says when a partition has nothing more to give.
+                if let Ok(positions) = consumer.position() {
+                    for elem in positions.elements_for_topic(&topic) {
+                        if let (Some(pos), Some(end)) = (elem.offset().to_raw(), pending.get(&elem.partition())) {
+                            if pos >= *end {
+                                pending.remove(&elem.partition());
+                            }
+                        }
+                    }
+                }
+                if pending.is_empty() {
+                    mark_loaded(&shared);
+                }
+                continue;
+            }
         };
         let message = match message {
             Ok(m) => m,

@@ -70,14 +70,14 @@ pub struct CampaignInfo {
 #[derive(Default)]
 pub struct Snapshot {
     by_id: BTreeMap<i64, Arc<LiveCampaign>>,
-    index: HashMap<(String, String), Vec<Arc<LiveCampaign>>>,
+    /// game → event_name → campaigns, by id.
+    index: HashMap<String, HashMap<String, Vec<Arc<LiveCampaign>>>>,
 }
 
 impl Snapshot {
     /// Campaigns that could match an event of `game` and `event_name`, by id.
     pub fn candidates(&self, game: &str, event_name: &str) -> &[Arc<LiveCampaign>] {
-        // Allocation-free lookup would need a borrowed key type; events are short strings.
-        self.index.get(&(game.to_owned(), event_name.to_owned())).map_or(&[], Vec::as_slice)
+        self.index.get(game).and_then(|names| names.get(event_name)).map_or(&[], Vec::as_slice)
     }
 
     pub fn get(&self, id: i64) -> Option<&Arc<LiveCampaign>> {
@@ -89,9 +89,9 @@ impl Snapshot {
     }
 
     fn build(by_id: BTreeMap<i64, Arc<LiveCampaign>>) -> Snapshot {
-        let mut index: HashMap<(String, String), Vec<Arc<LiveCampaign>>> = HashMap::new();
+        let mut index: HashMap<String, HashMap<String, Vec<Arc<LiveCampaign>>>> = HashMap::new();
         for c in by_id.values() {
-            index.entry((c.def.game.clone(), c.def.event_name.clone())).or_default().push(c.clone());
+            index.entry(c.def.game.clone()).or_default().entry(c.def.event_name.clone()).or_default().push(c.clone());
         }
         Snapshot { by_id, index }
     }
@@ -175,5 +175,69 @@ impl Registry {
 
     pub fn info(&self, id: i64) -> Option<CampaignInfo> {
         self.info.lock().unwrap().get(&id).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtcrm_sandbox::{Sandbox, SandboxConfig};
+
+    fn campaign(id: i64, game: &str, name: &str) -> (CampaignDef, CompiledJs) {
+        let json = format!(r#"{{"campaign_id":{id},"enabled":true,"game":"{game}","event_name":"{name}","filter":"e => true"}}"#);
+        let def = CampaignDef::parse(None, json.as_bytes()).unwrap();
+        let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+        let compiled = sandbox.compile_js(&def.filter).unwrap();
+        (def, compiled)
+    }
+
+    #[test]
+    fn campaigns_are_indexed_by_game_and_event_name_and_replaced_atomically() {
+        let registry = Registry::default();
+        for (id, game, name) in [(1, "foe", "fight"), (2, "foe", "fight"), (3, "foe", "login"), (4, "elvenar", "fight")] {
+            let (def, compiled) = campaign(id, game, name);
+            registry.activate(def, compiled, Limits::default());
+        }
+        let before = registry.snapshot();
+        let ids = |s: &Snapshot, g: &str, n: &str| s.candidates(g, n).iter().map(|c| c.def.id).collect::<Vec<_>>();
+        assert_eq!(ids(&before, "foe", "fight"), [1, 2]);
+        assert_eq!(ids(&before, "foe", "login"), [3]);
+        assert!(ids(&before, "nope", "fight").is_empty());
+        let (def, compiled) = campaign(2, "foe", "login");
+        registry.activate(def, compiled, Limits::default());
+        registry.delete(1);
+        let after = registry.snapshot();
+        assert_eq!(ids(&after, "foe", "fight"), Vec::<i64>::new());
+        assert_eq!(ids(&after, "foe", "login"), [2, 3]);
+        // A snapshot taken before keeps seeing the old versions.
+        assert_eq!(ids(&before, "foe", "fight"), [1, 2]);
+        assert_eq!(registry.info(1).unwrap().state, State::Deleted);
+    }
+
+    #[test]
+    fn a_rejected_update_keeps_the_version_in_force() {
+        let registry = Registry::default();
+        let (def, compiled) = campaign(7, "foe", "fight");
+        registry.activate(def, compiled, Limits::default());
+        registry.reject(7, "SyntaxError at line 1, column 3");
+        assert_eq!(registry.snapshot().candidates("foe", "fight").len(), 1);
+        assert_eq!(registry.info(7).unwrap().state, State::Active);
+        registry.reject(8, "bad");
+        assert_eq!(registry.info(8).unwrap().state, State::Rejected);
+        assert_eq!(registry.counts()[&State::Rejected], 1);
+    }
+
+    #[test]
+    fn quarantine_triggers_once_after_the_threshold_of_consecutive_failures() {
+        let registry = Registry::default();
+        let (def, compiled) = campaign(9, "foe", "fight");
+        registry.activate(def, compiled, Limits::default());
+        let c = registry.snapshot().get(9).unwrap().clone();
+        assert!(!c.failed(3) && !c.failed(3));
+        c.succeeded();
+        assert!(!c.failed(3) && !c.failed(3));
+        assert!(c.failed(3), "the third consecutive failure quarantines");
+        assert!(c.is_quarantined());
+        assert!(!c.failed(3), "reported once");
     }
 }

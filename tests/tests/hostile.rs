@@ -1,0 +1,65 @@
+//! A campaign whose filter never returns, among three healthy ones on the same game and event:
+//! the healthy ones trigger completely, the hostile one never triggers and is quarantined.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use rtcrm_integration_tests::*;
+use serde_json::Value;
+
+#[test]
+fn endless_loop_is_quarantined_and_healthy_campaigns_complete() {
+    let t = Topics::new("hostile");
+    let base = |id: i64, filter: &str| {
+        json!({"campaign_id": id, "enabled": true, "game": "foe", "event_name": "fight", "filter": filter})
+    };
+    let hostile = base(666, "function(e){ while(true){} }");
+    let healthy: Vec<(Value, fn(&Value) -> bool)> = vec![
+        (base(1, "e => e.data.result === 'loss'"), |e| e["data"]["result"] == "loss"),
+        (base(2, "function(event) { return event.getData().get('score') > 500 }"), |e| e["data"]["score"].as_i64().unwrap() > 500),
+        (base(3, "(e) => e.market === 'de' || e.market === 'at'"), |e| e["market"] == "de" || e["market"] == "at"),
+    ];
+    // The hostile campaign first, so it is evaluated early for every event.
+    let mut msgs = vec![Msg::keyed("666", hostile.to_string())];
+    msgs.extend(healthy.iter().map(|(c, _)| Msg::keyed(c["campaign_id"].to_string(), c.to_string())));
+    produce(&t.campaigns, &msgs);
+
+    let mut p = Processor::start(&[t.args(), vec!["--quarantine-after".into(), "5".into()]].concat());
+    let mut status = Reader::new(&t.status);
+    for id in [666, 1, 2, 3] {
+        wait_status(&mut status, id, "active", Duration::from_secs(30));
+    }
+
+    let mut rng = Rng::new(666);
+    let mut expected = BTreeSet::new();
+    let mut events = Vec::new();
+    for i in 0..200 {
+        let mut e = seed_event(&format!("h-{i:03}"), rng.pick(&["win", "loss"]));
+        e["data"]["score"] = rng.range(0, 1000).into();
+        e["market"] = (*rng.pick(&["de", "at", "fr", "us"])).into();
+        e["player_id"] = rng.range(1, 9999).into();
+        for (c, f) in &healthy {
+            if f(&e) {
+                expected.insert((c["campaign_id"].as_i64().unwrap(), e["event_id"].as_str().unwrap().to_string()));
+            }
+        }
+        events.push(Msg::keyed(e["player_id"].to_string(), e.to_string()));
+    }
+    let t0 = Instant::now();
+    produce(&t.events, &events);
+
+    let q = wait_status(&mut status, 666, "quarantined", Duration::from_secs(60));
+    println!("quarantined after {:.1?}: {q}", t0.elapsed());
+
+    let mut triggers = Reader::new(&t.triggers);
+    let done = triggers.read_until(|r| covers(r, &expected), Duration::from_secs(3), Duration::from_secs(60));
+    println!("{} triggers after {:.1?} (complete: {done})", triggers.records.len(), t0.elapsed());
+    p.assert_running();
+    let (got, dups) = trigger_pairs(&triggers.records);
+    println!("duplicates: {dups}");
+    let hostile_triggers = got.iter().filter(|(c, _)| *c == 666).count();
+    assert_eq!(hostile_triggers, 0, "an endless loop must never count as a match");
+    let diff = diff_pairs(&expected, &got);
+    assert!(diff.is_empty(), "the healthy campaigns' triggers are incomplete or wrong:\n{diff}");
+    assert_eq!(p.metric("rtcrm_events_total").unwrap_or(0.0), 200.0, "rtcrm_events_total");
+}

@@ -14,8 +14,8 @@ pub struct CampaignDef {
     pub event_name: String,
     pub start: Option<DateTime<Utc>>,
     pub end: Option<DateTime<Utc>>,
-    /// JavaScript source of the filter.
-    pub filter: String,
+    /// The filter: JavaScript source, or a WebAssembly module of the filter ABI.
+    pub filter: FilterSource,
     /// `limits.fuel`, if the campaign lowers it.
     pub fuel: Option<u64>,
     /// `limits.memory_mb`, if the campaign lowers it.
@@ -24,6 +24,15 @@ pub struct CampaignDef {
     pub raw: Box<RawValue>,
     /// SHA-256 of the message value, hex.
     pub digest: String,
+}
+
+/// A campaign's filter as submitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterSource {
+    /// `filter`: JavaScript source.
+    Js(String),
+    /// `filter_wasm`: the decoded module bytes.
+    Wasm(Vec<u8>),
 }
 
 /// Why a campaign message was rejected, and for which id, if one could be read.
@@ -46,6 +55,17 @@ pub fn id_from_key(key: &[u8]) -> Option<i64> {
 /// Parses an RFC 3339 / ISO-8601 timestamp with any fraction and offset.
 pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text.trim()).ok().map(|t| t.with_timezone(&Utc))
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
@@ -103,15 +123,18 @@ impl CampaignDef {
         let start = time("start_date")?;
         let end = time("end_date")?;
         let filter = match (field(&obj, "filter"), field(&obj, "filter_wasm")) {
-            (Some(Value::String(src)), None) => src.clone(),
+            (Some(Value::String(src)), None) => FilterSource::Js(src.clone()),
             (Some(_), Some(_)) => return Err(reject("give either filter or filter_wasm, not both".into())),
-            (None, Some(_)) => {
-                return Err(reject(
-                    "filter_wasm campaigns (WebAssembly filters) are not supported by this rtcrm version; use a JavaScript filter".into(),
-                ))
+            (None, Some(Value::String(b64))) => {
+                use base64::Engine as _;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .map_err(|e| reject(format!("filter_wasm is not valid base64: {e}")))?;
+                FilterSource::Wasm(bytes)
             }
+            (None, Some(other)) => return Err(reject(format!("filter_wasm must be a base64 string, not {}", kind_of(other)))),
             (Some(other), None) => return Err(reject(format!("filter `{other}` must be a string of JavaScript"))),
-            (None, None) => return Err(reject("filter is missing".into())),
+            (None, None) => return Err(reject("filter (JavaScript) or filter_wasm (base64 WebAssembly) is missing".into())),
         };
         let (mut fuel, mut memory_mb) = (None, None);
         match field(&obj, "limits") {
@@ -131,6 +154,20 @@ impl CampaignDef {
             Some(other) => return Err(reject(format!("limits `{other}` must be an object like {{\"fuel\": 1000000}}"))),
         }
         Ok(CampaignDef { id, enabled, game, event_name, start, end, filter, fuel, memory_mb, raw, digest: digest(value) })
+    }
+
+    /// The campaign as triggers echo it (spec §9): as received, except that a `filter_wasm`
+    /// module is replaced by `filter_wasm_sha256`.
+    pub fn trigger_json(&self) -> Box<RawValue> {
+        match &self.filter {
+            FilterSource::Js(_) => self.raw.clone(),
+            FilterSource::Wasm(bytes) => {
+                let mut obj: Map<String, Value> = serde_json::from_str(self.raw.get()).expect("validated JSON object");
+                obj.remove("filter_wasm");
+                obj.insert("filter_wasm_sha256".into(), Value::String(digest(bytes)));
+                RawValue::from_string(Value::Object(obj).to_string()).expect("valid JSON")
+            }
+        }
     }
 
     /// Whether `t` lies strictly inside the campaign's window (an absent bound is open).
@@ -167,6 +204,16 @@ mod tests {
     }
 
     #[test]
+    fn a_wasm_campaign_carries_its_module_and_echoes_its_digest() {
+        let c = CampaignDef::parse(None, br#"{"campaign_id":5,"enabled":true,"game":"g","event_name":"e","filter_wasm":"AGFzbQEAAAA=","team":"x"}"#).unwrap();
+        assert_eq!(c.filter, FilterSource::Wasm(b"\0asm\x01\0\0\0".to_vec()));
+        let echoed: Value = serde_json::from_str(c.trigger_json().get()).unwrap();
+        assert_eq!(echoed["filter_wasm_sha256"], digest(b"\0asm\x01\0\0\0"));
+        assert!(echoed.get("filter_wasm").is_none());
+        assert_eq!(echoed["team"], "x");
+    }
+
+    #[test]
     fn invalid_campaigns_are_rejected_with_the_reason() {
         let cases: &[(&[u8], Option<i64>, &str)] = &[
             (b"{not json", None, "not valid JSON"),
@@ -174,7 +221,8 @@ mod tests {
             (br#"{"campaign_id":1,"enabled":"yes","game":"g","event_name":"e","filter":"e=>true"}"#, Some(1), "enabled `\"yes\"`"),
             (br#"{"campaign_id":1,"enabled":true,"event_name":"e","filter":"e=>true"}"#, Some(1), "game is missing"),
             (br#"{"campaign_id":1,"enabled":true,"game":"g","event_name":"e","start_date":"yesterday","filter":"e=>true"}"#, Some(1), "start_date `yesterday`"),
-            (br#"{"campaign_id":1,"enabled":true,"game":"g","event_name":"e"}"#, Some(1), "filter is missing"),
+            (br#"{"campaign_id":1,"enabled":true,"game":"g","event_name":"e"}"#, Some(1), "filter (JavaScript) or filter_wasm (base64 WebAssembly) is missing"),
+            (br#"{"campaign_id":1,"enabled":true,"game":"g","event_name":"e","filter_wasm":"!!!"}"#, Some(1), "filter_wasm is not valid base64"),
             (br#"{"campaign_id":1,"enabled":true,"game":"g","event_name":"e","filter":"e=>true","limits":{"cpu":1}}"#, Some(1), "limits.cpu"),
         ];
         for (value, id, reason) in cases {

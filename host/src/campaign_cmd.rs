@@ -1,6 +1,6 @@
 //! `rtcrm campaign put | delete | list` against a running cluster.
 
-use crate::campaign::{id_from_key, CampaignDef};
+use crate::campaign::{id_from_key, CampaignDef, FilterSource};
 use crate::Exit;
 use anyhow::{Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -31,6 +31,10 @@ pub enum CampaignCommand {
     Put {
         /// The campaign JSON.
         file: PathBuf,
+        /// A WebAssembly filter (filter ABI) to submit as the campaign's `filter_wasm`,
+        /// replacing any `filter` in the file.
+        #[arg(long)]
+        wasm: Option<PathBuf>,
         #[command(flatten)]
         cluster: Cluster,
     },
@@ -51,14 +55,22 @@ pub enum CampaignCommand {
 pub fn run(cmd: CampaignCommand) -> Result<()> {
     crate::run::runtime()?.block_on(async move {
         match cmd {
-            CampaignCommand::Put { file, cluster } => {
-                let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            CampaignCommand::Put { file, wasm, cluster } => {
+                let mut bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                if let Some(wasm) = &wasm {
+                    bytes = with_wasm_filter(&file, &bytes, wasm)?;
+                }
                 let def = CampaignDef::parse(None, &bytes)
                     .map_err(|r| Exit { code: 2, message: format!("{}: {}", file.display(), r.reason) })?;
-                // The filter is compiled here too, so a syntax error is reported before publishing.
+                // The filter is compiled (or the module validated) here too, so a broken filter
+                // is reported before publishing.
                 let sandbox = rtcrm_sandbox::Sandbox::new(rtcrm_sandbox::SandboxConfig::default())?;
-                if let Err(e) = sandbox.compile_js(&def.filter) {
-                    return Err(Exit { code: 2, message: format!("{}: filter: {}", file.display(), crate::loader::describe(&e)) }.into());
+                let check = match &def.filter {
+                    FilterSource::Js(src) => sandbox.compile_js(src).map(drop).map_err(|e| crate::loader::describe(&e)),
+                    FilterSource::Wasm(module) => sandbox.load_wasm(module).map(drop).map_err(|e| e.to_string()),
+                };
+                if let Err(reason) = check {
+                    return Err(Exit { code: 2, message: format!("{}: filter: {reason}", file.display()) }.into());
                 }
                 let value = String::from_utf8_lossy(&bytes).trim().to_owned();
                 send(&cluster, &def.id.to_string(), Some(&value)).await?;
@@ -73,6 +85,17 @@ pub fn run(cmd: CampaignCommand) -> Result<()> {
             CampaignCommand::List { cluster } => list(&cluster),
         }
     })
+}
+
+/// The campaign JSON with `filter_wasm` set to the module (base64) and `filter` removed.
+fn with_wasm_filter(file: &std::path::Path, campaign: &[u8], wasm: &std::path::Path) -> Result<Vec<u8>> {
+    use base64::Engine as _;
+    let module = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
+    let mut obj: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(campaign)
+        .map_err(|e| Exit { code: 2, message: format!("{}: not a JSON object: {e}", file.display()) })?;
+    obj.remove("filter");
+    obj.insert("filter_wasm".into(), base64::engine::general_purpose::STANDARD.encode(module).into());
+    Ok(serde_json::Value::Object(obj).to_string().into_bytes())
 }
 
 async fn send(cluster: &Cluster, key: &str, value: Option<&str>) -> Result<()> {

@@ -77,6 +77,10 @@ pub struct RunArgs {
     /// Where a new consumer group starts [default: earliest].
     #[arg(long, env = "RTCRM_AUTO_OFFSET_RESET", value_enum)]
     pub auto_offset_reset: Option<OffsetReset>,
+    /// Bearer token the HTTP API's POST and DELETE requests must carry when the HTTP server is
+    /// bound to a non-loopback address (without one, they are refused there) [default: none].
+    #[arg(long, env = "RTCRM_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
 }
 
 /// The config file, TOML form: the same names as the flags, in snake_case.
@@ -97,6 +101,7 @@ struct FileConfig {
     instance_id: Option<String>,
     quarantine_after: Option<u32>,
     auto_offset_reset: Option<OffsetReset>,
+    api_token: Option<String>,
 }
 
 /// The original system's `config.json` (its keys; the Flink-only ones are accepted and ignored).
@@ -159,6 +164,29 @@ pub struct Settings {
     pub auto_offset_reset: OffsetReset,
     /// Create missing topics with the admin API (off against the mock cluster, which lacks it).
     pub create_topics: bool,
+    /// The HTTP API's bearer token for mutating requests on a non-loopback bind.
+    pub api_token: Option<ApiToken>,
+}
+
+/// A secret: never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken(pub String);
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(***)")
+    }
+}
+
+impl ApiToken {
+    /// A token from a flag, variable or file; an empty one is an error, not "no token".
+    pub fn parse(text: Option<String>) -> Result<Option<ApiToken>> {
+        match text {
+            None => Ok(None),
+            Some(t) if t.trim().is_empty() => bail!("api_token is empty; give a secret, or leave it unset"),
+            Some(t) => Ok(Some(ApiToken(t.trim().to_owned()))),
+        }
+    }
 }
 
 impl Settings {
@@ -189,6 +217,7 @@ impl Settings {
             quarantine_after: pick(&args.quarantine_after, file.quarantine_after, 50),
             auto_offset_reset: pick(&args.auto_offset_reset, file.auto_offset_reset, OffsetReset::Earliest),
             create_topics: true,
+            api_token: ApiToken::parse(args.api_token.clone().or(file.api_token))?,
         };
         settings.validate()?;
         Ok(settings)

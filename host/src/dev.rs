@@ -23,6 +23,9 @@ pub struct DevArgs {
     /// Evaluation threads [default: the number of cores].
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Bearer token for the HTTP API's POST and DELETE requests on a non-loopback --http-addr.
+    #[arg(long, env = "RTCRM_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
 }
 
 pub fn run(args: DevArgs) -> Result<()> {
@@ -46,6 +49,7 @@ pub fn run(args: DevArgs) -> Result<()> {
             auto_offset_reset: OffsetReset::Earliest,
             // The mock cluster has no admin API: topics are created on its handle.
             create_topics: false,
+            api_token: crate::config::ApiToken::parse(args.api_token)?,
         };
         for topic in [&settings.event_topic, &settings.campaign_topic, &settings.trigger_topic, &settings.status_topic, &settings.dlq_topic] {
             cluster.create_topic(topic, 1, 1).with_context(|| format!("creating topic {topic} on the embedded broker"))?;
@@ -74,7 +78,7 @@ fn print_welcome(bootstrap: &str, settings: &Settings) {
     println!(
         "rtcrm dev: an embedded Kafka-protocol broker with the processor running on it.\n\
          bootstrap: {bootstrap}\n\
-         http: http://{http} (GET /healthz, /readyz, /metrics)\n\
+         console: http://{http}/ (the HTTP API under /api, and /healthz, /readyz, /metrics)\n\
          campaign 4711 from examples/ is loaded.\n\n\
          The original README's steps, ready to paste (kcat: apt-get install kcat):\n\n\
          # 1. create (or replace) a campaign\n\

@@ -26,7 +26,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
-use rtcrm_sandbox::{Event, JsFilter};
+use rtcrm_sandbox::{Event, Filter};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -199,7 +199,7 @@ async fn track_lag(shared: Arc<Shared>, consumer: Arc<EventConsumer>, mut shutdo
 struct Worker {
     shared: Arc<Shared>,
     done: mpsc::Sender<Done>,
-    filters: HashMap<i64, (u64, JsFilter)>,
+    filters: HashMap<i64, (u64, Filter)>,
 }
 
 impl Worker {
@@ -257,7 +257,7 @@ impl Worker {
         let started = Instant::now();
         let result = match self.filters.get_mut(&id) {
             Some((generation, filter)) if *generation == campaign.generation => filter.eval(event),
-            _ => match self.shared.sandbox.js_filter(&campaign.compiled, &label.campaign, campaign.limits) {
+            _ => match self.shared.sandbox.filter(&campaign.compiled, &label.campaign, campaign.limits) {
                 Ok(mut filter) => {
                     let r = filter.eval(event);
                     self.filters.insert(id, (campaign.generation, filter));
@@ -267,6 +267,7 @@ impl Worker {
             },
         };
         metrics.latency.observe(started.elapsed().as_secs_f64());
+        self.shared.stats.record(id, &result);
         match result {
             Ok(verdict) => {
                 campaign.succeeded();
@@ -308,7 +309,7 @@ impl Worker {
         let event_json = std::str::from_utf8(event.as_bytes()).expect("a parsed event is UTF-8");
         let payload = format!(
             r#"{{"campaign":{},"event":{},"trigger_id":{},"triggered_at":"{}"}}"#,
-            campaign.def.raw.get(),
+            campaign.trigger_json.get(),
             event_json,
             serde_json::Value::String(trigger_id),
             Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

@@ -4,7 +4,7 @@
 use crate::cli::{EvalArgs, FilterCommand, LimitArgs};
 use crate::Exit;
 use anyhow::{Context, Result};
-use rtcrm_sandbox::{CompileError, CompiledJs, Event, Limits, ModuleLoadError, Sandbox, SandboxConfig};
+use rtcrm_sandbox::{CompileError, CompiledFilter, CompiledJs, Event, Limits, ModuleLoadError, Sandbox, SandboxConfig};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::time::Duration;
@@ -54,15 +54,17 @@ fn rejected(file: &Path, err: &CompileError) -> Exit {
     Exit { code: 2, message }
 }
 
-fn load_filter(sandbox: &Sandbox, file: &Path) -> Result<CompiledJs> {
+/// A `.wasm` file is a JavaScript campaign module or a module of the filter ABI; anything
+/// else is JavaScript source.
+fn load_filter(sandbox: &Sandbox, file: &Path) -> Result<CompiledFilter> {
     if file.extension().and_then(|e| e.to_str()) == Some("wasm") {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-        return sandbox.load_js_module(&bytes).map_err(|e| match e {
+        return sandbox.load_module(&bytes).map_err(|e| match e {
             ModuleLoadError::Compile(c) => rejected(file, &c).into(),
-            ModuleLoadError::Module(m) => Exit { code: 2, message: format!("{}: {m}", file.display()) }.into(),
+            other => Exit { code: 2, message: format!("{}: {other}", file.display()) }.into(),
         });
     }
-    compile_file(sandbox, file)
+    compile_file(sandbox, file).map(CompiledFilter::Js)
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
@@ -71,7 +73,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     let compiled = load_filter(&sandbox, &args.filter)?;
     let name = args.filter.file_stem().map_or_else(|| "filter".into(), |s| s.to_string_lossy().into_owned());
     let mut filter = sandbox
-        .js_filter(&compiled, &name, lowered(sandbox.limits(), args.limits))
+        .filter(&compiled, &name, lowered(sandbox.limits(), args.limits))
         .map_err(|e| Exit { code: 3, message: format!("{}: {e}", e.kind()) })?;
 
     if let Some(path) = args.event {

@@ -1,27 +1,58 @@
-//! The HTTP server: `GET /healthz`, `/readyz`, `/metrics` (spec §11).
+//! The HTTP server (spec §11): `GET /healthz`, `/readyz`, `/metrics`, the HTTP API under `/api`
+//! (`api.rs`) and the console at `/` (`console/`).
+//!
+//! Security, applied to every request by [`guard`]:
+//! - On a loopback bind (the default) the `Host` header must name a loopback host, so a web page
+//!   cannot reach the API through DNS rebinding.
+//! - POST and DELETE requests whose `Origin` header names another site are refused (CSRF).
+//! - On any other bind, POST and DELETE require `Authorization: Bearer <api_token>`; without a
+//!   configured token they are refused.
+//!
+//! Errors are JSON: `{"error": "..."}` with the matching status.
 
+use crate::api::TriggerHub;
 use crate::Shared;
 use anyhow::{Context, Result};
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use serde::Serialize;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// The state of every handler.
+#[derive(Clone)]
+pub struct Http {
+    pub shared: Arc<Shared>,
+    /// Tails the triggers topic for `GET /api/triggers/stream`.
+    pub hub: Arc<TriggerHub>,
+    /// Turns true at shutdown (ends the server-sent event streams).
+    pub shutdown: watch::Receiver<bool>,
+}
+
 /// Binds the address now (so a busy port fails the start) and serves until `shutdown`.
 pub async fn bind(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> Result<tokio::task::JoinHandle<()>> {
     let addr = shared.settings.http_addr;
     let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the HTTP server to {addr}"))?;
-    tracing::info!("HTTP on http://{}", listener.local_addr()?);
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(shared);
+    let local = listener.local_addr()?;
+    if local.ip().is_loopback() {
+        tracing::info!("console and HTTP API on http://{local}/");
+    } else if shared.settings.api_token.is_some() {
+        tracing::info!("console and HTTP API on http://{local}/ (POST and DELETE need the API token)");
+    } else {
+        tracing::warn!(
+            "console and HTTP API on http://{local}/, a non-loopback address without an API token: \
+             POST and DELETE requests are refused (set --api-token, RTCRM_API_TOKEN or api_token)"
+        );
+    }
+    let app = router(Http { shared, hub: Arc::new(TriggerHub::default()), shutdown: shutdown.clone() });
     Ok(tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.changed().await;
@@ -32,7 +63,22 @@ pub async fn bind(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> R
     }))
 }
 
-async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+/// Every route, behind the guard.
+pub fn router(http: Http) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(crate::api::routes())
+        .merge(crate::console::routes())
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such resource; the API is under /api, the console at /") })
+        .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this resource") })
+        .layer(axum::middleware::from_fn_with_state(http.clone(), guard))
+        .with_state(http)
+}
+
+async fn readyz(State(http): State<Http>) -> impl IntoResponse {
+    let shared = &http.shared;
     if !shared.campaigns_loaded.load(Ordering::SeqCst) {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: reading the campaigns topic\n")
     } else if !shared.events_assigned.load(Ordering::SeqCst) {
@@ -42,9 +88,162 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+async fn metrics(State(http): State<Http>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        shared.metrics.encode(),
+        http.shared.metrics.encode(),
     )
+}
+
+/// An error answer: `{"error": message, ...extra fields}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        let mut body = serde_json::Map::new();
+        body.insert("error".into(), message.into().into());
+        ApiError { status, body }
+    }
+
+    /// Adds a field next to `error`.
+    pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> ApiError {
+        self.body.insert(key.into(), value.into());
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = json(self.status, &self.body);
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// A JSON answer.
+pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the answer: {e}")).into_response(),
+    }
+}
+
+/// Whether the request may change anything (and so needs the token off loopback).
+fn mutating(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The host part of a `Host` header or an origin's authority, lowercased, without the port.
+fn host_name(authority: &str) -> String {
+    let a = authority.trim().to_ascii_lowercase();
+    if let Some(rest) = a.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or_default().to_owned();
+    }
+    match a.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host.to_owned(),
+        _ => a,
+    }
+}
+
+fn is_loopback_name(host: &str) -> bool {
+    host == "localhost" || host.ends_with(".localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Compares in time independent of where the first difference is.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Why a request is refused, if it is (see the module documentation).
+fn refusal(http: &Http, method: &Method, headers: &HeaderMap) -> Option<ApiError> {
+    let settings = &http.shared.settings;
+    let loopback = settings.http_addr.ip().is_loopback();
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if loopback {
+        if let Some(host) = host {
+            if !is_loopback_name(&host_name(host)) {
+                return Some(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("Host `{host}` refused: rtcrm listens on loopback and answers only to localhost names"),
+                ));
+            }
+        }
+    }
+    if !mutating(method) {
+        return None;
+    }
+    if !loopback {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim);
+        match (&settings.api_token, given) {
+            (None, _) => {
+                return Some(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "POST and DELETE are refused: rtcrm is bound to a non-loopback address and no API token is \
+                     configured; a token must be configured (--api-token, RTCRM_API_TOKEN or api_token) and sent as \
+                     `Authorization: Bearer <token>`",
+                ))
+            }
+            (Some(_), None) => {
+                return Some(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "this request needs the API token: send `Authorization: Bearer <token>`",
+                ))
+            }
+            (Some(token), Some(given)) if !same_secret(token.0.as_bytes(), given.as_bytes()) => {
+                return Some(ApiError::new(StatusCode::UNAUTHORIZED, "the API token is wrong"))
+            }
+            _ => {}
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|h| h.to_str().ok()) {
+        let origin_authority = origin.split_once("://").map(|(_, rest)| rest.trim_end_matches('/'));
+        let same = match (origin_authority, host) {
+            (Some(o), Some(h)) => o.eq_ignore_ascii_case(h.trim()),
+            _ => false,
+        };
+        if !same {
+            return Some(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("cross-origin request refused: Origin `{origin}` is not this server"),
+            ));
+        }
+    }
+    None
+}
+
+/// The middleware in front of every route.
+async fn guard(State(http): State<Http>, request: Request<Body>, next: Next) -> Response {
+    match refusal(&http, request.method(), request.headers()) {
+        Some(error) => error.into_response(),
+        None => next.run(request).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_and_loopback() {
+        assert_eq!(host_name("127.0.0.1:8080"), "127.0.0.1");
+        assert_eq!(host_name("[::1]:8080"), "::1");
+        assert_eq!(host_name("LocalHost"), "localhost");
+        for ok in ["localhost", "app.localhost", "127.0.0.1", "127.1.2.3", "::1"] {
+            assert!(is_loopback_name(ok), "{ok}");
+        }
+        for bad in ["evil.com", "localhost.evil.com", "10.0.0.1", "0.0.0.0"] {
+            assert!(!is_loopback_name(bad), "{bad}");
+        }
+        assert!(same_secret(b"abc", b"abc") && !same_secret(b"abc", b"abd") && !same_secret(b"abc", b"ab"));
+    }
 }

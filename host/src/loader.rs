@@ -3,7 +3,7 @@
 //! Filters compile on blocking threads, off the event path; a version stays in force until its
 //! replacement has compiled.
 
-use crate::campaign::{id_from_key, CampaignDef};
+use crate::campaign::{id_from_key, CampaignDef, FilterSource};
 use crate::registry::State;
 use crate::Shared;
 use anyhow::{Context, Result};
@@ -11,7 +11,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
-use rtcrm_sandbox::CompileError;
+use rtcrm_sandbox::{CompileError, CompiledFilter};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -147,7 +147,11 @@ pub async fn apply(shared: &Arc<Shared>, key: Option<Vec<u8>>, value: Option<Vec
     };
     let sandbox = shared.sandbox.clone();
     let source = def.filter.clone();
-    let compiled = tokio::task::spawn_blocking(move || sandbox.compile_js(&source)).await;
+    let compiled = tokio::task::spawn_blocking(move || match source {
+        FilterSource::Js(src) => sandbox.compile_js(&src).map(CompiledFilter::Js).map_err(|e| describe(&e)),
+        FilterSource::Wasm(bytes) => sandbox.load_wasm(&bytes).map(CompiledFilter::Wasm).map_err(|e| format!("filter_wasm: {e}")),
+    })
+    .await;
     let id = def.id;
     match compiled {
         Ok(Ok(compiled)) => {
@@ -155,8 +159,7 @@ pub async fn apply(shared: &Arc<Shared>, key: Option<Vec<u8>>, value: Option<Vec
             tracing::info!(campaign = id, "campaign active");
             publish_status(shared, Some(id), State::Active, None, &digest).await;
         }
-        Ok(Err(err)) => {
-            let reason = describe(&err);
+        Ok(Err(reason)) => {
             tracing::warn!(campaign = id, reason = %reason, "campaign rejected");
             shared.registry.reject(id, &reason);
             publish_status(shared, Some(id), State::Rejected, Some(&reason), &digest).await;

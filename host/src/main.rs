@@ -3,10 +3,12 @@
 //! A thin entry point: parse the command line, run the command, print the error chain and map
 //! it to an exit code.
 
+mod api;
 mod campaign;
 mod campaign_cmd;
 mod cli;
 mod config;
+mod console;
 mod dev;
 mod events;
 mod filter_cmd;
@@ -17,6 +19,7 @@ mod logging;
 mod metrics;
 mod registry;
 mod run;
+mod stats;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -38,6 +41,8 @@ pub struct Shared {
     pub sandbox: rtcrm_sandbox::Sandbox,
     pub registry: registry::Registry,
     pub metrics: std::sync::Arc<metrics::Metrics>,
+    /// Per-campaign counters for the HTTP API and the console.
+    pub stats: stats::Stats,
     pub producer: rdkafka::producer::FutureProducer,
     /// The campaigns topic has been read up to its end offsets at start.
     pub campaigns_loaded: std::sync::atomic::AtomicBool,

@@ -2,7 +2,8 @@
 //! atomically so an event sees the old or the new version of a campaign, never a mix.
 
 use crate::campaign::CampaignDef;
-use rtcrm_sandbox::{CompiledJs, EvalError, Limits};
+use rtcrm_sandbox::{CompiledFilter, EvalError, Limits};
+use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -32,7 +33,9 @@ impl State {
 /// One version of a campaign in force.
 pub struct LiveCampaign {
     pub def: CampaignDef,
-    pub compiled: CompiledJs,
+    pub compiled: CompiledFilter,
+    /// The campaign as its triggers echo it.
+    pub trigger_json: Box<RawValue>,
     pub limits: Limits,
     /// Distinguishes versions of the same id (workers rebuild their instance when it changes).
     pub generation: u64,
@@ -119,10 +122,11 @@ impl Registry {
     }
 
     /// Puts a compiled campaign in force, replacing any earlier version.
-    pub fn activate(&self, def: CampaignDef, compiled: CompiledJs, host_limits: Limits) {
+    pub fn activate(&self, def: CampaignDef, compiled: CompiledFilter, host_limits: Limits) {
         let id = def.id;
         let limits = host_limits.lowered(def.fuel, def.memory_mb);
         let live = Arc::new(LiveCampaign {
+            trigger_json: def.trigger_json(),
             def,
             compiled,
             limits,
@@ -183,12 +187,12 @@ mod tests {
     use super::*;
     use rtcrm_sandbox::{Sandbox, SandboxConfig};
 
-    fn campaign(id: i64, game: &str, name: &str) -> (CampaignDef, CompiledJs) {
+    fn campaign(id: i64, game: &str, name: &str) -> (CampaignDef, CompiledFilter) {
         let json = format!(r#"{{"campaign_id":{id},"enabled":true,"game":"{game}","event_name":"{name}","filter":"e => true"}}"#);
         let def = CampaignDef::parse(None, json.as_bytes()).unwrap();
         let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
-        let compiled = sandbox.compile_js(&def.filter).unwrap();
-        (def, compiled)
+        let compiled = sandbox.compile_js("e => true").unwrap();
+        (def, CompiledFilter::Js(compiled))
     }
 
     #[test]
@@ -239,5 +243,12 @@ mod tests {
         assert!(c.failed(3), "the third consecutive failure quarantines");
         assert!(c.is_quarantined());
         assert!(!c.failed(3), "reported once");
+    }
+}
+
+impl Registry {
+    /// Every campaign id the registry has seen, with its state and error (for the HTTP API).
+    pub fn all_info(&self) -> BTreeMap<i64, CampaignInfo> {
+        self.info.lock().unwrap().clone()
     }
 }

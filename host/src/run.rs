@@ -55,6 +55,7 @@ pub async fn serve(settings: Settings, shutdown: watch::Receiver<bool>) -> Resul
         sandbox,
         registry: Registry::default(),
         metrics: Metrics::new(),
+        stats: Default::default(),
         producer,
         campaigns_loaded: AtomicBool::new(false),
         events_assigned: AtomicBool::new(false),

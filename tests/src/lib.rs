@@ -104,11 +104,14 @@ fn start_broker() -> String {
     // The watchdog first, so that the broker is stopped even if we die while it starts.
     let pid = std::process::id();
     let watchdog = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; sleep 1; exec bash '{}' stop '{}'",
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; sleep 1; bash '{}' stop '{}'; rm -rf '{}/data'",
         script.display(),
+        dir.display(),
         dir.display()
     );
-    Command::new("setsid")
+    // Detached on purpose: it outlives this process, which never waits for it.
+    #[allow(clippy::zombie_processes)]
+    let _watchdog = Command::new("setsid")
         .args(["bash", "-c", &watchdog])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -159,9 +162,14 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n")?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n");
+    let wrote = s.write_all(req.as_bytes());
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    let read = s.read_to_end(&mut raw);
+    if raw.is_empty() {
+        wrote?;
+        read?;
+    }
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -186,8 +194,7 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else { break };
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
         let size_txt = String::from_utf8_lossy(&b[..eol]).to_string();
         let size = usize::from_str_radix(size_txt.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
         b = &b[eol + 2..];
@@ -315,6 +322,7 @@ impl ProcessorBuilder {
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
+        cmd.env("NO_COLOR", "1");
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
@@ -663,7 +671,14 @@ pub fn produce_to(bootstrap: &str, topic: &str, msgs: &[Msg]) -> Vec<Delivered> 
     for (i, r) in results.into_iter().enumerate() {
         match r {
             Some(Ok(d)) => out.push(d),
-            Some(Err(e)) => errors.push(format!("message {i}: {e}")),
+            Some(Err(e)) => {
+                let hint = if msgs[i].key.is_none() && e.contains("InvalidRecord") {
+                    " (a keyless message: a compacted topic (cleanup.policy=compact) rejects messages without a key)"
+                } else {
+                    ""
+                };
+                errors.push(format!("message {i}: {e}{hint}"))
+            }
             None => errors.push(format!("message {i}: no delivery report")),
         }
     }

@@ -16,6 +16,8 @@ fn malformed_events_are_dead_lettered() {
     let mut status = Reader::new(&t.status);
     wait_status(&mut status, 4711, "active", WAIT);
 
+    // (key, value, what it is)
+    #[allow(clippy::type_complexity)]
     let bad: Vec<(Option<&[u8]>, &[u8], &str)> = vec![
         (Some(b"player-1".as_slice()), br#"{"game":"foe","event_name":"fight","data":{"result":"loss""#.as_slice(), "truncated JSON"),
         (Some(b"player-2".as_slice()), b"[1,2]".as_slice(), "a JSON array"),

@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 use rtcrm_integration_tests::*;
 use serde_json::Value;
 
+/// A campaign and the same filter in Rust.
+type Rule = (Value, fn(&Value) -> bool);
+
 #[test]
 fn endless_loop_is_quarantined_and_healthy_campaigns_complete() {
     let t = Topics::new("hostile");
@@ -14,7 +17,7 @@ fn endless_loop_is_quarantined_and_healthy_campaigns_complete() {
         json!({"campaign_id": id, "enabled": true, "game": "foe", "event_name": "fight", "filter": filter})
     };
     let hostile = base(666, "function(e){ while(true){} }");
-    let healthy: Vec<(Value, fn(&Value) -> bool)> = vec![
+    let healthy: Vec<Rule> = vec![
         (base(1, "e => e.data.result === 'loss'"), |e| e["data"]["result"] == "loss"),
         (base(2, "function(event) { return event.getData().get('score') > 500 }"), |e| e["data"]["score"].as_i64().unwrap() > 500),
         (base(3, "(e) => e.market === 'de' || e.market === 'at'"), |e| e["market"] == "de" || e["market"] == "at"),
@@ -34,7 +37,7 @@ fn endless_loop_is_quarantined_and_healthy_campaigns_complete() {
     let mut expected = BTreeSet::new();
     let mut events = Vec::new();
     for i in 0..200 {
-        let mut e = seed_event(&format!("h-{i:03}"), rng.pick(&["win", "loss"]));
+        let mut e = seed_event(&format!("h-{i:03}"), rng.pick::<&str>(&["win", "loss"]));
         e["data"]["score"] = rng.range(0, 1000).into();
         e["market"] = (*rng.pick(&["de", "at", "fr", "us"])).into();
         e["player_id"] = rng.range(1, 9999).into();

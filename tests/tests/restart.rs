@@ -7,13 +7,16 @@ use std::time::{Duration, Instant};
 use rtcrm_integration_tests::*;
 use serde_json::Value;
 
+/// A campaign and the same filter in Rust.
+type Rule = (Value, fn(&Value) -> bool);
+
 const TOTAL: usize = 2_000;
 const BEFORE_START: usize = 600;
 
 #[test]
 fn sigterm_mid_stream_then_restart() {
     let t = Topics::new("restart");
-    let camps: Vec<(Value, fn(&Value) -> bool)> = vec![
+    let camps: Vec<Rule> = vec![
         (serde_json::from_str(SEED_CAMPAIGN).unwrap(), |e| e["data"]["result"] == "loss"),
         (
             json!({"campaign_id": 4800, "enabled": true, "game": "foe", "event_name": "fight",
@@ -27,7 +30,7 @@ fn sigterm_mid_stream_then_restart() {
     let mut expected = BTreeSet::new();
     let mut msgs = Vec::new();
     for i in 0..TOTAL {
-        let mut e = seed_event(&format!("r-{i:04}"), rng.pick(&["win", "loss", "draw"]));
+        let mut e = seed_event(&format!("r-{i:04}"), rng.pick::<&str>(&["win", "loss", "draw"]));
         e["player_id"] = rng.range(1, 50_000).into();
         for (c, f) in &camps {
             if f(&e) {

@@ -26,6 +26,9 @@ fn triggered(r: &Reader) -> Vec<String> {
 #[test]
 fn replace_reject_and_delete_at_runtime() {
     let t = Topics::new("update");
+    // v1, keyless as the original wrote it, on a campaigns topic that exists before rtcrm starts
+    // (as `kcat -P` created it in the README): loss. Read at start, up to the end.
+    produce(&t.campaigns, &[Msg::keyless(SEED_CAMPAIGN)]);
     let mut p = Processor::start(&t.args());
     let mut status = Reader::new(&t.status);
     let mut triggers = Reader::new(&t.triggers);
@@ -37,8 +40,6 @@ fn replace_reject_and_delete_at_runtime() {
         p.wait_metric_at_least("rtcrm_events_total", sent, WAIT);
     };
 
-    // v1, keyless as the original wrote it: loss.
-    produce(&t.campaigns, &[Msg::keyless(SEED_CAMPAIGN)]);
     let v1 = wait_status(&mut status, 4711, "active", WAIT);
     send(&mut p, &[("u-1-loss", "loss"), ("u-2-win", "win")]);
     triggers.read_count(1, IDLE, WAIT);

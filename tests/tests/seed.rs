@@ -131,6 +131,10 @@ fn config_json_with_the_original_keys() {
     let path = log_dir().join(format!("config-{}.json", unique_suffix()));
     std::fs::write(&path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
 
+    // The campaign is on the topic before rtcrm starts (the README's flow, where `kcat -P`
+    // created the topics); the keyless-on-a-created-topic case is readme_scenario_byte_for_byte's.
+    produce(&t.campaigns, &[Msg::keyless(SEED_CAMPAIGN)]);
+
     // No --bootstrap-servers, no topic flags: all from config.json; status and DLQ topics from
     // the environment (RTCRM_*), which config.json has no keys for.
     let mut p = Processor::builder("run")
@@ -141,7 +145,6 @@ fn config_json_with_the_original_keys() {
         .env("RTCRM_DLQ_TOPIC", &t.dlq)
         .start();
     let mut status = Reader::new(&t.status);
-    produce(&t.campaigns, &[Msg::keyless(SEED_CAMPAIGN)]);
     wait_status(&mut status, 4711, "active", WAIT);
 
     let mut triggers = Reader::new(&t.triggers);

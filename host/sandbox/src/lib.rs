@@ -42,6 +42,7 @@ mod log;
 mod output;
 mod runtime;
 mod sandbox;
+mod wasm_filter;
 
 pub use error::{ErrorKind, EvalError, SandboxError};
 pub use event::{Event, EventError};
@@ -49,4 +50,5 @@ pub use limits::Limits;
 pub use log::{LogCaps, LogSink, LogStream, MemorySink, TracingSink};
 pub use rtcrm_compiler::{CompileError, ModuleError, SourceForm, RUNTIME_NAMESPACE};
 pub use runtime::default_cache_dir;
-pub use sandbox::{CompiledJs, JsFilter, ModuleLoadError, Sandbox, SandboxConfig, Verdict};
+pub use sandbox::{CompiledFilter, CompiledJs, Filter, JsFilter, ModuleLoadError, Sandbox, SandboxConfig, Verdict};
+pub use wasm_filter::{CompiledWasm, WasmError, WasmFilter, DEFAULT_MAX_MODULE_BYTES, SUPPORTED_ABI_VERSION, WASI_MODULE};

@@ -6,6 +6,7 @@ use crate::event::Event;
 use crate::limits::Limits;
 use crate::log::{FilterLog, LogCaps, LogSink, LogStream, TracingSink};
 use crate::output::CapturedOutput;
+use crate::wasm_filter::{CompiledWasm, WasmError, WasmFilter, DEFAULT_MAX_MODULE_BYTES};
 use rtcrm_compiler::{build_module, read_module, CompileError, ModuleError, SourceForm, RUNTIME_NAMESPACE};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,13 +66,14 @@ impl Default for SandboxConfig {
 /// The filter sandbox. Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct Sandbox {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
-struct Shared {
-    engine: Engine,
+pub(crate) struct Shared {
+    pub(crate) engine: Engine,
     js_runtime: InstancePre<FilterState>,
-    config: SandboxConfig,
+    pub(crate) linker: Linker<FilterState>,
+    pub(crate) config: SandboxConfig,
     _ticker: EpochTicker,
 }
 
@@ -104,6 +106,9 @@ pub enum ModuleLoadError {
     /// Its code does not yield a filter.
     #[error(transparent)]
     Compile(#[from] CompileError),
+    /// A module of the filter ABI that failed validation.
+    #[error(transparent)]
+    Wasm(#[from] WasmError),
 }
 
 /// The outcome of one successful evaluation.
@@ -133,7 +138,7 @@ impl Sandbox {
             .instantiate_pre(&module)
             .map_err(|e| SandboxError::wasmtime("linking the JS runtime", e))?;
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick);
-        Ok(Sandbox { shared: Arc::new(Shared { engine, js_runtime, config, _ticker: ticker }) })
+        Ok(Sandbox { shared: Arc::new(Shared { engine, js_runtime, linker, config, _ticker: ticker }) })
     }
 
     /// The engine every filter runs in.
@@ -290,6 +295,72 @@ impl Sandbox {
     }
 }
 
+/// A campaign's filter, compiled: JavaScript or a WebAssembly module of the filter ABI.
+#[derive(Debug, Clone)]
+pub enum CompiledFilter {
+    /// A JavaScript filter (compiled to a campaign module of the JS runtime).
+    Js(CompiledJs),
+    /// A module implementing the filter ABI (`filter-sdk/ABI.md`).
+    Wasm(CompiledWasm),
+}
+
+/// A campaign's filter instance, either kind.
+pub enum Filter {
+    /// See [`JsFilter`].
+    Js(JsFilter),
+    /// See [`WasmFilter`].
+    Wasm(WasmFilter),
+}
+
+impl Filter {
+    /// Evaluates the filter against `event`.
+    pub fn eval(&mut self, event: &Event) -> Result<Verdict, EvalError> {
+        match self {
+            Filter::Js(f) => f.eval(event),
+            Filter::Wasm(f) => f.eval(event),
+        }
+    }
+
+    /// How many times its instance was discarded after a trap and rebuilt.
+    pub fn rebuilds(&self) -> u64 {
+        match self {
+            Filter::Js(f) => f.rebuilds(),
+            Filter::Wasm(f) => f.rebuilds(),
+        }
+    }
+}
+
+impl Sandbox {
+    /// Validates and compiles a module of the filter ABI (a `filter_wasm` campaign).
+    pub fn load_wasm(&self, module: &[u8]) -> Result<CompiledWasm, WasmError> {
+        crate::wasm_filter::load(&self.shared, module, DEFAULT_MAX_MODULE_BYTES)
+    }
+
+    /// Loads a `.wasm` file of either kind: a JavaScript campaign module (it imports the JS
+    /// runtime) or a module of the filter ABI.
+    pub fn load_module(&self, module: &[u8]) -> Result<CompiledFilter, ModuleLoadError> {
+        let imports_js_runtime = wasmparser::Parser::new(0).parse_all(module).any(|p| match p {
+            Ok(wasmparser::Payload::ImportSection(r)) => {
+                r.into_imports().any(|i| i.is_ok_and(|i| i.module.starts_with("rtcrm-js-v")))
+            }
+            _ => false,
+        });
+        if imports_js_runtime {
+            self.load_js_module(module).map(CompiledFilter::Js)
+        } else {
+            self.load_wasm(module).map(CompiledFilter::Wasm).map_err(ModuleLoadError::Wasm)
+        }
+    }
+
+    /// A filter instance of either kind (see [`Sandbox::js_filter`]).
+    pub fn filter(&self, compiled: &CompiledFilter, name: &str, limits: Limits) -> Result<Filter, EvalError> {
+        match compiled {
+            CompiledFilter::Js(js) => self.js_filter(js, name, limits).map(Filter::Js),
+            CompiledFilter::Wasm(wasm) => WasmFilter::new(self.shared.clone(), wasm, name, limits).map(Filter::Wasm),
+        }
+    }
+}
+
 /// One campaign's JavaScript filter: a runtime instance of its own, reused across events.
 ///
 /// After an evaluation that traps (fuel, memory, deadline, trap) the instance is discarded and a
@@ -358,10 +429,10 @@ impl JsFilter {
 /// Store data of one filter instance.
 pub(crate) struct FilterState {
     wasi: WasiP1Ctx,
-    memory: Option<Memory>,
+    pub(crate) memory: Option<Memory>,
     event: EventRef,
     memory_limit: usize,
-    memory_exceeded: Option<usize>,
+    pub(crate) memory_exceeded: Option<usize>,
     log: FilterLog,
     stdout: CapturedOutput,
     stderr: CapturedOutput,
@@ -382,7 +453,7 @@ impl FilterState {
         unsafe { self.event.0.as_ref() }
     }
 
-    fn forward_output(&mut self, flush_all: bool) {
+    pub(crate) fn forward_output(&mut self, flush_all: bool) {
         for stream in [LogStream::Out, LogStream::Err] {
             let out = if stream == LogStream::Out { &self.stdout } else { &self.stderr };
             if !out.has_pending() {
@@ -481,7 +552,9 @@ fn host_log(mut caller: Caller<'_, FilterState>, level: i32, ptr: i32, len: i32)
 }
 
 impl Shared {
-    fn instantiate(&self, name: Arc<str>, limits: Limits) -> Result<Live, SandboxError> {
+    /// A store for one filter instance: WASI without capabilities (output captured for the log),
+    /// the memory cap, the deadline armed.
+    pub(crate) fn new_store(&self, name: Arc<str>, limits: Limits) -> Store<FilterState> {
         let stdout = CapturedOutput::new(CAPTURED_OUTPUT_BYTES);
         let stderr = CapturedOutput::new(CAPTURED_OUTPUT_BYTES);
         // No preopened directories, no environment, no arguments, no network.
@@ -499,6 +572,11 @@ impl Shared {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         store.set_epoch_deadline(self.deadline_ticks(&limits));
+        store
+    }
+
+    fn instantiate(&self, name: Arc<str>, limits: Limits) -> Result<Live, SandboxError> {
+        let mut store = self.new_store(name, limits);
         let instance = match self.js_runtime.instantiate(&mut store) {
             Ok(instance) => instance,
             Err(e) => {
@@ -532,7 +610,7 @@ impl Shared {
         })
     }
 
-    fn deadline_ticks(&self, limits: &Limits) -> u64 {
+    pub(crate) fn deadline_ticks(&self, limits: &Limits) -> u64 {
         let tick = self.config.epoch_tick.as_nanos().max(1);
         // +1: the current tick may be about to end.
         (limits.deadline.as_nanos().div_ceil(tick) as u64).max(1) + 1
@@ -557,41 +635,50 @@ enum LoadOutcome {
     NotAFunction(String),
 }
 
+/// Resets a store's per-call budgets: fuel and the deadline.
+pub(crate) fn arm(store: &mut Store<FilterState>, shared: &Shared, limits: &Limits) {
+    if shared.config.fuel_metering {
+        store.set_fuel(limits.fuel).expect("fuel metering is on");
+    }
+    store.set_epoch_deadline(shared.deadline_ticks(limits));
+}
+
+/// Classifies a failed call by trap type (and the limiter's typed record), never by text.
+pub(crate) fn classify(store: &mut Store<FilterState>, err: wasmtime::Error, limits: &Limits) -> EvalError {
+    if let Some(requested) = store.data_mut().memory_exceeded.take() {
+        return EvalError::Memory { requested, limit: limits.memory_bytes };
+    }
+    if let Some(m) = err.downcast_ref::<MemoryLimitExceeded>() {
+        return EvalError::Memory { requested: m.requested, limit: m.limit };
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => EvalError::Fuel { limit: limits.fuel },
+        Some(Trap::Interrupt) => EvalError::Deadline { limit: limits.deadline },
+        Some(trap) => EvalError::Trap(trap.to_string()),
+        None => EvalError::Trap(format!("{err}")),
+    }
+}
+
+/// The fuel a call used, after [`arm`].
+pub(crate) fn fuel_used(store: &Store<FilterState>, shared: &Shared, limits: &Limits) -> u64 {
+    if shared.config.fuel_metering {
+        limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0))
+    } else {
+        0
+    }
+}
+
 impl Live {
-    /// Resets the per-call budgets: fuel and the deadline.
-    fn arm(&mut self, shared: &Shared, limits: &Limits) {
-        if shared.config.fuel_metering {
-            self.store.set_fuel(limits.fuel).expect("fuel metering is on");
-        }
-        self.store.set_epoch_deadline(shared.deadline_ticks(limits));
-    }
-
-    /// Classifies a failed call by trap type (and the limiter's typed record), never by text.
-    fn classify(&mut self, err: wasmtime::Error, limits: &Limits) -> EvalError {
-        if let Some(requested) = self.store.data_mut().memory_exceeded.take() {
-            return EvalError::Memory { requested, limit: limits.memory_bytes };
-        }
-        if let Some(m) = err.downcast_ref::<MemoryLimitExceeded>() {
-            return EvalError::Memory { requested: m.requested, limit: m.limit };
-        }
-        match err.downcast_ref::<Trap>() {
-            Some(Trap::OutOfFuel) => EvalError::Fuel { limit: limits.fuel },
-            Some(Trap::Interrupt) => EvalError::Deadline { limit: limits.deadline },
-            Some(trap) => EvalError::Trap(trap.to_string()),
-            None => EvalError::Trap(format!("{err}")),
-        }
-    }
-
     fn call<R>(
         &mut self,
         shared: &Shared,
         limits: &Limits,
         f: impl FnOnce(&mut Self) -> wasmtime::Result<R>,
     ) -> Result<R, EvalError> {
-        self.arm(shared, limits);
+        arm(&mut self.store, shared, limits);
         let result = f(self);
         self.store.data_mut().forward_output(false);
-        result.map_err(|e| self.classify(e, limits))
+        result.map_err(|e| classify(&mut self.store, e, limits))
     }
 
     /// Copies `bytes` into a fresh buffer of the runtime's.
@@ -638,11 +725,7 @@ impl Live {
         self.store.data_mut().event = EventRef(event);
         let status = self.call(shared, limits, |live| live.eval.call(&mut live.store, ()));
         self.store.data_mut().event = EventRef(std::ptr::null());
-        let fuel_used = if shared.config.fuel_metering {
-            limits.fuel.saturating_sub(self.store.get_fuel().unwrap_or(0))
-        } else {
-            0
-        };
+        let fuel_used = fuel_used(&self.store, shared, limits);
         match status? {
             1 => Ok(Verdict { matched: true, fuel_used }),
             0 => Ok(Verdict { matched: false, fuel_used }),

@@ -6,6 +6,7 @@ mod compile;
 mod examples;
 mod hostile;
 mod isolation;
+mod wasm;
 
 use rtcrm_sandbox::{Event, JsFilter, Sandbox, SandboxConfig};
 use std::path::PathBuf;

@@ -1,0 +1,3 @@
+module rtcrm.dev/filter
+
+go 1.24

@@ -1,0 +1,419 @@
+//! Write rtcrm campaign filters in Rust. A filter is a plain function of the event; one attribute
+//! generates the glue of the filter ABI (`filter-sdk/ABI.md`, version 1) for `wasm32` targets
+//! only, so the same function unit-tests natively with `cargo test`.
+//!
+//! ```
+//! use rtcrm_filter::{filter, Event};
+//!
+//! /// The original system's campaign 4711: players who lost a fight.
+//! #[filter]
+//! fn fight_loss(event: &Event) -> bool {
+//!     event.data().get("result").and_then(|v| v.as_str()) == Some("loss")
+//! }
+//!
+//! let loss = Event::from_json(br#"{"event_name":"fight","data":{"result":"loss"}}"#).unwrap();
+//! assert!(fight_loss(&loss));
+//! ```
+//!
+//! Build it as a `cdylib` for `wasm32-unknown-unknown` (a module without imports) or
+//! `wasm32-wasip1` (imports from `wasi_snapshot_preview1` only; what the filter writes to
+//! stdout or stderr goes to the host's log). The module exports `memory`, `rtcrm_alloc`,
+//! `rtcrm_filter` and `rtcrm_abi_version`. `filter-sdk/README.md` has the commands.
+//!
+//! # What the glue does
+//! - `rtcrm_alloc(len)` returns one buffer, kept between calls and grown when an event is larger
+//!   than any before (0 when memory cannot grow).
+//! - `rtcrm_filter(ptr, len)` parses the bytes into an [`Event`] (not a JSON object:
+//!   [`Status::InvalidEvent`]), calls the function and maps its result with [`IntoStatus`]:
+//!   `true` → [`Status::Match`], `false` → [`Status::NoMatch`], `Err(e)` →
+//!   [`Status::FilterError`] with `e` written to stderr (the host log, on `wasm32-wasip1`).
+//! - A panic aborts the call (`unreachable`): the host counts error kind `trap` and rebuilds the
+//!   instance. Build with `panic = "abort"`.
+//!
+//! # Misuse is a compile error
+//! The attribute checks the signature and reports a misuse at the offending tokens:
+//!
+//! ```compile_fail
+//! #[rtcrm_filter::filter]
+//! async fn f(event: &rtcrm_filter::Event) -> bool { true }
+//! ```
+//! ```compile_fail
+//! #[rtcrm_filter::filter]
+//! fn f(event: &rtcrm_filter::Event) -> u32 { 1 } // not `bool` or `Result<bool, E>`
+//! ```
+//! ```compile_fail
+//! #[rtcrm_filter::filter]
+//! fn f(event: &String) -> bool { true } // the event is `&Event`
+//! ```
+//! ```compile_fail
+//! #[rtcrm_filter::filter(loss)]
+//! fn f(event: &rtcrm_filter::Event) -> bool { true }
+//! ```
+
+use std::fmt;
+
+// So `#[filter]`'s `::rtcrm_filter::` paths resolve in this crate's own tests.
+extern crate self as rtcrm_filter;
+
+pub use rtcrm_filter_macros::filter;
+pub use serde_json::{self, Map, Value};
+
+/// The ABI version this SDK implements, returned by the generated `rtcrm_abi_version` export.
+pub const ABI_VERSION: i32 = 1;
+
+/// What `rtcrm_filter` returns (ABI.md §3).
+///
+/// Invariant: errors are negative. `1` and `0` are the only non-negative codes; the host counts
+/// any negative code as error kind `exception` ("filter returned error code N") and any code
+/// above 1 as a trap, so a new variant here must be negative.
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// The event matches: the host emits a trigger.
+    Match = 1,
+    /// The event does not match.
+    NoMatch = 0,
+    /// The bytes are not a JSON object (the host only passes objects, so this means a host bug
+    /// or an ABI mismatch).
+    InvalidEvent = -1,
+    /// The filter function returned `Err`.
+    FilterError = -2,
+}
+
+impl Status {
+    /// The code as the ABI returns it.
+    pub const fn code(self) -> i32 {
+        self as i32
+    }
+}
+
+/// What a filter function may return: `bool`, or `Result<bool, E>` with `E: Display`.
+#[diagnostic::on_unimplemented(
+    message = "a filter returns `bool` or `Result<bool, E>` with `E: Display`, not `{Self}`",
+    label = "this is not a filter's verdict"
+)]
+pub trait IntoStatus {
+    /// The status code the ABI returns for this result.
+    fn into_status(self) -> Status;
+}
+
+impl IntoStatus for bool {
+    fn into_status(self) -> Status {
+        if self {
+            Status::Match
+        } else {
+            Status::NoMatch
+        }
+    }
+}
+
+impl<E: fmt::Display> IntoStatus for Result<bool, E> {
+    fn into_status(self) -> Status {
+        match self {
+            Ok(verdict) => verdict.into_status(),
+            Err(e) => {
+                report(format_args!("filter error: {e}"));
+                Status::FilterError
+            }
+        }
+    }
+}
+
+impl IntoStatus for Status {
+    fn into_status(self) -> Status {
+        self
+    }
+}
+
+/// Writes one line to stderr: the host's log on `wasm32-wasip1`, nowhere on
+/// `wasm32-unknown-unknown`, the terminal natively.
+fn report(message: fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "rtcrm-filter: {message}");
+}
+
+/// The event as the host received it: a JSON object, with typed accessors for the fields of
+/// the original system's events and the whole object for anything else.
+///
+/// Accessors never fail: a field that is absent or of another JSON type reads as `None` (or, for
+/// [`Event::data`] and [`Event::context`], as an empty map).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Event {
+    fields: Map<String, Value>,
+    empty: Map<String, Value>,
+}
+
+/// Why bytes are not an [`Event`].
+#[derive(Debug)]
+pub enum EventError {
+    /// Not JSON.
+    Json(serde_json::Error),
+    /// JSON, but not an object.
+    NotAnObject,
+}
+
+impl fmt::Display for EventError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventError::Json(e) => write!(f, "the event is not JSON: {e}"),
+            EventError::NotAnObject => f.write_str("the event is not a JSON object"),
+        }
+    }
+}
+
+impl std::error::Error for EventError {}
+
+macro_rules! str_fields {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(&self) -> Option<&str> {
+                self.str(stringify!($name))
+            }
+        )*
+    };
+}
+
+impl Event {
+    /// Parses the event bytes (UTF-8 JSON, a JSON object), as the glue does.
+    pub fn from_json(bytes: &[u8]) -> Result<Event, EventError> {
+        match serde_json::from_slice(bytes).map_err(EventError::Json)? {
+            Value::Object(fields) => Ok(Event { fields, empty: Map::new() }),
+            _ => Err(EventError::NotAnObject),
+        }
+    }
+
+    /// An event from a JSON value, e.g. `serde_json::json!({...})` in a test.
+    pub fn from_value(value: Value) -> Result<Event, EventError> {
+        match value {
+            Value::Object(fields) => Ok(Event { fields, empty: Map::new() }),
+            _ => Err(EventError::NotAnObject),
+        }
+    }
+
+    str_fields! {
+        /// `schema_version`, e.g. `"2023110110010101"`.
+        schema_version,
+        /// `event_id`, e.g. a UUID.
+        event_id,
+        /// `system_type`, e.g. `"game"`.
+        system_type,
+        /// `system_name`, e.g. `"foe-backend"`.
+        system_name,
+        /// `game`, e.g. `"foe"`.
+        game,
+        /// `market`, e.g. `"de"`.
+        market,
+        /// `event_type`, e.g. `"progress"`.
+        event_type,
+        /// `event_name`, e.g. `"fight"`.
+        event_name,
+        /// `event_scope`, e.g. `"user"`.
+        event_scope,
+        /// `created_at` as written (RFC 3339), e.g. `"2023-11-20T11:00:00.00Z"`.
+        created_at,
+        /// `received_at` as written (RFC 3339).
+        received_at,
+        /// `hostname`, e.g. `"foe-backend-1.ig.com"`.
+        hostname,
+    }
+
+    /// `player_id`: an integer, or a string of one (`"12345"`).
+    pub fn player_id(&self) -> Option<i64> {
+        match self.fields.get("player_id")? {
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// `data`, the event's payload (empty when absent or not an object).
+    pub fn data(&self) -> &Map<String, Value> {
+        self.object("data")
+    }
+
+    /// `context` (empty when absent or not an object).
+    pub fn context(&self) -> &Map<String, Value> {
+        self.object("context")
+    }
+
+    /// Any top-level field.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.fields.get(key)
+    }
+
+    /// A nested value by JSON pointer (RFC 6901), e.g. `"/data/player/level"`.
+    pub fn pointer(&self, pointer: &str) -> Option<&Value> {
+        let rest = pointer.strip_prefix('/')?;
+        let (first, tail) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let value = if first.contains('~') {
+            self.fields.get(&first.replace("~1", "/").replace("~0", "~"))?
+        } else {
+            self.fields.get(first)?
+        };
+        if tail.is_empty() {
+            Some(value)
+        } else {
+            value.pointer(tail)
+        }
+    }
+
+    /// The whole event.
+    pub fn fields(&self) -> &Map<String, Value> {
+        &self.fields
+    }
+
+    fn str(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).and_then(Value::as_str)
+    }
+
+    fn object(&self, key: &str) -> &Map<String, Value> {
+        match self.fields.get(key) {
+            Some(Value::Object(map)) => map,
+            _ => &self.empty,
+        }
+    }
+}
+
+/// Runs a filter function on event bytes exactly as the wasm32 glue does, so the mapping from
+/// bytes to status code is testable natively.
+pub fn evaluate<R: IntoStatus>(bytes: &[u8], filter: impl FnOnce(&Event) -> R) -> Status {
+    match Event::from_json(bytes) {
+        Ok(event) => filter(&event).into_status(),
+        Err(e) => {
+            report(format_args!("{e}"));
+            Status::InvalidEvent
+        }
+    }
+}
+
+/// The ABI exports' bodies, called by the code `#[filter]` generates. Not a public API.
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod __abi {
+    use super::{evaluate, Event, IntoStatus, Status};
+    use std::cell::UnsafeCell;
+
+    /// The one event buffer. wasm32 modules built by this SDK are single-threaded (no `atomics`
+    /// target feature), and the host never calls into an instance concurrently.
+    struct Buffer(UnsafeCell<Vec<u8>>);
+    // SAFETY: single-threaded target, see above.
+    unsafe impl Sync for Buffer {}
+
+    static BUFFER: Buffer = Buffer(UnsafeCell::new(Vec::new()));
+
+    pub fn alloc(len: i32) -> i32 {
+        let Ok(len) = usize::try_from(len) else { return 0 };
+        // SAFETY: single-threaded, and no reference to the buffer outlives a call.
+        let buf = unsafe { &mut *BUFFER.0.get() };
+        if buf.len() < len {
+            buf.clear();
+            if buf.try_reserve_exact(len).is_err() {
+                return 0;
+            }
+            buf.resize(len, 0);
+        }
+        buf.as_mut_ptr() as usize as i32
+    }
+
+    /// # Safety
+    /// `[ptr, ptr + len)` is readable: the host fills a buffer [`alloc`] returned.
+    pub unsafe fn filter<R: IntoStatus>(ptr: i32, len: i32, f: fn(&Event) -> R) -> i32 {
+        let Ok(len) = usize::try_from(len) else { return Status::InvalidEvent.code() };
+        let bytes = std::slice::from_raw_parts(ptr as u32 as usize as *const u8, len);
+        evaluate(bytes, f).code()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SEED: &[u8] = br#"{"schema_version":"2023110110010101","event_id":"7a8d0614-4e8e-4464-b439-36e31441a040","system_type":"game","system_name":"foe-backend","game":"foe","market":"de","player_id":12345,"event_type":"progress","event_name":"fight","event_scope":"user","created_at":"2023-11-20T11:00:00.00Z","received_at":"2023-11-20T11:00:02.00Z","hostname":"foe-backend-1.ig.com","context":{},"data":{"result":"loss"}}"#;
+
+    #[test]
+    fn every_original_field_is_typed() {
+        let e = Event::from_json(SEED).unwrap();
+        assert_eq!(e.schema_version(), Some("2023110110010101"));
+        assert_eq!(e.event_id(), Some("7a8d0614-4e8e-4464-b439-36e31441a040"));
+        assert_eq!(e.system_type(), Some("game"));
+        assert_eq!(e.system_name(), Some("foe-backend"));
+        assert_eq!(e.game(), Some("foe"));
+        assert_eq!(e.market(), Some("de"));
+        assert_eq!(e.player_id(), Some(12345));
+        assert_eq!(e.event_type(), Some("progress"));
+        assert_eq!(e.event_name(), Some("fight"));
+        assert_eq!(e.event_scope(), Some("user"));
+        assert_eq!(e.created_at(), Some("2023-11-20T11:00:00.00Z"));
+        assert_eq!(e.received_at(), Some("2023-11-20T11:00:02.00Z"));
+        assert_eq!(e.hostname(), Some("foe-backend-1.ig.com"));
+        assert!(e.context().is_empty());
+        assert_eq!(e.data().get("result"), Some(&json!("loss")));
+    }
+
+    #[test]
+    fn absent_or_mistyped_fields_read_as_none_or_empty() {
+        let e = Event::from_value(json!({"game": 7, "player_id": "42", "data": [1], "extra": {"a": 1}})).unwrap();
+        assert_eq!(e.game(), None);
+        assert_eq!(e.market(), None);
+        assert_eq!(e.player_id(), Some(42));
+        assert!(e.data().is_empty());
+        assert!(e.context().is_empty());
+        assert_eq!(e.get("extra"), Some(&json!({"a": 1})));
+        assert_eq!(Event::from_value(json!({"player_id": 1.5})).unwrap().player_id(), None);
+    }
+
+    #[test]
+    fn pointer_reads_nested_fields() {
+        let e = Event::from_value(json!({"data": {"player": {"level": 11}}, "a/b": {"~": 1}})).unwrap();
+        assert_eq!(e.pointer("/data/player/level"), Some(&json!(11)));
+        assert_eq!(e.pointer("/data/player/rank"), None);
+        assert_eq!(e.pointer("/a~1b/~0"), Some(&json!(1)));
+        assert_eq!(e.pointer("data"), None);
+    }
+
+    #[test]
+    fn only_json_objects_are_events() {
+        assert!(matches!(Event::from_json(b"[1]"), Err(EventError::NotAnObject)));
+        assert!(matches!(Event::from_json(b"{"), Err(EventError::Json(_))));
+    }
+
+    #[test]
+    fn evaluate_maps_results_to_status_codes() {
+        assert_eq!(evaluate(SEED, |_| true), Status::Match);
+        assert_eq!(evaluate(SEED, |_| false), Status::NoMatch);
+        assert_eq!(evaluate(SEED, |_| Ok::<_, String>(true)), Status::Match);
+        assert_eq!(evaluate(SEED, |_| Err::<bool, _>("no level")), Status::FilterError);
+        assert_eq!(evaluate(b"not json", |_| true), Status::InvalidEvent);
+    }
+
+    #[test]
+    fn errors_are_negative() {
+        for s in [Status::Match, Status::NoMatch, Status::InvalidEvent, Status::FilterError] {
+            assert!(matches!(s, Status::Match | Status::NoMatch) == (s.code() >= 0), "{s:?}");
+        }
+        assert_eq!((Status::Match.code(), Status::NoMatch.code()), (1, 0));
+    }
+
+    #[filter]
+    fn fight_loss(event: &Event) -> bool {
+        event.data().get("result").and_then(Value::as_str) == Some("loss")
+    }
+
+    #[filter]
+    fn level_over_10(event: &Event) -> Result<bool, String> {
+        let level = event.pointer("/data/player/level").and_then(Value::as_f64).ok_or("no data.player.level")?;
+        Ok(level > 10.0)
+    }
+
+    #[test]
+    fn attributed_functions_stay_plain_functions() {
+        assert!(fight_loss(&Event::from_json(SEED).unwrap()));
+        assert_eq!(level_over_10(&Event::from_value(json!({"data": {"player": {"level": 11}}})).unwrap()), Ok(true));
+        assert!(level_over_10(&Event::from_json(SEED).unwrap()).is_err());
+    }
+}

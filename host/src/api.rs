@@ -1,0 +1,514 @@
+//! The HTTP API (spec §11, issue 5), for the console and for scripts:
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `GET /api/campaigns` | `{"campaigns": [view, ...]}`, by id |
+//! | `GET /api/campaigns/{id}` | one view; 404 when the id was never seen |
+//! | `POST /api/compile`, body `{"source": "<JavaScript>"}` | `{"ok": true}` or `{"ok": false, "error": {"message", "line", "column"}}` |
+//! | `POST /api/campaigns`, body: the campaign JSON | validated and compiled, then produced to the campaigns topic keyed by its id: 202 `{"ok": true, "campaign_id", ...}`; 400 with the reason |
+//! | `DELETE /api/campaigns/{id}` | a tombstone under the id: 202; 404 when the id is unknown or deleted |
+//! | `POST /api/events`, body: an event (a JSON object) | produced to the events topic keyed by its player id: 202 |
+//! | `GET /api/triggers/stream` | server-sent events: one `data:` line per trigger (its JSON) produced from now on |
+//! | `GET /api/info`, `GET /api/examples` | versions, topics, whether a token is needed; the example campaign and event |
+//!
+//! A view: `{"campaign_id", "state", "error", "campaign": <the JSON in force, or null>, "counters":
+//! {"evaluations", "matches", "errors": {kind: n}, "errors_total", "fuel_p50", "fuel_p99",
+//! "last_match_at"}}`. Bodies are capped at [`BODY_LIMIT`] (413 beyond).
+
+use crate::campaign::{CampaignDef, FilterSource};
+use crate::http::{json, ApiError, Http};
+use crate::Shared;
+use anyhow::{Context, Result};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures_util::{Stream, StreamExt};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureRecord;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rtcrm_sandbox::CompileError;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{json as j, Value};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch, Mutex};
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 256 * 1024;
+/// An over-large body is read and dropped up to this size before the 413 is sent, so the client
+/// sees the answer rather than a reset connection.
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+/// How long producing to Kafka may take before the request fails.
+const PRODUCE_TIMEOUT: Duration = Duration::from_secs(15);
+
+const EXAMPLE_CAMPAIGN: &str = include_str!("../../examples/campaigns/campaign-4711.json");
+const EXAMPLE_EVENT: &str = include_str!("../../examples/events/fight-loss.json");
+
+pub fn routes() -> Router<Http> {
+    Router::new()
+        .route("/api/info", get(info))
+        .route("/api/examples", get(examples))
+        .route("/api/campaigns", get(list_campaigns).post(put_campaign))
+        .route("/api/campaigns/{id}", get(get_campaign).delete(delete_campaign))
+        .route("/api/compile", post(compile))
+        .route("/api/events", post(send_event))
+        .route("/api/triggers/stream", get(trigger_stream))
+        .route("/api", get(|| async { ApiError::new(StatusCode::NOT_FOUND, "see /api/campaigns, /api/events, /api/compile, /api/triggers/stream") }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading requests
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over the limit of {} KiB", BODY_LIMIT / 1024))
+        .with("limit_bytes", BODY_LIMIT)
+}
+
+/// Reads what is left of a refused body (bounded in size and time, and stopping when the client
+/// pauses) so the client gets the answer instead of a reset connection.
+async fn drain(mut stream: impl Stream<Item = Result<Bytes, axum::Error>> + Unpin, mut read: usize) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while read < DRAIN_LIMIT {
+            match tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
+                Ok(Some(Ok(chunk))) => read += chunk.len(),
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
+/// The request body, at most [`BODY_LIMIT`] bytes.
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let mut stream = body.into_data_stream();
+    if content_length(headers).is_some_and(|n| n > BODY_LIMIT as u64) {
+        drain(stream, 0).await;
+        return Err(too_large());
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("reading the request body: {e}")))?;
+        if buf.len() + chunk.len() > BODY_LIMIT {
+            drain(stream, buf.len() + chunk.len()).await;
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.into())
+}
+
+/// The body as a JSON object; `what` names it in errors ("the event").
+fn json_object(bytes: &[u8], what: &str) -> Result<serde_json::Map<String, Value>, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the request body is empty; send {what} as a JSON object")));
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{what} must be a JSON object, not {}", json_type(&other)),
+        )),
+        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, format!("{what} is not valid JSON: {e}"))
+            .with("line", e.line())
+            .with("column", e.column())),
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn parse_id(text: &str) -> Result<i64, ApiError> {
+    text.trim().parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("campaign id `{text}` is not an integer")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Campaigns
+
+#[derive(Serialize)]
+struct Counters {
+    evaluations: u64,
+    matches: u64,
+    errors: BTreeMap<&'static str, u64>,
+    errors_total: u64,
+    fuel_p50: Option<u64>,
+    fuel_p99: Option<u64>,
+    last_match_at: Option<String>,
+}
+
+#[derive(Serialize)]
+struct CampaignView<'a> {
+    campaign_id: i64,
+    state: &'static str,
+    error: Option<String>,
+    /// The version in force as its triggers echo it: as received, a `filter_wasm` module replaced
+    /// by its digest (None for a rejected or deleted id).
+    campaign: Option<&'a RawValue>,
+    counters: Counters,
+}
+
+fn counters(shared: &Shared, id: i64) -> Counters {
+    let s = shared.stats.get(id);
+    Counters {
+        evaluations: s.evaluations,
+        matches: s.matches,
+        errors_total: s.errors.iter().map(|(_, n)| n).sum(),
+        errors: s.errors.iter().map(|(k, n)| (k.as_str(), *n)).collect(),
+        fuel_p50: s.fuel_p50,
+        fuel_p99: s.fuel_p99,
+        last_match_at: s
+            .last_match_ms
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+    }
+}
+
+async fn list_campaigns(State(http): State<Http>) -> Response {
+    let shared = &http.shared;
+    let snapshot = shared.registry.snapshot();
+    let views: Vec<CampaignView<'_>> = shared
+        .registry
+        .all_info()
+        .into_iter()
+        .map(|(id, info)| CampaignView {
+            campaign_id: id,
+            state: info.state.as_str(),
+            error: info.error,
+            campaign: snapshot.get(id).map(|c| &*c.trigger_json),
+            counters: counters(shared, id),
+        })
+        .collect();
+    #[derive(Serialize)]
+    struct List<'a> {
+        campaigns: Vec<CampaignView<'a>>,
+    }
+    json(StatusCode::OK, &List { campaigns: views })
+}
+
+async fn get_campaign(State(http): State<Http>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let shared = &http.shared;
+    let info = shared
+        .registry
+        .info(id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("campaign {id} is unknown")))?;
+    let snapshot = shared.registry.snapshot();
+    let view = CampaignView {
+        campaign_id: id,
+        state: info.state.as_str(),
+        error: info.error,
+        campaign: snapshot.get(id).map(|c| &*c.trigger_json),
+        counters: counters(shared, id),
+    };
+    Ok(json(StatusCode::OK, &view))
+}
+
+/// A compile error as `{"message", "line", "column"}` (line and column null when not a syntax error).
+fn compile_error(err: &CompileError) -> Value {
+    match err {
+        CompileError::Syntax { message, line, column } => j!({ "message": message, "line": line, "column": column }),
+        other => j!({ "message": other.to_string(), "line": null, "column": null }),
+    }
+}
+
+async fn compile_source(shared: &Shared, source: String) -> Result<Result<(), CompileError>, ApiError> {
+    let sandbox = shared.sandbox.clone();
+    tokio::task::spawn_blocking(move || sandbox.compile_js(&source).map(drop))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the compiler failed: {e}")))
+}
+
+async fn compile(State(http): State<Http>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let body = read_body(&headers, body).await?;
+    let request = json_object(&body, "the request")?;
+    let source = match request.get("source") {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("`source` must be a string, not {}", json_type(other)))),
+        None => return Err(ApiError::new(StatusCode::BAD_REQUEST, "send {\"source\": \"<the filter's JavaScript>\"}")),
+    };
+    Ok(match compile_source(&http.shared, source).await? {
+        Ok(()) => json(StatusCode::OK, &j!({ "ok": true })),
+        Err(err) => json(StatusCode::OK, &j!({ "ok": false, "error": compile_error(&err) })),
+    })
+}
+
+/// Produces a record and waits for its acknowledgement.
+async fn produce(shared: &Shared, topic: &str, key: &str, payload: Option<&[u8]>) -> Result<(i32, i64), ApiError> {
+    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key);
+    if let Some(p) = payload {
+        record = record.payload(p);
+    }
+    shared.producer.send(record, PRODUCE_TIMEOUT).await.map(|d| (d.partition, d.offset)).map_err(|(e, _)| {
+        tracing::warn!(error = %e, topic, "HTTP API: producing failed");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("producing to {topic} failed: {e}"))
+    })
+}
+
+async fn put_campaign(State(http): State<Http>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let shared = &http.shared;
+    let body = read_body(&headers, body).await?;
+    json_object(&body, "the campaign")?;
+    let def = CampaignDef::parse(None, &body).map_err(|r| {
+        let e = ApiError::new(StatusCode::BAD_REQUEST, r.reason);
+        match r.id {
+            Some(id) => e.with("campaign_id", id),
+            None => e,
+        }
+    })?;
+    match &def.filter {
+        FilterSource::Js(source) => {
+            if let Err(err) = compile_source(shared, source.clone()).await? {
+                let detail = compile_error(&err);
+                return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("filter: {}", crate::loader::describe(&err)))
+                    .with("campaign_id", def.id)
+                    .with("line", detail["line"].clone())
+                    .with("column", detail["column"].clone()));
+            }
+        }
+        FilterSource::Wasm(module) => {
+            let (sandbox, module) = (shared.sandbox.clone(), module.clone());
+            let loaded = tokio::task::spawn_blocking(move || sandbox.load_wasm(&module).map(drop).map_err(|e| e.to_string()))
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the compiler failed: {e}")))?;
+            if let Err(reason) = loaded {
+                return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("filter_wasm: {reason}")).with("campaign_id", def.id));
+            }
+        }
+    }
+    let topic = &shared.settings.campaign_topic;
+    let text = String::from_utf8_lossy(&body);
+    let (partition, offset) = produce(shared, topic, &def.id.to_string(), Some(text.trim().as_bytes())).await?;
+    tracing::info!(campaign = def.id, "HTTP API: campaign published");
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &j!({ "ok": true, "campaign_id": def.id, "topic": topic, "partition": partition, "offset": offset }),
+    ))
+}
+
+async fn delete_campaign(State(http): State<Http>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let shared = &http.shared;
+    match shared.registry.info(id) {
+        Some(info) if info.state != crate::registry::State::Deleted => {}
+        Some(_) => return Err(ApiError::new(StatusCode::NOT_FOUND, format!("campaign {id} is already deleted"))),
+        None => return Err(ApiError::new(StatusCode::NOT_FOUND, format!("campaign {id} is unknown"))),
+    }
+    let topic = &shared.settings.campaign_topic;
+    let (partition, offset) = produce(shared, topic, &id.to_string(), None).await?;
+    tracing::info!(campaign = id, "HTTP API: campaign tombstone published");
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &j!({ "ok": true, "campaign_id": id, "topic": topic, "partition": partition, "offset": offset }),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+
+async fn send_event(State(http): State<Http>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let shared = &http.shared;
+    let body = read_body(&headers, body).await?;
+    let event = json_object(&body, "the event")?;
+    // Keyed like the triggers: the player id as text (spec §1 recommends it).
+    let key = match event.get("player_id") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    };
+    let topic = &shared.settings.event_topic;
+    let text = String::from_utf8_lossy(&body);
+    let (partition, offset) = produce(shared, topic, &key, Some(text.trim().as_bytes())).await?;
+    Ok(json(StatusCode::ACCEPTED, &j!({ "ok": true, "topic": topic, "partition": partition, "offset": offset })))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Information
+
+async fn info(State(http): State<Http>) -> Response {
+    let s = &http.shared.settings;
+    let ready_reason = if !http.shared.campaigns_loaded.load(std::sync::atomic::Ordering::SeqCst) {
+        Some("reading the campaigns topic")
+    } else if !http.shared.events_assigned.load(std::sync::atomic::Ordering::SeqCst) {
+        Some("joining the events consumer group")
+    } else {
+        None
+    };
+    json(
+        StatusCode::OK,
+        &j!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "instance": s.instance_id,
+            "bootstrap_servers": s.bootstrap_servers,
+            "topics": {
+                "events": s.event_topic, "campaigns": s.campaign_topic, "triggers": s.trigger_topic,
+                "status": s.status_topic, "dead_letters": s.dlq_topic,
+            },
+            "ready": ready_reason.is_none(),
+            "ready_reason": ready_reason,
+            "auth_required": !s.http_addr.ip().is_loopback(),
+            "body_limit_bytes": BODY_LIMIT,
+        }),
+    )
+}
+
+async fn examples() -> Response {
+    let parse = |text: &str| serde_json::from_str::<Value>(text).expect("the examples are JSON");
+    json(StatusCode::OK, &j!({ "campaign": parse(EXAMPLE_CAMPAIGN), "event": parse(EXAMPLE_EVENT) }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Triggers: server-sent events
+
+/// One consumer of the triggers topic shared by every open stream: started with the first
+/// stream, positioned at the end offsets ("from now"), stopped a few seconds after the last
+/// stream closes (so an idle console costs the cluster nothing).
+#[derive(Default)]
+pub struct TriggerHub {
+    sender: Mutex<Option<broadcast::Sender<Arc<str>>>>,
+}
+
+impl TriggerHub {
+    /// A receiver of every trigger produced from now on.
+    async fn subscribe(self: &Arc<Self>, shared: &Arc<Shared>, shutdown: watch::Receiver<bool>) -> Result<broadcast::Receiver<Arc<str>>> {
+        let mut sender = self.sender.lock().await;
+        if let Some(tx) = sender.as_ref() {
+            return Ok(tx.subscribe());
+        }
+        let consumer = tail_consumer(shared).await?;
+        let (tx, rx) = broadcast::channel(1024);
+        *sender = Some(tx.clone());
+        tokio::spawn(self.clone().pump(consumer, tx, shutdown));
+        Ok(rx)
+    }
+
+    async fn pump(self: Arc<Self>, consumer: StreamConsumer, tx: broadcast::Sender<Arc<str>>, mut shutdown: watch::Receiver<bool>) {
+        let mut idle = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                m = consumer.recv() => match m {
+                    Ok(m) => {
+                        let text = String::from_utf8_lossy(m.payload().unwrap_or_default());
+                        let _ = tx.send(text.into());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "tailing the triggers topic");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                },
+                _ = idle.tick() => {
+                    let mut sender = self.sender.lock().await;
+                    if tx.receiver_count() == 0 {
+                        *sender = None;
+                        tracing::debug!("no trigger stream open: stopped tailing the triggers topic");
+                        return;
+                    }
+                }
+            }
+        }
+        *self.sender.lock().await = None;
+    }
+}
+
+/// A consumer of every partition of the triggers topic, at its current end.
+async fn tail_consumer(shared: &Shared) -> Result<StreamConsumer> {
+    let settings = shared.settings.clone();
+    tokio::task::spawn_blocking(move || -> Result<StreamConsumer> {
+        let topic = settings.trigger_topic.as_str();
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.bootstrap_servers)
+            .set("client.id", format!("rtcrm-{}-console", settings.instance_id))
+            .set("group.id", format!("rtcrm-console-{}", settings.instance_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "latest")
+            .create()
+            .context("creating the triggers consumer")?;
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .with_context(|| format!("reading the metadata of `{topic}`"))?;
+        let mut tpl = TopicPartitionList::new();
+        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .with_context(|| format!("reading the end offset of `{topic}` partition {}", p.id()))?;
+            tpl.add_partition_offset(topic, p.id(), Offset::Offset(high))?;
+        }
+        anyhow::ensure!(tpl.count() > 0, "the triggers topic `{topic}` has no partitions");
+        consumer.assign(&tpl).with_context(|| format!("reading `{topic}`"))?;
+        Ok(consumer)
+    })
+    .await
+    .context("the triggers consumer panicked")?
+}
+
+async fn trigger_stream(State(http): State<Http>) -> Result<Response, ApiError> {
+    let mut shutdown = http.shutdown.clone();
+    if *shutdown.borrow_and_update() {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+    }
+    let rx = http.hub.subscribe(&http.shared, shutdown.clone()).await.map_err(|e| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("tailing the triggers topic: {e:#}"))
+    })?;
+    let topic = http.shared.settings.trigger_topic.clone();
+    let hello = futures_util::stream::once(async move { Ok::<_, Infallible>(SseEvent::default().comment(format!("tailing {topic} from now on"))) });
+    let triggers = futures_util::stream::unfold((rx, shutdown), |(mut rx, mut shutdown)| async move {
+        tokio::select! {
+            _ = shutdown.changed() => None,
+            r = rx.recv() => match r {
+                Ok(text) => Some((Ok(SseEvent::default().data(&*text)), (rx, shutdown))),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    Some((Ok(SseEvent::default().event("lagged").data(n.to_string())), (rx, shutdown)))
+                }
+                Err(broadcast::error::RecvError::Closed) => None,
+            },
+        }
+    });
+    let mut response = Sse::new(hello.chain(triggers)).keep_alive(KeepAlive::default()).into_response();
+    // Proxies must not buffer the stream.
+    response.headers_mut().insert("x-accel-buffering", header::HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_bodies_are_checked_with_a_message() {
+        let e = json_object(b"{\"a\":", "the event").unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.body["error"].as_str().unwrap().starts_with("the event is not valid JSON: "), "{:?}", e.body);
+        let e = json_object(b"[1]", "the event").unwrap_err();
+        assert!(e.body["error"].as_str().unwrap().contains("not an array"), "{:?}", e.body);
+        let e = json_object(b"  ", "the event").unwrap_err();
+        assert!(e.body["error"].as_str().unwrap().contains("empty"), "{:?}", e.body);
+        assert!(json_object(b"{}", "the event").is_ok());
+        assert!(parse_id("x").is_err());
+        assert_eq!(parse_id("4711").unwrap(), 4711);
+    }
+
+    #[test]
+    fn the_examples_are_json() {
+        assert!(serde_json::from_str::<Value>(EXAMPLE_CAMPAIGN).is_ok() && serde_json::from_str::<Value>(EXAMPLE_EVENT).is_ok());
+    }
+}

@@ -1,0 +1,446 @@
+// rtcrm console: talks to the HTTP API of the process that serves it (see host/src/api.rs).
+'use strict';
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const el = (tag, props = {}, ...children) => {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(props)) {
+      if (k === 'class') node.className = v;
+      else if (k === 'text') node.textContent = v;
+      else if (k === 'dataset') Object.assign(node.dataset, v);
+      else node.setAttribute(k, v);
+    }
+    for (const c of children) if (c != null) node.append(c);
+    return node;
+  };
+
+  const ui = {
+    ready: $('ready'), feedStatus: $('feed-status'), tokenBox: $('token-box'), token: $('token'),
+    campaignJson: $('campaign-json'), campaignJsonStatus: $('campaign-json-status'),
+    filter: $('filter'), gutter: $('filter-gutter'), backdrop: $('filter-backdrop'), filterEditor: $('filter-editor'),
+    compileStatus: $('compile-status'), campaignResult: $('campaign-result'),
+    campaignExample: $('campaign-example'), campaignSend: $('campaign-send'),
+    eventJson: $('event-json'), eventJsonStatus: $('event-json-status'), eventResult: $('event-result'),
+    eventExample: $('event-example'), eventSend: $('event-send'),
+    feed: $('feed'), feedEmpty: $('feed-empty'), feedClear: $('feed-clear'),
+    table: document.querySelector('#campaigns tbody'), tableEmpty: $('campaigns-empty'), campaignsNote: $('campaigns-note'),
+    toasts: $('toasts'),
+  };
+
+  // ------------------------------------------------------------------------------------------
+  // HTTP
+
+  let authRequired = false;
+  try { ui.token.value = sessionStorage.getItem('rtcrm-token') || ''; } catch (_) { /* storage may be off */ }
+  ui.token.addEventListener('input', () => {
+    try { sessionStorage.setItem('rtcrm-token', ui.token.value); } catch (_) { /* ignore */ }
+  });
+
+  /** fetch, returning {status, body} with the body parsed as JSON when it is JSON. Never throws
+   *  for an HTTP status; throws for a network failure. */
+  async function api(method, path, body) {
+    const headers = {};
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    if (method !== 'GET' && ui.token.value.trim()) headers.Authorization = 'Bearer ' + ui.token.value.trim();
+    const response = await fetch(path, { method, headers, body, cache: 'no-store' });
+    const text = await response.text();
+    let parsed = text;
+    try { parsed = JSON.parse(text); } catch (_) { /* not JSON */ }
+    return { status: response.status, ok: response.ok, body: parsed };
+  }
+
+  const errorText = (r) => (r.body && typeof r.body === 'object' && r.body.error) ? r.body.error : `HTTP ${r.status}`;
+
+  function setResult(node, cls, text) {
+    node.className = node.className.replace(/\b(ok|bad|pending)\b/g, '').trim() + (cls ? ' ' + cls : '');
+    node.textContent = text;
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Server information, readiness
+
+  let examples = null;
+  async function loadExamples() {
+    if (!examples) {
+      const r = await api('GET', '/api/examples');
+      if (!r.ok) throw new Error(errorText(r));
+      examples = r.body;
+    }
+    return examples;
+  }
+
+  async function refreshInfo() {
+    try {
+      const r = await api('GET', '/api/info');
+      if (!r.ok) return;
+      const info = r.body;
+      authRequired = info.auth_required;
+      ui.tokenBox.hidden = !authRequired;
+      for (const node of document.querySelectorAll('[data-topic]')) {
+        const name = info.topics[node.dataset.topic];
+        if (name) node.textContent = name;
+      }
+      ui.ready.textContent = info.ready ? 'ready' : 'not ready: ' + info.ready_reason;
+      ui.ready.className = 'pill ' + (info.ready ? 'ok' : 'bad');
+      ui.ready.title = `rtcrm ${info.version} · ${info.instance} · Kafka ${info.bootstrap_servers}`;
+    } catch (_) {
+      ui.ready.textContent = 'unreachable';
+      ui.ready.className = 'pill bad';
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Campaign editor: the campaign JSON and its filter, kept in step; the filter compiles as you type
+
+  let campaignObject = null;   // the parsed campaign JSON, or null while it does not parse
+  let compileState = 'none';   // none | pending | ok | error
+  let compileSeq = 0;
+  let compileTimer = 0;
+  let compileError = null;     // {message, line, column}
+  let sendingCampaign = false;
+
+  function updateCampaignSend() {
+    ui.campaignSend.disabled = sendingCampaign || !campaignObject || compileState !== 'ok';
+    ui.campaignSend.title = !campaignObject ? 'the campaign JSON does not parse'
+      : compileState === 'error' ? 'the filter does not compile'
+        : compileState === 'pending' ? 'compiling the filter…' : '';
+  }
+
+  function onCampaignJsonInput() {
+    const text = ui.campaignJson.value;
+    try {
+      const value = JSON.parse(text);
+      if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new Error('the campaign must be a JSON object');
+      campaignObject = value;
+      ui.campaignJson.removeAttribute('aria-invalid');
+      setResult(ui.campaignJsonStatus, '', '');
+      const source = typeof value.filter === 'string' ? value.filter : '';
+      if (source !== ui.filter.value) {
+        ui.filter.value = source;
+        renderFilter();
+      }
+      scheduleCompile();
+    } catch (e) {
+      campaignObject = null;
+      ui.campaignJson.setAttribute('aria-invalid', 'true');
+      setResult(ui.campaignJsonStatus, 'bad', text.trim() ? 'campaign JSON: ' + e.message : '');
+    }
+    updateCampaignSend();
+  }
+
+  function onFilterInput() {
+    renderFilter();
+    if (campaignObject) {
+      campaignObject.filter = ui.filter.value;
+      ui.campaignJson.value = JSON.stringify(campaignObject, null, 2);
+    }
+    scheduleCompile();
+    updateCampaignSend();
+  }
+
+  function scheduleCompile() {
+    clearTimeout(compileTimer);
+    compileState = 'pending';
+    const seq = ++compileSeq;
+    setResult(ui.compileStatus, 'pending', 'compiling…');
+    updateCampaignSend();
+    compileTimer = setTimeout(() => compileNow(seq), 250);
+  }
+
+  async function compileNow(seq) {
+    let state, error = null;
+    try {
+      const r = await api('POST', '/api/compile', JSON.stringify({ source: ui.filter.value }));
+      if (seq !== compileSeq) return;
+      if (r.ok && r.body.ok) state = 'ok';
+      else if (r.ok) { state = 'error'; error = r.body.error; }
+      else { state = 'error'; error = { message: errorText(r), line: null, column: null }; }
+    } catch (e) {
+      if (seq !== compileSeq) return;
+      state = 'error';
+      error = { message: 'cannot reach rtcrm: ' + e.message, line: null, column: null };
+    }
+    compileState = state;
+    compileError = error;
+    if (state === 'ok') setResult(ui.compileStatus, 'ok', '✓ the filter compiles');
+    else if (error.line != null) setResult(ui.compileStatus, 'bad', `line ${error.line}, column ${error.column}: ${error.message}`);
+    else setResult(ui.compileStatus, 'bad', error.message);
+    renderFilter();
+    updateCampaignSend();
+  }
+
+  /** Line numbers, and the error line and column marked behind the text. */
+  function renderFilter() {
+    const lines = ui.filter.value.split('\n');
+    const errLine = compileState === 'error' && compileError && compileError.line != null ? compileError.line : null;
+    ui.gutter.replaceChildren(...lines.map((_, i) => el('div', { class: i + 1 === errLine ? 'err' : '', text: String(i + 1) })));
+    ui.backdrop.replaceChildren(...lines.map((line, i) => {
+      const span = el('span', { class: i + 1 === errLine ? 'err-line' : '' });
+      if (i + 1 === errLine) {
+        const col = Math.max(0, Math.min((compileError.column || 1) - 1, line.length));
+        span.append(line.slice(0, col), el('mark', { text: line.slice(col, col + 1) || ' ' }), line.slice(col + 1));
+      } else {
+        span.textContent = line;
+      }
+      return [span, '\n'];
+    }).flat());
+    ui.filterEditor.classList.toggle('invalid', errLine != null || (compileState === 'error'));
+    ui.filter.setAttribute('aria-invalid', compileState === 'error' ? 'true' : 'false');
+    syncScroll();
+  }
+
+  function syncScroll() {
+    ui.backdrop.scrollTop = ui.filter.scrollTop;
+    ui.backdrop.scrollLeft = ui.filter.scrollLeft;
+    ui.gutter.scrollTop = ui.filter.scrollTop;
+  }
+
+  async function sendCampaign() {
+    if (ui.campaignSend.disabled) return;
+    sendingCampaign = true;
+    updateCampaignSend();
+    setResult(ui.campaignResult, 'pending', 'sending…');
+    try {
+      const r = await api('POST', '/api/campaigns', ui.campaignJson.value);
+      if (r.ok) {
+        setResult(ui.campaignResult, 'ok', `campaign ${r.body.campaign_id} sent to ${r.body.topic} (partition ${r.body.partition}, offset ${r.body.offset})`);
+        refreshCampaigns();
+      } else {
+        setResult(ui.campaignResult, 'bad', 'not sent: ' + errorText(r));
+      }
+    } catch (e) {
+      setResult(ui.campaignResult, 'bad', 'not sent: ' + e.message);
+    } finally {
+      sendingCampaign = false;
+      updateCampaignSend();
+    }
+  }
+
+  async function campaignExample() {
+    try {
+      const { campaign } = await loadExamples();
+      ui.campaignJson.value = JSON.stringify(campaign, null, 2);
+      setResult(ui.campaignResult, '', '');
+      onCampaignJsonInput();
+    } catch (e) {
+      setResult(ui.campaignResult, 'bad', 'no example: ' + e.message);
+    }
+  }
+
+  ui.campaignJson.addEventListener('input', onCampaignJsonInput);
+  ui.filter.addEventListener('input', onFilterInput);
+  ui.filter.addEventListener('scroll', syncScroll);
+  ui.filter.addEventListener('keydown', (e) => {
+    // Tab indents instead of leaving the editor.
+    if (e.key === 'Tab' && !e.shiftKey && !e.ctrlKey && !e.altKey && !e.metaKey) {
+      e.preventDefault();
+      ui.filter.setRangeText('  ', ui.filter.selectionStart, ui.filter.selectionEnd, 'end');
+      onFilterInput();
+    }
+  });
+  ui.campaignExample.addEventListener('click', campaignExample);
+  ui.campaignSend.addEventListener('click', sendCampaign);
+
+  // ------------------------------------------------------------------------------------------
+  // Event editor
+
+  let eventValid = false;
+  let sendingEvent = false;
+
+  function onEventInput() {
+    const text = ui.eventJson.value;
+    try {
+      const value = JSON.parse(text);
+      if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new Error('an event must be a JSON object');
+      eventValid = true;
+      ui.eventJson.removeAttribute('aria-invalid');
+      setResult(ui.eventJsonStatus, '', '');
+    } catch (e) {
+      eventValid = false;
+      ui.eventJson.setAttribute('aria-invalid', 'true');
+      setResult(ui.eventJsonStatus, 'bad', text.trim() ? 'event JSON: ' + e.message : '');
+    }
+    ui.eventSend.disabled = !eventValid || sendingEvent;
+  }
+
+  function newEventId() {
+    if (crypto.randomUUID) return crypto.randomUUID();
+    const b = crypto.getRandomValues(new Uint8Array(16));
+    b[6] = (b[6] & 0x0f) | 0x40; b[8] = (b[8] & 0x3f) | 0x80;
+    const h = [...b].map((x) => x.toString(16).padStart(2, '0')).join('');
+    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  }
+
+  async function eventExample() {
+    try {
+      const { event } = await loadExamples();
+      // A fresh event id each time, so each example event gives its own trigger id.
+      const fresh = { ...event, event_id: newEventId() };
+      ui.eventJson.value = JSON.stringify(fresh, null, 2);
+      setResult(ui.eventResult, '', '');
+      onEventInput();
+    } catch (e) {
+      setResult(ui.eventResult, 'bad', 'no example: ' + e.message);
+    }
+  }
+
+  async function sendEvent() {
+    if (ui.eventSend.disabled) return;
+    sendingEvent = true;
+    ui.eventSend.disabled = true;
+    setResult(ui.eventResult, 'pending', 'sending…');
+    try {
+      const r = await api('POST', '/api/events', ui.eventJson.value);
+      if (r.ok) setResult(ui.eventResult, 'ok', `event sent to ${r.body.topic} (partition ${r.body.partition}, offset ${r.body.offset})`);
+      else setResult(ui.eventResult, 'bad', 'not sent: ' + errorText(r));
+    } catch (e) {
+      setResult(ui.eventResult, 'bad', 'not sent: ' + e.message);
+    } finally {
+      sendingEvent = false;
+      onEventInput();
+    }
+  }
+
+  ui.eventJson.addEventListener('input', onEventInput);
+  ui.eventExample.addEventListener('click', eventExample);
+  ui.eventSend.addEventListener('click', sendEvent);
+
+  // ------------------------------------------------------------------------------------------
+  // Live triggers
+
+  const FEED_MAX = 200;
+  const clock = (d) => d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+  const show = (v) => (v === undefined || v === null || v === '') ? '–' : String(v);
+
+  function toast(text) {
+    const node = el('div', { class: 'toast', role: 'status', text });
+    ui.toasts.append(node);
+    while (ui.toasts.children.length > 4) ui.toasts.firstElementChild.remove();
+    setTimeout(() => { node.classList.add('bye'); setTimeout(() => node.remove(), 450); }, 6000);
+  }
+
+  function onTrigger(message) {
+    let trigger;
+    try { trigger = JSON.parse(message.data); } catch (_) { return; }
+    const c = trigger.campaign || {};
+    const e = trigger.event || {};
+    const at = trigger.triggered_at ? new Date(trigger.triggered_at) : new Date();
+    const item = el('li', { dataset: { campaign: String(c.campaign_id), trigger: show(trigger.trigger_id) } },
+      el('div', { class: 'line1' },
+        el('span', { text: `campaign ${show(c.campaign_id)} → player ${show(e.player_id)}` }),
+        el('time', { datetime: at.toISOString(), text: clock(at) })),
+      el('div', { class: 'line2', text: `game ${show(e.game)} · market ${show(e.market)} · ${show(e.event_name)} · ${show(trigger.trigger_id)}` }),
+      el('details', {}, el('summary', { text: 'trigger JSON' }), el('pre', { text: JSON.stringify(trigger, null, 2) })));
+    ui.feed.prepend(item);
+    while (ui.feed.children.length > FEED_MAX) ui.feed.lastElementChild.remove();
+    ui.feedEmpty.hidden = true;
+    toast(`campaign ${show(c.campaign_id)} triggered for player ${show(e.player_id)} in game ${show(e.game)}, market ${show(e.market)}`);
+  }
+
+  function connectFeed() {
+    const source = new EventSource('/api/triggers/stream');
+    source.addEventListener('open', () => { ui.feedStatus.textContent = 'feed: live'; ui.feedStatus.className = 'pill ok'; });
+    source.addEventListener('message', onTrigger);
+    source.addEventListener('lagged', (m) => toast(`the feed skipped ${m.data} triggers (too many to show)`));
+    source.addEventListener('error', () => { ui.feedStatus.textContent = 'feed: reconnecting…'; ui.feedStatus.className = 'pill bad'; });
+  }
+
+  ui.feedClear.addEventListener('click', () => { ui.feed.replaceChildren(); ui.feedEmpty.hidden = false; });
+
+  // ------------------------------------------------------------------------------------------
+  // Campaigns table, refreshed every 1.5 s
+
+  let lastTable = '';
+  let deleteArmed = null;
+
+  function ago(iso) {
+    if (!iso) return '–';
+    const s = Math.max(0, Math.round((Date.now() - new Date(iso).getTime()) / 1000));
+    if (s < 60) return `${s} s ago`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+    return new Date(iso).toLocaleDateString();
+  }
+  const day = (iso) => iso ? String(iso).slice(0, 10) : '…';
+
+  function renderCampaigns(list) {
+    const key = JSON.stringify(list) + '|' + Math.floor(Date.now() / 5000) + '|' + deleteArmed;
+    if (key === lastTable) return;
+    lastTable = key;
+    ui.tableEmpty.hidden = list.length > 0;
+    const live = list.filter((c) => c.state !== 'deleted').length;
+    ui.campaignsNote.textContent = `${live} live · ${list.length - live} deleted`;
+    ui.table.replaceChildren(...list.map((c) => {
+      const def = c.campaign || {};
+      const n = c.counters;
+      const errorsByKind = Object.entries(n.errors).filter(([, v]) => v > 0).map(([k, v]) => `${k}: ${v}`).join(', ');
+      const actions = el('td', { class: 'actions' });
+      if (c.campaign) {
+        const edit = el('button', { type: 'button', class: 'link', text: 'edit', title: 'load into the campaign editor' });
+        edit.addEventListener('click', () => {
+          ui.campaignJson.value = JSON.stringify(c.campaign, null, 2);
+          setResult(ui.campaignResult, '', '');
+          onCampaignJsonInput();
+        });
+        actions.append(edit);
+      }
+      if (c.state !== 'deleted') {
+        const armed = deleteArmed === c.campaign_id;
+        const del = el('button', { type: 'button', class: 'link danger', text: armed ? 'confirm delete' : 'delete' });
+        del.addEventListener('click', () => deleteCampaign(c.campaign_id));
+        actions.append(del);
+      }
+      return el('tr', { class: c.state, dataset: { id: String(c.campaign_id), state: c.state } },
+        el('td', { class: 'id', text: String(c.campaign_id) }),
+        el('td', {}, el('span', { class: `state state-${c.state}`, text: c.state })),
+        el('td', {}, c.campaign ? `${def.game} · ${def.event_name}` : '–', def.enabled === false ? el('span', { class: 'tag', text: 'disabled' }) : null),
+        el('td', { class: 'window opt', text: c.campaign ? `${day(def.start_date)} → ${day(def.end_date)}` : '–' }),
+        el('td', { class: 'num evaluations', text: n.evaluations.toLocaleString() }),
+        el('td', { class: 'num matches', text: n.matches.toLocaleString() }),
+        el('td', { class: 'num errors', text: n.errors_total.toLocaleString(), title: errorsByKind || 'no error' }),
+        el('td', { class: 'num opt', text: n.fuel_p50 == null ? '–' : `${n.fuel_p50.toLocaleString()} / ${n.fuel_p99.toLocaleString()}` }),
+        el('td', { class: 'when', text: ago(n.last_match_at), title: n.last_match_at || '' }),
+        el('td', { class: 'error', text: c.error || '' }),
+        actions);
+    }));
+  }
+
+  async function refreshCampaigns() {
+    try {
+      const r = await api('GET', '/api/campaigns');
+      if (r.ok) renderCampaigns(r.body.campaigns);
+    } catch (_) {
+      ui.campaignsNote.textContent = 'rtcrm unreachable';
+    }
+  }
+
+  async function deleteCampaign(id) {
+    if (deleteArmed !== id) {
+      deleteArmed = id;
+      refreshCampaigns();
+      setTimeout(() => { if (deleteArmed === id) { deleteArmed = null; refreshCampaigns(); } }, 4000);
+      return;
+    }
+    deleteArmed = null;
+    try {
+      const r = await api('DELETE', `/api/campaigns/${encodeURIComponent(id)}`);
+      setResult(ui.campaignResult, r.ok ? 'ok' : 'bad', r.ok ? `campaign ${id} deleted (tombstone sent to ${r.body.topic})` : `not deleted: ${errorText(r)}`);
+    } catch (e) {
+      setResult(ui.campaignResult, 'bad', 'not deleted: ' + e.message);
+    }
+    refreshCampaigns();
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Start
+
+  renderFilter();
+  onEventInput();
+  updateCampaignSend();
+  refreshInfo();
+  refreshCampaigns();
+  connectFeed();
+  setInterval(refreshCampaigns, 1500);
+  setInterval(refreshInfo, 5000);
+})();

@@ -1,0 +1,1597 @@
+//! End-to-end benchmark of `rtcrm run` against a real Kafka broker, with a plain Kafka copier
+//! measured in the same run as the baseline (the Kafka floor of this machine).
+//!
+//! ```text
+//! cargo build --release -p rtcrm -p rtcrm-integration-tests --bin rtcrm --bin e2e_bench
+//! target/release/e2e_bench [--events N] [--campaigns M] [--rate R] [--latency-seconds S]
+//!                          [--bootstrap ADDR] [--rtcrm PATH]
+//! ```
+//! (`scripts/bench-e2e.sh` does both.) One run prints one markdown table.
+//!
+//! What is measured, and why:
+//!
+//! 1. **Throughput.** N realistic events (varied ids, players, markets, results; about half
+//!    produce a trigger) are pre-loaded into a fresh one-partition events topic, M campaigns on
+//!    (foe, fight) with varied JavaScript filters into a fresh campaigns topic; then
+//!    `rtcrm run --workers 2` starts on them. The bench computes every (event, campaign) match
+//!    itself (each filter has a Rust twin, and the same enabled/game/name/window checks), waits
+//!    until every expected trigger is in the triggers topic, and measures
+//!    `t0` = the earliest trigger's `triggered_at` (the processor's start-up and campaign
+//!    loading are excluded: the first event is consumed just before its trigger is built) to
+//!    `t1` = the broker timestamp of the trigger that completed the expected set. The triggers
+//!    topic is created by the bench with `message.timestamp.type=LogAppendTime`, so `t1` is when
+//!    the broker appended (and, with one replica and `acks=all`, acknowledged) that trigger.
+//!    Reported: N / (t1 - t0) events/s and triggers/s, and the delivery check: missing,
+//!    unexpected and duplicated triggers.
+//! 2. **Baseline.** The same N events in another fresh topic go through a copier written here
+//!    with rdkafka: the same consumer settings as rtcrm (consumer group, offsets stored only after
+//!    the copy is acknowledged), an `acks=all` idempotent producer with rtcrm's `linger.ms`, one
+//!    output message per input message, no parsing. Same measurement (`t0` = when the copier
+//!    built its first output, `t1` = the broker timestamp of the last). rtcrm's throughput is
+//!    reported as a ratio of it.
+//! 3. **Latency.** A fresh rtcrm on fresh topics with one always-true campaign; events are
+//!    produced at R/s for S seconds, each with its send time in `data.sent_at_us`; a reader
+//!    records receive time minus send time of each trigger (the reader's own fetch is part of
+//!    both figures). The same for the copier. Reported: p50, p99, max, and the ratio. One
+//!    warm-up event goes through first (its output is awaited, and not counted), so that
+//!    start-up (the consumer's first offset lookup, rtcrm's first filter instance, the
+//!    producer's id) is not counted as latency; every event after it is.
+//!
+//! Before the measured runs, a short copier run warms up the broker's JVM (JIT) so that the
+//! first measured run is not penalised. Runs are sequential, never concurrent.
+//!
+//! Without `--bootstrap`, the bench starts its own broker (`scripts/kafka/broker.sh`) and stops
+//! it at the end, also on error, panic or Ctrl-C (and a detached watchdog stops it if this
+//! process is killed). rtcrm processes are stopped with SIGTERM (their exit status is checked).
+//! Work files (broker state, rtcrm logs) go to `target/e2e-bench/<run>/` (kept for inspection).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+
+/// Time without progress after which a wait for output gives up (and reports what is missing).
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed to an `rtcrm run` from spawn to `GET /readyz` = 200.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Campaign window of every campaign but the expired ones; events are created inside it.
+const WINDOW: (&str, &str) = ("2023-09-01T10:00:00.00Z", "2023-12-01T10:00:00.00Z");
+
+// =============================================================================================
+// Command line
+// =============================================================================================
+
+struct Args {
+    events: usize,
+    campaigns: usize,
+    rate: u32,
+    latency_seconds: u32,
+    bootstrap: Option<String>,
+    rtcrm: PathBuf,
+}
+
+const USAGE: &str = "usage: e2e_bench [--events N (50000)] [--campaigns M (10)] [--rate R events/s (500)] \
+[--latency-seconds S (20)] [--bootstrap ADDR (else a broker is started)] [--rtcrm PATH (target/release/rtcrm)]";
+
+impl Args {
+    fn parse() -> Result<Args> {
+        let mut a = Args {
+            events: 50_000,
+            campaigns: 10,
+            rate: 500,
+            latency_seconds: 20,
+            bootstrap: None,
+            rtcrm: target_dir().join("release/rtcrm"),
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(flag) = it.next() {
+            if flag == "-h" || flag == "--help" {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            // Both `--flag value` and `--flag=value`.
+            let (name, value) = match flag.split_once('=') {
+                Some((n, v)) => (n.to_string(), v.to_string()),
+                None => {
+                    let v = it.next().ok_or_else(|| anyhow!("{flag} needs a value\n{USAGE}"))?;
+                    (flag, v)
+                }
+            };
+            let num = |v: &str| v.parse::<u64>().with_context(|| format!("{name}: not a number: {v}"));
+            match name.as_str() {
+                "--events" => a.events = num(&value)? as usize,
+                "--campaigns" => a.campaigns = num(&value)? as usize,
+                "--rate" => a.rate = num(&value)? as u32,
+                "--latency-seconds" => a.latency_seconds = num(&value)? as u32,
+                "--bootstrap" => a.bootstrap = Some(value),
+                "--rtcrm" => a.rtcrm = PathBuf::from(value),
+                _ => bail!("unknown flag {name}\n{USAGE}"),
+            }
+        }
+        if a.events == 0 || a.campaigns == 0 || a.rate == 0 || a.latency_seconds == 0 {
+            bail!("--events, --campaigns, --rate and --latency-seconds must be positive");
+        }
+        Ok(a)
+    }
+}
+
+// =============================================================================================
+// Small utilities
+// =============================================================================================
+
+fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Cargo's target directory (`CARGO_TARGET_DIR`, relative to the workspace, else `target`).
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => workspace_dir().join(d), // an absolute `d` replaces the base
+        _ => workspace_dir().join("target"),
+    }
+}
+
+/// Set by SIGINT/SIGTERM: every wait loop checks it and bails out, so the guards clean up.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Wall-clock microseconds since the epoch, monotonic within this process (an `Instant` offset
+/// from one wall-clock reading), so latency samples never see a clock step.
+fn now_us() -> u64 {
+    static BASE: OnceLock<(Instant, u64)> = OnceLock::new();
+    let (i0, us0) = *BASE.get_or_init(|| {
+        (Instant::now(), SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_micros() as u64)
+    });
+    us0 + i0.elapsed().as_micros() as u64
+}
+
+/// Progress lines on stderr, with the time since start.
+fn progress(msg: impl AsRef<str>) {
+    static T0: OnceLock<Instant> = OnceLock::new();
+    let t = T0.get_or_init(Instant::now).elapsed();
+    eprintln!("[e2e_bench {:>6.1}s] {}", t.as_secs_f64(), msg.as_ref());
+}
+
+/// Deterministic SplitMix64: the same workload for the same flags, run after run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+    /// True with probability `percent` / 100.
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+    /// Picks from `(item, weight)` pairs.
+    fn weighted<T: Copy>(&mut self, items: &[(T, u64)]) -> T {
+        let total: u64 = items.iter().map(|(_, w)| w).sum();
+        let mut x = self.next() % total;
+        for (item, w) in items {
+            if x < *w {
+                return *item;
+            }
+            x -= w;
+        }
+        items[items.len() - 1].0
+    }
+    /// A random (version 4) UUID.
+    fn uuid(&mut self) -> String {
+        let (a, b) = (self.next(), self.next());
+        let b = (b & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000; // variant 10
+        let a = (a & 0xFFFF_FFFF_FFFF_0FFF) | 0x4000; // version 4
+        format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xFFFF,
+            a & 0xFFFF,
+            b >> 48,
+            b & 0xFFFF_FFFF_FFFF
+        )
+    }
+}
+
+/// Milliseconds since the epoch of an RFC 3339 timestamp (`2023-11-20T11:00:00.123Z`, any
+/// fraction, `Z` or `±hh:mm`), as rtcrm writes `triggered_at`.
+fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') {
+        return None;
+    }
+    let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut i = 19;
+    let mut frac_ms = 0i64;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let digits = &s[start..i];
+        let ms3: String = digits.chars().chain("000".chars()).take(3).collect();
+        frac_ms = ms3.parse().ok()?;
+    }
+    let offset_min = match b.get(i)? {
+        b'Z' | b'z' => 0,
+        sign @ (b'+' | b'-') => {
+            let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            let m = oh * 60 + om;
+            if *sign == b'-' {
+                -m
+            } else {
+                m
+            }
+        }
+        _ => return None,
+    };
+    // Days from the civil date (H. Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60) * 1000) + frac_ms)
+}
+
+/// Nearest-rank percentiles of latency samples (microseconds).
+#[derive(Clone, Copy, Default)]
+struct Latency {
+    p50_us: u64,
+    p99_us: u64,
+    max_us: u64,
+}
+
+fn summarize(mut samples: Vec<u64>) -> Option<Latency> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_unstable();
+    let rank = |p: f64| samples[((p / 100.0 * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1];
+    Some(Latency { p50_us: rank(50.0), p99_us: rank(99.0), max_us: *samples.last().unwrap() })
+}
+
+/// A shell-quoted command line, to print exactly what ran.
+fn shell_line(args: impl IntoIterator<Item = impl AsRef<str>>) -> String {
+    args.into_iter()
+        .map(|a| {
+            let a = a.as_ref();
+            if !a.is_empty() && a.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_./:=,@%+".contains(&c)) {
+                a.to_string()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released: rtcrm binds it a moment later).
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Minimal HTTP/1.0 GET: (status, body).
+fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| anyhow!("bad HTTP reply"))?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of an unlabelled Prometheus sample, or the sum over its labels.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, |a, b| a + b)
+}
+
+// =============================================================================================
+// Broker
+// =============================================================================================
+
+/// A broker started with `scripts/kafka/broker.sh`, stopped on drop.
+struct Broker {
+    dir: PathBuf,
+    addr: String,
+}
+
+impl Broker {
+    fn start(dir: &Path) -> Result<Broker> {
+        let script = workspace_dir().join("scripts/kafka/broker.sh");
+        std::fs::create_dir_all(dir)?;
+        // A detached watchdog stops the broker once this process is gone, even if it is killed
+        // (the broker runs under setsid, so it would outlive us).
+        let watchdog = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; exec bash {} stop {}",
+            shell_line([script.to_string_lossy()]),
+            shell_line([dir.to_string_lossy()]),
+            pid = std::process::id()
+        );
+        Command::new("setsid")
+            .args(["bash", "-c", &watchdog])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(dir.join("watchdog.log")).map(Stdio::from).unwrap_or(Stdio::null()))
+            .spawn()
+            .context("spawning the broker watchdog (setsid bash)")?;
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running scripts/kafka/broker.sh")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let addr = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+        // From here on, drop stops the broker (also after a failed start: stop is idempotent).
+        let broker = Broker { dir: dir.to_path_buf(), addr };
+        if !out.status.success() || broker.addr.is_empty() {
+            bail!("`broker.sh start {}` failed ({}): {stdout}", dir.display(), out.status);
+        }
+        Ok(broker)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        progress(format!("stopping the broker ({})", self.dir.display()));
+        let script = workspace_dir().join("scripts/kafka/broker.sh");
+        let stopped = Command::new("bash").arg(script).arg("stop").arg(&self.dir).stdin(Stdio::null()).status();
+        // The logs stay for inspection; the topics' data (hundreds of MB) goes.
+        if stopped.is_ok_and(|s| s.success()) {
+            let _ = std::fs::remove_dir_all(self.dir.join("data"));
+        }
+    }
+}
+
+// =============================================================================================
+// Kafka helpers
+// =============================================================================================
+
+/// Names of one run's fresh topics and consumer group.
+#[derive(Clone)]
+struct Topics {
+    events: String,
+    campaigns: String,
+    triggers: String,
+    status: String,
+    dlq: String,
+    group: String,
+}
+
+impl Topics {
+    fn new(run: &str, phase: &str) -> Topics {
+        let p = format!("bench-{run}-{phase}");
+        Topics {
+            events: format!("{p}-events"),
+            campaigns: format!("{p}-campaigns"),
+            triggers: format!("{p}-triggers"),
+            status: format!("{p}-status"),
+            dlq: format!("{p}-dlq"),
+            group: format!("{p}-group"),
+        }
+    }
+}
+
+fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    c
+}
+
+/// The producer settings of rtcrm's trigger producer (host/src/kafka.rs), used by the bench's
+/// producers and the baseline copier alike.
+fn producer(bootstrap: &str, linger_ms: u32) -> Result<FutureProducer> {
+    client_config(bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", linger_ms.to_string())
+        .set("message.timeout.ms", "300000")
+        .create()
+        .context("creating a Kafka producer")
+}
+
+/// Creates one-partition topics; `append_time` topics get broker (LogAppendTime) timestamps.
+fn create_topics(rt: &tokio::runtime::Runtime, bootstrap: &str, plain: &[&str], append_time: &[&str]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
+    let mut new: Vec<NewTopic> = plain.iter().map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1))).collect();
+    new.extend(
+        append_time
+            .iter()
+            .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)).set("message.timestamp.type", "LogAppendTime")),
+    );
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in rt.block_on(admin.create_topics(&new, &opts))? {
+        r.map_err(|(t, e)| anyhow!("creating topic {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Produces (key, value) records and waits until all are acknowledged.
+fn produce_all(rt: &tokio::runtime::Runtime, bootstrap: &str, topic: &str, records: &[(String, String)]) -> Result<()> {
+    let producer = producer(bootstrap, 20)?;
+    rt.block_on(async {
+        let mut pending = std::collections::VecDeque::<DeliveryFuture>::new();
+        for (key, value) in records {
+            let mut record = FutureRecord::to(topic).key(key.as_str()).payload(value.as_str());
+            loop {
+                match producer.send_result(record) {
+                    Ok(f) => {
+                        pending.push_back(f);
+                        break;
+                    }
+                    // Queue full: wait for the oldest delivery, then try again.
+                    Err((_, back)) => {
+                        record = back;
+                        match pending.pop_front() {
+                            Some(f) => check_delivery(f.await)?,
+                            None => tokio::time::sleep(Duration::from_millis(5)).await,
+                        }
+                    }
+                }
+            }
+        }
+        for f in pending {
+            check_delivery(f.await)?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(())
+}
+
+/// Ok once the broker acknowledged the record (`E` is the future's "producer gone" error).
+fn check_delivery<E>(r: Result<OwnedDeliveryResult, E>) -> Result<()> {
+    match r {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => bail!("delivery failed: {e}"),
+        Err(_) => bail!("delivery cancelled (producer gone)"),
+    }
+}
+
+/// A consumer outside any group, for watermarks and for reading a topic with `assign`.
+fn reader(bootstrap: &str) -> Result<BaseConsumer> {
+    client_config(bootstrap)
+        .set("group.id", "e2e-bench-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .create()
+        .context("creating a Kafka reader")
+}
+
+fn high_watermark(c: &BaseConsumer, topic: &str) -> Result<i64> {
+    Ok(c.fetch_watermarks(topic, 0, Duration::from_secs(5))?.1)
+}
+
+/// One output message as the bench sees it.
+struct Output {
+    broker_ms: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+}
+
+/// Reads partition 0 of `topic` from offset `from` up to (excluding) `to`.
+fn read_range(bootstrap: &str, topic: &str, from: i64, to: i64) -> Result<Vec<Output>> {
+    let c = reader(bootstrap)?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(from))?;
+    c.assign(&tpl)?;
+    let mut out = Vec::with_capacity((to - from).max(0) as usize);
+    let mut next = from;
+    let mut last_progress = Instant::now();
+    while next < to {
+        check_interrupted()?;
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                next = m.offset() + 1;
+                last_progress = Instant::now();
+                out.push(Output {
+                    broker_ms: m.timestamp().to_millis().unwrap_or(0),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                });
+            }
+            Some(Err(e)) => bail!("reading {topic}: {e}"),
+            None if last_progress.elapsed() > STALL_TIMEOUT => {
+                bail!("reading {topic}: stuck at offset {next} of {to}")
+            }
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+// =============================================================================================
+// Workload: events and campaigns, with the expected matches computed here
+// =============================================================================================
+
+/// What the Rust twins of the filters read from an event.
+struct Event {
+    event_id: String,
+    player_id: u64,
+    game: &'static str,
+    event_name: &'static str,
+    market: &'static str,
+    result: &'static str,
+    level: u64,
+    attempts: u64,
+    boss: bool,
+    duration_ms: u64,
+    client: &'static str,
+    host: u64,
+    /// The JSON sent to Kafka.
+    json: String,
+}
+
+const MARKETS: &[(&str, u64)] = &[("de", 30), ("us", 20), ("fr", 15), ("en", 15), ("pl", 10), ("ch", 5), ("br", 5)];
+const CLIENTS: &[(&str, u64)] = &[("web", 50), ("android", 30), ("ios", 20)];
+
+/// A realistic tracking event; `sent_at_us` is added to `data` for the latency phase.
+/// About 85% are (foe, fight), the rest other games or event names (rejected before any filter).
+fn make_event(rng: &mut Rng, force_fight: bool, sent_at_us: Option<u64>) -> Event {
+    let (game, event_name) = if force_fight {
+        ("foe", "fight")
+    } else {
+        rng.weighted(&[(("foe", "fight"), 85), (("foe", "quest_completed"), 10), (("elvenar", "fight"), 5)])
+    };
+    let e = Event {
+        event_id: rng.uuid(),
+        player_id: rng.range(1, 5_000_000),
+        game,
+        event_name,
+        market: rng.weighted(MARKETS),
+        result: rng.weighted(&[("loss", 55), ("win", 35), ("draw", 10)]),
+        level: rng.range(1, 80),
+        attempts: rng.range(1, 6),
+        boss: rng.chance(40),
+        duration_ms: rng.range(1_000, 600_000),
+        client: rng.weighted(CLIENTS),
+        host: rng.range(0, 7),
+        json: String::new(),
+    };
+    // created_at inside the campaigns' window, received_at two seconds later.
+    let (h, m, s, cs) = (rng.range(0, 21), rng.range(0, 59), rng.range(0, 59), rng.range(0, 99));
+    let mut data = json!({
+        "result": e.result,
+        "level": e.level,
+        "attempts": e.attempts,
+        "duration_ms": e.duration_ms,
+        "era": "IronAge",
+    });
+    if e.boss {
+        data["boss"] = json!(["grendel", "hydra", "kraken"][(e.player_id % 3) as usize]);
+    }
+    if let Some(us) = sent_at_us {
+        data["sent_at_us"] = json!(us);
+    }
+    let json = json!({
+        "schema_version": "2023110110010101",
+        "event_id": e.event_id,
+        "system_type": "game",
+        "system_name": format!("{game}-backend"),
+        "game": game,
+        "market": e.market,
+        "player_id": e.player_id,
+        "event_type": "progress",
+        "event_name": event_name,
+        "event_scope": "user",
+        "created_at": format!("2023-11-20T{h:02}:{m:02}:{s:02}.{cs:02}Z"),
+        "received_at": format!("2023-11-20T{h:02}:{m:02}:{:02}.{cs:02}Z", (s + 2).min(59)),
+        "hostname": format!("{game}-backend-{}.ig.com", e.host),
+        "context": { "client": e.client, "session_id": format!("{:016x}", rng.next()) },
+        "data": data,
+    })
+    .to_string();
+    Event { json, ..e }
+}
+
+/// The Rust twin of a campaign's JavaScript filter.
+type Predicate = Box<dyn Fn(&Event) -> bool + Send + Sync>;
+
+/// A campaign and the Rust twin of its filter (plus the host's cheap checks).
+struct Campaign {
+    id: i64,
+    json: String,
+    enabled: bool,
+    in_window: bool,
+    filter: Predicate,
+}
+
+impl Campaign {
+    /// Spec §4 for this workload: every campaign is on (foe, fight).
+    fn matches(&self, e: &Event) -> bool {
+        self.enabled && e.game == "foe" && e.event_name == "fight" && self.in_window && (self.filter)(e)
+    }
+}
+
+/// Campaign `i` of `M`: ten templates in the styles the original system's filters used (bean
+/// getters, java.util.Map methods, snake_case and camelCase fields, arrow functions, regexes),
+/// with parameters that vary with `i`; one in ten has expired, one in ten is disabled.
+fn make_campaign(i: usize) -> Campaign {
+    let id = 4700 + i as i64;
+    let v = (i / 10) as u64; // varies the parameters when M > 10
+    let market = ["de", "us", "fr", "en", "pl"][(i / 10 + 1) % 5];
+    let client = ["web", "android", "ios"][(i / 10) % 3];
+    let (k, r) = (3 + v % 4, v % 3);
+    let level = 10 + 5 * (v % 7);
+    let attempts = 1 + v % 4;
+    let duration = 60_000 + 30_000 * (v % 10);
+    let (mut enabled, mut end) = (true, WINDOW.1);
+    let (js, filter): (String, Predicate) = match i % 10 {
+        0 => (
+            "function(event) { return event.getData().get('result') === 'loss' }".into(),
+            Box::new(|e| e.result == "loss"),
+        ),
+        1 => (
+            format!("function(event) {{ return event.data.result === 'loss' && event.market === '{market}' }}"),
+            Box::new(move |e| e.result == "loss" && e.market == market),
+        ),
+        2 => (
+            format!("function(event) {{ return event.getPlayerId() % {k} === {r} && event.getData().get('result') !== 'win' }}"),
+            Box::new(move |e| e.player_id % k == r && e.result != "win"),
+        ),
+        3 => (
+            format!("(e) => ['de', 'at', 'ch'].includes(e.getMarket()) && e.data.level >= {level} && e.data.result !== 'win'"),
+            Box::new(move |e| ["de", "at", "ch"].contains(&e.market) && e.level >= level && e.result != "win"),
+        ),
+        4 => (
+            format!(
+                "function(e) {{\n  var d = e.getData();\n  return d.containsKey('boss') && d.get('result') === 'loss' && d.get('attempts') > {attempts};\n}}"
+            ),
+            Box::new(move |e| e.boss && e.result == "loss" && e.attempts > attempts),
+        ),
+        5 => (
+            format!("e => e.data.result === 'draw' || (e.data.result === 'loss' && e.context.client === '{client}')"),
+            Box::new(move |e| e.result == "draw" || (e.result == "loss" && e.client == client)),
+        ),
+        6 => (
+            "function (event) {\n  const host = event.getHostname();\n  return /^foe-backend-[0-3]\\./.test(host) && event.data.result === 'loss';\n}".into(),
+            Box::new(|e| e.host <= 3 && e.result == "loss"),
+        ),
+        7 => (
+            format!("function(event) {{ return event.eventName === 'fight' && event.data.duration_ms > {duration} && event.data.result === 'loss' }}"),
+            Box::new(move |e| e.duration_ms > duration && e.result == "loss"),
+        ),
+        8 => {
+            // Ended before the events were created: rejected by the window check.
+            end = "2023-11-01T00:00:00.00Z";
+            ("function(event) { return true }".into(), Box::new(|_| true))
+        }
+        _ => {
+            enabled = false;
+            ("function(event) { return event.playerId > 0 }".into(), Box::new(|e| e.player_id > 0))
+        }
+    };
+    let json = json!({
+        "campaign_id": id,
+        "enabled": enabled,
+        "game": "foe",
+        "event_name": "fight",
+        "start_date": WINDOW.0,
+        "end_date": end,
+        "filter": js,
+        "name": format!("bench campaign {i}"),
+    })
+    .to_string();
+    Campaign { id, json, enabled, in_window: end == WINDOW.1, filter }
+}
+
+// =============================================================================================
+// rtcrm processes
+// =============================================================================================
+
+/// A running `rtcrm run`, stopped with SIGTERM on drop.
+struct Rtcrm {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    command: String,
+    started: Instant,
+    exit: Option<ExitStatus>,
+}
+
+impl Rtcrm {
+    fn start(bin: &Path, bootstrap: &str, t: &Topics, log: PathBuf) -> Result<Rtcrm> {
+        let port = free_port()?;
+        let args: Vec<String> = [
+            "run",
+            "--bootstrap-servers",
+            bootstrap,
+            "--group-id",
+            &t.group,
+            "--event-topic",
+            &t.events,
+            "--campaign-topic",
+            &t.campaigns,
+            "--trigger-topic",
+            &t.triggers,
+            "--status-topic",
+            &t.status,
+            "--dlq-topic",
+            &t.dlq,
+            "--workers",
+            "2",
+            "--http-addr",
+            &format!("127.0.0.1:{port}"),
+            "--auto-offset-reset",
+            "earliest",
+            "--log-format",
+            "json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(bin)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let command = shell_line(std::iter::once(bin.to_string_lossy().into_owned()).chain(args));
+        Ok(Rtcrm { child, port, log, command, started: Instant::now(), exit: None })
+    }
+
+    /// Waits for `GET /readyz` = 200; returns the time from spawn.
+    fn wait_ready(&mut self) -> Result<Duration> {
+        loop {
+            check_interrupted()?;
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "rtcrm exited before it was ready ({status}); log: {}\n{}",
+                    self.log.display(),
+                    self.log_tail(20)
+                );
+            }
+            if matches!(http_get(self.port, "/readyz"), Ok((200, _))) {
+                return Ok(self.started.elapsed());
+            }
+            if self.started.elapsed() > READY_TIMEOUT {
+                bail!("rtcrm not ready after {READY_TIMEOUT:?}; log: {}\n{}", self.log.display(), self.log_tail(20));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn metrics(&self) -> String {
+        http_get(self.port, "/metrics").map(|(_, body)| body).unwrap_or_default()
+    }
+
+    /// SIGTERM, then up to 30 s for a clean exit (SIGKILL after that).
+    fn stop(&mut self) -> Result<ExitStatus> {
+        if let Some(s) = self.exit {
+            return Ok(s);
+        }
+        if self.child.try_wait()?.is_none() {
+            let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while self.child.try_wait()?.is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if self.child.try_wait()?.is_none() {
+                progress(format!("rtcrm (pid {}) ignored SIGTERM for 30 s: SIGKILL", self.child.id()));
+                let _ = self.child.kill();
+            }
+        }
+        let status = self.child.wait()?;
+        self.exit = Some(status);
+        Ok(status)
+    }
+
+    fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// WARN and ERROR lines of the log (JSON format), for the report.
+    fn problems(&self) -> Vec<String> {
+        let Ok(f) = File::open(&self.log) else { return vec![] };
+        BufReader::new(f)
+            .lines()
+            .map_while(|l| l.ok())
+            .filter(|l| match serde_json::from_str::<Value>(l) {
+                Ok(v) => matches!(v["level"].as_str(), Some("WARN" | "ERROR")),
+                Err(_) => !l.trim().is_empty(), // not JSON: a panic message or the like
+            })
+            .collect()
+    }
+}
+
+impl Drop for Rtcrm {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+// =============================================================================================
+// Baseline: a plain consume → produce copier
+// =============================================================================================
+
+/// Marks the consumer ready once it owns partitions (as rtcrm's readiness does).
+struct CopierContext {
+    assigned: Arc<AtomicBool>,
+}
+
+impl ClientContext for CopierContext {}
+
+impl ConsumerContext for CopierContext {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
+        if consumer.assignment().map(|a| a.count()).unwrap_or(0) > 0 {
+            self.assigned.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A running copier on its own tokio runtime (as rtcrm has its own), stopped on drop.
+struct Copier {
+    runtime: Option<tokio::runtime::Runtime>,
+    task: Option<tokio::task::JoinHandle<Result<()>>>,
+    stop: watch::Sender<bool>,
+    assigned: Arc<AtomicBool>,
+    /// Wall clock (µs) when the first output record was built; 0 before.
+    first_output_us: Arc<AtomicU64>,
+}
+
+impl Copier {
+    /// The same consumer and producer settings as rtcrm's (host/src/kafka.rs); one output per
+    /// input, same key and bytes; an input's offset is stored after its copy is acknowledged.
+    fn start(bootstrap: &str, group: &str, input: &str, output: &str) -> Result<Copier> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let assigned = Arc::new(AtomicBool::new(false));
+        let first_output_us = Arc::new(AtomicU64::new(0));
+        // A StreamConsumer spawns its wake-up task on the current runtime.
+        let _in_runtime = runtime.enter();
+        let consumer: StreamConsumer<CopierContext> = client_config(bootstrap)
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .create_with_context(CopierContext { assigned: assigned.clone() })?;
+        consumer.subscribe(&[input])?;
+        let producer = producer(bootstrap, 1)?;
+        let (stop, stop_rx) = watch::channel(false);
+        let (input, output, first) = (input.to_string(), output.to_string(), first_output_us.clone());
+        let task = runtime.spawn(copy(Arc::new(consumer), producer, input, output, stop_rx, first));
+        Ok(Copier { runtime: Some(runtime), task: Some(task), stop, assigned, first_output_us })
+    }
+
+    fn wait_ready(&self) -> Result<()> {
+        let t0 = Instant::now();
+        while !self.assigned.load(Ordering::SeqCst) {
+            check_interrupted()?;
+            if t0.elapsed() > READY_TIMEOUT {
+                bail!("the copier got no partition within {READY_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Stops consuming, finishes in-flight copies, commits.
+    fn stop(&mut self) -> Result<()> {
+        let _ = self.stop.send(true);
+        if let (Some(rt), Some(task)) = (self.runtime.as_ref(), self.task.take()) {
+            rt.block_on(task)??;
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Copier {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+async fn copy(
+    consumer: Arc<StreamConsumer<CopierContext>>,
+    producer: FutureProducer,
+    input: String,
+    output: String,
+    mut stop: watch::Receiver<bool>,
+    first_output_us: Arc<AtomicU64>,
+) -> Result<()> {
+    // Deliveries are awaited in order by an acker, which then stores the offset: the same
+    // at-least-once bookkeeping as rtcrm's event path.
+    let (done_tx, mut done_rx) = mpsc::channel::<(i32, i64, DeliveryFuture)>(4096);
+    let acker = {
+        let (consumer, input) = (consumer.clone(), input.clone());
+        tokio::spawn(async move {
+            while let Some((partition, offset, delivery)) = done_rx.recv().await {
+                check_delivery(delivery.await)?;
+                let _ = consumer.store_offset(&input, partition, offset);
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    };
+    loop {
+        let m = tokio::select! {
+            _ = stop.changed() => break,
+            m = consumer.recv() => m?,
+        };
+        let mut record = FutureRecord::to(&output).payload(m.payload().unwrap_or_default());
+        if let Some(k) = m.key() {
+            record = record.key(k);
+        }
+        let _ = first_output_us.compare_exchange(0, now_us(), Ordering::SeqCst, Ordering::SeqCst);
+        let delivery = loop {
+            match producer.send_result(record) {
+                Ok(d) => break d,
+                Err((_, back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        done_tx.send((m.partition(), m.offset(), delivery)).await.map_err(|_| anyhow!("the acker stopped"))?;
+    }
+    drop(done_tx);
+    acker.await??;
+    producer.flush(Duration::from_secs(30))?;
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => bail!("committing the copier's offsets: {e}"),
+    }
+    consumer.unsubscribe();
+    Ok(())
+}
+
+// =============================================================================================
+// Phase 1 and 2: throughput
+// =============================================================================================
+
+/// The outcome of one throughput run.
+#[derive(Default)]
+struct Throughput {
+    events_per_s: f64,
+    outputs_per_s: f64,
+    seconds: f64,
+    expected: usize,
+    missing: usize,
+    unexpected: usize,
+    duplicates: usize,
+    /// Outputs whose key or trigger_id is not what spec §1 / §9 say.
+    malformed: usize,
+}
+
+/// Names an output message: its identity in the expected set (None: unexpected). It may also
+/// update the tally (t0, malformed outputs).
+type Identify<'a> = dyn FnMut(&Output, &mut Tally) -> Option<(i64, u32)> + 'a;
+
+/// Checks output messages against the expected set, as they are read.
+struct Tally {
+    /// Expected output identity → seen count.
+    seen: HashMap<(i64, u32), u32>,
+    expected: usize,
+    distinct: usize,
+    unexpected: usize,
+    duplicates: usize,
+    malformed: usize,
+    /// The earliest `triggered_at` (or the copier's first output time), ms.
+    t0_ms: Option<i64>,
+    /// Broker time of the output that completed the expected set, ms.
+    t1_ms: Option<i64>,
+}
+
+impl Tally {
+    fn new(expected: HashSet<(i64, u32)>) -> Tally {
+        let n = expected.len();
+        Tally {
+            seen: expected.into_iter().map(|k| (k, 0)).collect(),
+            expected: n,
+            distinct: 0,
+            unexpected: 0,
+            duplicates: 0,
+            malformed: 0,
+            t0_ms: None,
+            t1_ms: None,
+        }
+    }
+
+    fn add(&mut self, id: Option<(i64, u32)>, broker_ms: i64) {
+        match id.and_then(|k| self.seen.get_mut(&k)) {
+            None => self.unexpected += 1,
+            Some(n) => {
+                *n += 1;
+                if *n > 1 {
+                    self.duplicates += 1;
+                } else {
+                    self.distinct += 1;
+                    if self.distinct == self.expected {
+                        self.t1_ms = Some(broker_ms);
+                    }
+                }
+            }
+        }
+    }
+
+    fn result(&self, events: usize) -> Throughput {
+        let seconds = match (self.t0_ms, self.t1_ms) {
+            (Some(a), Some(b)) => ((b - a) as f64 / 1000.0).max(0.001),
+            _ => f64::NAN,
+        };
+        Throughput {
+            events_per_s: events as f64 / seconds,
+            outputs_per_s: self.expected as f64 / seconds,
+            seconds,
+            expected: self.expected,
+            missing: self.expected - self.distinct,
+            unexpected: self.unexpected,
+            duplicates: self.duplicates,
+            malformed: self.malformed,
+        }
+    }
+}
+
+/// Waits until `topic` holds every expected output (or nothing new arrives for
+/// [`STALL_TIMEOUT`]), reading it as it goes. Only the watermark is polled while the system
+/// under test works, so the bench takes (almost) no CPU from it.
+fn collect(bootstrap: &str, topic: &str, tally: &mut Tally, parse: &mut Identify) -> Result<i64> {
+    let wm = reader(bootstrap)?;
+    let (mut read_to, mut target) = (0i64, tally.expected as i64);
+    let (mut last_high, mut last_change) = (-1i64, Instant::now());
+    loop {
+        check_interrupted()?;
+        let high = high_watermark(&wm, topic)?;
+        if high != last_high {
+            (last_high, last_change) = (high, Instant::now());
+        }
+        let stalled = last_change.elapsed() > STALL_TIMEOUT;
+        if high >= target || (stalled && high > read_to) {
+            for o in read_range(bootstrap, topic, read_to, high)? {
+                let id = parse(&o, tally);
+                tally.add(id, o.broker_ms);
+            }
+            read_to = high;
+            // Duplicates take room in the topic: wait for as many more as are still missing.
+            target = high + (tally.expected - tally.distinct) as i64;
+        }
+        if tally.distinct == tally.expected {
+            return Ok(read_to);
+        }
+        if stalled {
+            progress(format!(
+                "{topic}: nothing new for {STALL_TIMEOUT:?}; {} outputs missing",
+                tally.expected - tally.distinct
+            ));
+            return Ok(read_to);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Reads what arrived in `topic` after `from` (late duplicates), once the producer has stopped.
+fn collect_rest(bootstrap: &str, topic: &str, from: i64, tally: &mut Tally, parse: &mut Identify) -> Result<()> {
+    let high = high_watermark(&reader(bootstrap)?, topic)?;
+    for o in read_range(bootstrap, topic, from, high)? {
+        let id = parse(&o, tally);
+        tally.add(id, o.broker_ms);
+    }
+    Ok(())
+}
+
+/// Everything phase 1 reports about rtcrm besides the figures.
+struct RtcrmRun {
+    ready: Duration,
+    exit: ExitStatus,
+    command: String,
+    log: PathBuf,
+    problems: Vec<String>,
+    metrics_events: f64,
+    metrics_triggers: f64,
+    metrics_errors: f64,
+    statuses: HashMap<String, usize>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rtcrm_throughput(
+    rt: &tokio::runtime::Runtime,
+    bootstrap: &str,
+    bin: &Path,
+    run: &str,
+    work: &Path,
+    events: &[Event],
+    records: &[(String, String)],
+    campaigns: &[Campaign],
+) -> Result<(Throughput, RtcrmRun)> {
+    let t = Topics::new(run, "tput");
+    create_topics(rt, bootstrap, &[&t.events], &[&t.triggers])?;
+    produce_all(rt, bootstrap, &t.events, records)?;
+    let campaign_records: Vec<(String, String)> =
+        campaigns.iter().map(|c| (c.id.to_string(), c.json.clone())).collect();
+    produce_all(rt, bootstrap, &t.campaigns, &campaign_records)?;
+
+    // The expected triggers, computed independently: (campaign id, event index).
+    let index: HashMap<&str, u32> = events.iter().enumerate().map(|(i, e)| (e.event_id.as_str(), i as u32)).collect();
+    let expected: HashSet<(i64, u32)> = events
+        .iter()
+        .enumerate()
+        .flat_map(|(i, e)| campaigns.iter().filter(|c| c.matches(e)).map(move |c| (c.id, i as u32)))
+        .collect();
+    let matching_events = events.iter().filter(|e| campaigns.iter().any(|c| c.matches(e))).count();
+    progress(format!(
+        "rtcrm throughput: {} events ({} with at least one match), {} campaigns, {} triggers expected",
+        events.len(),
+        matching_events,
+        campaigns.len(),
+        expected.len()
+    ));
+
+    let mut proc = Rtcrm::start(bin, bootstrap, &t, work.join("rtcrm-throughput.log"))?;
+    let ready = proc.wait_ready()?;
+    progress(format!("rtcrm ready in {ready:.2?}; waiting for the triggers"));
+
+    let mut tally = Tally::new(expected);
+    // A trigger's identity (campaign id, event index); its triggered_at feeds t0; its key and
+    // trigger_id are checked against spec §1 and §9.
+    let mut parse = |o: &Output, tally: &mut Tally| -> Option<(i64, u32)> {
+        let v: Value = serde_json::from_slice(&o.payload).ok()?;
+        let cid = v["campaign"]["campaign_id"].as_i64()?;
+        let eid = v["event"]["event_id"].as_str()?;
+        let idx = *index.get(eid)?;
+        if let Some(ms) = v["triggered_at"].as_str().and_then(parse_rfc3339_ms) {
+            tally.t0_ms = Some(tally.t0_ms.map_or(ms, |t| t.min(ms)));
+        }
+        let key_ok = o.key.as_deref() == Some(events[idx as usize].player_id.to_string().as_bytes());
+        if !key_ok || v["trigger_id"].as_str() != Some(&format!("{cid}:{eid}")) {
+            tally.malformed += 1;
+        }
+        Some((cid, idx))
+    };
+    let read_to = collect(bootstrap, &t.triggers, &mut tally, &mut parse)?;
+    let metrics = proc.metrics();
+    let exit = proc.stop()?;
+    // Triggers that arrived after the set was complete (duplicates from the shutdown, if any).
+    collect_rest(bootstrap, &t.triggers, read_to, &mut tally, &mut parse)?;
+
+    let mut statuses = HashMap::new();
+    let high = high_watermark(&reader(bootstrap)?, &t.status)?;
+    for o in read_range(bootstrap, &t.status, 0, high)? {
+        let state =
+            serde_json::from_slice::<Value>(&o.payload).ok().and_then(|v| v["state"].as_str().map(String::from));
+        *statuses.entry(state.unwrap_or_else(|| "unreadable".into())).or_default() += 1;
+    }
+    let info = RtcrmRun {
+        ready,
+        exit,
+        command: proc.command.clone(),
+        log: proc.log.clone(),
+        problems: proc.problems(),
+        metrics_events: metric_sum(&metrics, "rtcrm_events_total"),
+        metrics_triggers: metric_sum(&metrics, "rtcrm_triggers_total"),
+        metrics_errors: metric_sum(&metrics, "rtcrm_evaluation_errors_total"),
+        statuses,
+    };
+    Ok((tally.result(events.len()), info))
+}
+
+fn copier_throughput(
+    rt: &tokio::runtime::Runtime,
+    bootstrap: &str,
+    run: &str,
+    phase: &str,
+    records: &[(String, String)],
+) -> Result<Throughput> {
+    let t = Topics::new(run, phase);
+    create_topics(rt, bootstrap, &[&t.events], &[&t.triggers])?;
+    produce_all(rt, bootstrap, &t.events, records)?;
+    // The copies carry the events' ids: the identity of a copy is its event's index.
+    let index: HashMap<String, u32> = records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, v))| {
+            Some((serde_json::from_str::<Value>(v).ok()?["event_id"].as_str()?.to_string(), i as u32))
+        })
+        .collect();
+    let mut tally = Tally::new((0..records.len() as u32).map(|i| (0, i)).collect());
+    let mut parse = |o: &Output, _: &mut Tally| -> Option<(i64, u32)> {
+        let v: Value = serde_json::from_slice(&o.payload).ok()?;
+        Some((0, *index.get(v["event_id"].as_str()?)?))
+    };
+
+    let mut copier = Copier::start(bootstrap, &t.group, &t.events, &t.triggers)?;
+    let read_to = collect(bootstrap, &t.triggers, &mut tally, &mut parse)?;
+    copier.stop()?;
+    collect_rest(bootstrap, &t.triggers, read_to, &mut tally, &mut parse)?;
+    let first = copier.first_output_us.load(Ordering::SeqCst);
+    tally.t0_ms = (first > 0).then_some((first / 1000) as i64);
+    Ok(tally.result(records.len()))
+}
+
+// =============================================================================================
+// Phase 3: latency at a fixed rate
+// =============================================================================================
+
+struct LatencyRun {
+    latency: Option<Latency>,
+    sent: usize,
+    received: usize,
+}
+
+/// Produces events at `rate`/s for `seconds` s into `events_topic` while a reader thread takes
+/// the outputs from `out_topic` and records receive time minus `data.sent_at_us` (a trigger
+/// carries it in `event.data`, a copy in `data`). Every sample (send time, receive time, in
+/// µs) is written to `dump`, for a look at the distribution over time.
+fn measure_latency(
+    rt: &tokio::runtime::Runtime,
+    dump: &Path,
+    bootstrap: &str,
+    events_topic: &str,
+    out_topic: &str,
+    rate: u32,
+    seconds: u32,
+    seed: u64,
+) -> Result<LatencyRun> {
+    let total = rate as usize * seconds as usize;
+    let samples = Arc::new(Mutex::new(Vec::<(u64, u64)>::with_capacity(total)));
+    let done = Arc::new(AtomicBool::new(false));
+    let warm = Arc::new(AtomicBool::new(false));
+    let reader_thread = {
+        let (c, samples, done, warm) = (reader(bootstrap)?, samples.clone(), done.clone(), warm.clone());
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(out_topic, 0, Offset::Beginning)?;
+        c.assign(&tpl)?;
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                    let received = now_us();
+                    let sent = serde_json::from_slice::<Value>(m.payload().unwrap_or_default())
+                        .ok()
+                        .and_then(|v| v["event"]["data"]["sent_at_us"].as_u64().or(v["data"]["sent_at_us"].as_u64()));
+                    match sent {
+                        Some(sent) => samples.lock().unwrap().push((sent, received)),
+                        None => warm.store(true, Ordering::SeqCst), // the warm-up event's output
+                    }
+                }
+            }
+        })
+    };
+
+    // Warm-up, so that start-up costs are not counted as latency: the producer's first record
+    // waits for metadata and a producer id, a consumer that was just assigned its partition still
+    // looks up its start offset, rtcrm instantiates a filter on first use. One event without
+    // `sent_at_us` goes through first; the measurement starts once its output has arrived.
+    let producer = producer(bootstrap, 0)?;
+    let mut warmup: Value = serde_json::from_str(&make_event(&mut Rng(seed ^ 1), true, None).json)?;
+    warmup["event_id"] = json!("bench-warmup");
+    let warmup = warmup.to_string();
+    let delivery = producer
+        .send_result(FutureRecord::to(events_topic).key("0").payload(&warmup))
+        .map_err(|(e, _)| anyhow!("producing the warm-up event: {e}"))?;
+    check_delivery(rt.block_on(delivery))?;
+    let t0 = Instant::now();
+    while !warm.load(Ordering::SeqCst) {
+        check_interrupted()?;
+        if t0.elapsed() > STALL_TIMEOUT {
+            done.store(true, Ordering::SeqCst);
+            bail!("the warm-up event's output did not arrive in {out_topic} within {STALL_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    // Paced sends: event i goes out at start + i / rate (no catching up in bursts beyond that).
+    let mut rng = Rng(seed);
+    let start = Instant::now();
+    let mut sent = 0;
+    let result = (|| -> Result<()> {
+        for i in 0..total {
+            let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if i % 100 == 0 {
+                check_interrupted()?;
+            }
+            let e = make_event(&mut rng, true, Some(now_us()));
+            let key = e.player_id.to_string();
+            let mut record = FutureRecord::to(events_topic).key(key.as_str()).payload(e.json.as_str());
+            // The delivery future is dropped: the producer's own thread still delivers it.
+            loop {
+                match producer.send_result(record) {
+                    Ok(_) => break,
+                    Err((_, back)) => {
+                        record = back;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+            sent += 1;
+        }
+        producer.flush(Duration::from_secs(30))?;
+        // Wait for the stragglers (or give up after a stall).
+        let (mut last, mut since) = (0, Instant::now());
+        loop {
+            check_interrupted()?;
+            let n = samples.lock().unwrap().len();
+            if n >= sent {
+                return Ok(());
+            }
+            if n != last {
+                (last, since) = (n, Instant::now());
+            } else if since.elapsed() > STALL_TIMEOUT {
+                progress(format!("{out_topic}: {} of {sent} outputs never arrived", sent - n));
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })();
+    done.store(true, Ordering::SeqCst);
+    let _ = reader_thread.join();
+    result?;
+    let mut samples = std::mem::take(&mut *samples.lock().unwrap());
+    samples.sort_unstable();
+    let mut text = String::from("# sent_us received_us latency_us\n");
+    for (s, r) in &samples {
+        writeln!(text, "{s} {r} {}", r.saturating_sub(*s))?;
+    }
+    std::fs::write(dump, text).with_context(|| format!("writing {}", dump.display()))?;
+    let latencies = samples.iter().map(|(s, r)| r.saturating_sub(*s)).collect();
+    Ok(LatencyRun { received: samples.len(), latency: summarize(latencies), sent })
+}
+
+fn rtcrm_latency(
+    rt: &tokio::runtime::Runtime,
+    bootstrap: &str,
+    bin: &Path,
+    run: &str,
+    work: &Path,
+    args: &Args,
+) -> Result<(LatencyRun, Rtcrm)> {
+    let t = Topics::new(run, "lat");
+    create_topics(rt, bootstrap, &[&t.events, &t.triggers], &[])?;
+    let campaign = json!({
+        "campaign_id": 1, "enabled": true, "game": "foe", "event_name": "fight",
+        "start_date": WINDOW.0, "end_date": WINDOW.1,
+        "filter": "function(event) { return true }",
+    });
+    produce_all(rt, bootstrap, &t.campaigns, &[("1".into(), campaign.to_string())])?;
+    let mut proc = Rtcrm::start(bin, bootstrap, &t, work.join("rtcrm-latency.log"))?;
+    let ready = proc.wait_ready()?;
+    progress(format!("rtcrm latency: ready in {ready:.2?}; {} events/s for {} s", args.rate, args.latency_seconds));
+    let dump = work.join("latency-rtcrm.txt");
+    let r = measure_latency(rt, &dump, bootstrap, &t.events, &t.triggers, args.rate, args.latency_seconds, 7)?;
+    proc.stop()?;
+    Ok((r, proc))
+}
+
+fn copier_latency(
+    rt: &tokio::runtime::Runtime,
+    bootstrap: &str,
+    run: &str,
+    work: &Path,
+    args: &Args,
+) -> Result<LatencyRun> {
+    let t = Topics::new(run, "lat-copier");
+    create_topics(rt, bootstrap, &[&t.events, &t.triggers], &[])?;
+    let mut copier = Copier::start(bootstrap, &t.group, &t.events, &t.triggers)?;
+    copier.wait_ready()?;
+    progress(format!("copier latency: {} events/s for {} s", args.rate, args.latency_seconds));
+    let dump = work.join("latency-copier.txt");
+    let r = measure_latency(rt, &dump, bootstrap, &t.events, &t.triggers, args.rate, args.latency_seconds, 7)?;
+    copier.stop()?;
+    Ok(r)
+}
+
+// =============================================================================================
+// Main
+// =============================================================================================
+
+fn main() {
+    let started = Instant::now();
+    let result = Args::parse().and_then(|args| bench(&args, started));
+    if let Err(e) = result {
+        eprintln!("e2e_bench: error: {e:#}");
+        std::process::exit(if INTERRUPTED.load(Ordering::SeqCst) { 130 } else { 1 });
+    }
+}
+
+fn bench(args: &Args, started: Instant) -> Result<()> {
+    progress("starting");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    // Ctrl-C or SIGTERM: every wait loop bails out, and the guards stop rtcrm and the broker.
+    rt.spawn(async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("e2e_bench: interrupted, cleaning up");
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    });
+    if !args.rtcrm.is_file() {
+        bail!(
+            "{} is missing: build it with cargo build --release -p rtcrm (or pass --rtcrm PATH)",
+            args.rtcrm.display()
+        );
+    }
+    let run = format!("{}-{}", SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(), std::process::id());
+    let work = target_dir().join("e2e-bench").join(&run);
+    std::fs::create_dir_all(&work)?;
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+
+    // The broker (ours, or the given one). Declared first, so it is dropped last.
+    let mut broker: Option<Broker> = None;
+    let bootstrap = match &args.bootstrap {
+        Some(b) => b.clone(),
+        None => {
+            progress("starting a Kafka broker (scripts/kafka/broker.sh)");
+            broker.insert(Broker::start(&work.join("broker"))?).addr.clone()
+        }
+    };
+    progress(format!("broker at {bootstrap}; work files in {}", work.display()));
+
+    // The workload, the same bytes for rtcrm and the copier.
+    let mut rng = Rng(42);
+    let events: Vec<Event> = (0..args.events).map(|_| make_event(&mut rng, false, None)).collect();
+    let records: Vec<(String, String)> = events.iter().map(|e| (e.player_id.to_string(), e.json.clone())).collect();
+    let campaigns: Vec<Campaign> = (0..args.campaigns).map(make_campaign).collect();
+
+    // Warm-up (not reported): the broker's JVM compiles its produce and fetch paths.
+    let warm = &records[..records.len().min(5_000)];
+    progress(format!("warm-up: copying {} events", warm.len()));
+    copier_throughput(&rt, &bootstrap, &run, "warmup", warm)?;
+
+    // 1. rtcrm throughput.
+    let (rtcrm_tput, info) =
+        rtcrm_throughput(&rt, &bootstrap, &args.rtcrm, &run, &work, &events, &records, &campaigns)?;
+    progress(format!("rtcrm: {:.0} events/s over {:.2} s", rtcrm_tput.events_per_s, rtcrm_tput.seconds));
+
+    // 2. Baseline throughput.
+    progress(format!("copier throughput: {} events", records.len()));
+    let base_tput = copier_throughput(&rt, &bootstrap, &run, "tput-copier", &records)?;
+    progress(format!("copier: {:.0} events/s over {:.2} s", base_tput.events_per_s, base_tput.seconds));
+
+    // 3. Latency at a fixed rate.
+    let (rtcrm_lat, lat_proc) = rtcrm_latency(&rt, &bootstrap, &args.rtcrm, &run, &work, args)?;
+    let base_lat = copier_latency(&rt, &bootstrap, &run, &work, args)?;
+
+    // 4. The report.
+    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut out = String::new();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    writeln!(out, "## rtcrm end-to-end benchmark\n")?;
+    writeln!(
+        out,
+        "{} events ({} campaigns on foe/fight, {} triggers expected); latency at {} events/s for {} s; \
+         {} cores; load average before {} / after {}\n",
+        args.events,
+        args.campaigns,
+        rtcrm_tput.expected,
+        args.rate,
+        args.latency_seconds,
+        cores,
+        load_before.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        load_after.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    )?;
+    writeln!(out, "| figure | rtcrm | baseline | ratio |")?;
+    writeln!(out, "| --- | ---: | ---: | ---: |")?;
+    let ratio =
+        |a: f64, b: f64| if a.is_finite() && b.is_finite() && b > 0.0 { format!("{:.2}", a / b) } else { "—".into() };
+    writeln!(
+        out,
+        "| throughput, events/s (first event → last output acknowledged) | {:.0} | {:.0} | {} |",
+        rtcrm_tput.events_per_s,
+        base_tput.events_per_s,
+        ratio(rtcrm_tput.events_per_s, base_tput.events_per_s)
+    )?;
+    writeln!(
+        out,
+        "| throughput, outputs/s (triggers / copies) | {:.0} | {:.0} | {} |",
+        rtcrm_tput.outputs_per_s,
+        base_tput.outputs_per_s,
+        ratio(rtcrm_tput.outputs_per_s, base_tput.outputs_per_s)
+    )?;
+    writeln!(
+        out,
+        "| measured interval, s | {:.2} | {:.2} | {} |",
+        rtcrm_tput.seconds,
+        base_tput.seconds,
+        ratio(rtcrm_tput.seconds, base_tput.seconds)
+    )?;
+    for (name, a, b) in [
+        ("outputs expected", rtcrm_tput.expected, base_tput.expected),
+        ("outputs missing", rtcrm_tput.missing, base_tput.missing),
+        ("outputs duplicated", rtcrm_tput.duplicates, base_tput.duplicates),
+        ("outputs unexpected", rtcrm_tput.unexpected, base_tput.unexpected),
+        ("triggers with a wrong key or trigger_id", rtcrm_tput.malformed, base_tput.malformed),
+    ] {
+        writeln!(out, "| {name} | {a} | {b} | |")?;
+    }
+    let ms = |l: &Option<Latency>, f: fn(&Latency) -> u64| l.as_ref().map(|l| f(l) as f64 / 1000.0);
+    for (name, f) in [
+        ("latency p50, ms", (|l: &Latency| l.p50_us) as fn(&Latency) -> u64),
+        ("latency p99, ms", |l: &Latency| l.p99_us),
+        ("latency max, ms", |l: &Latency| l.max_us),
+    ] {
+        let (a, b) = (ms(&rtcrm_lat.latency, f), ms(&base_lat.latency, f));
+        let show = |x: Option<f64>| x.map_or("—".into(), |x| format!("{x:.2}"));
+        writeln!(
+            out,
+            "| {name} (send → output received, {} events/s) | {} | {} | {} |",
+            args.rate,
+            show(a),
+            show(b),
+            ratio(a.unwrap_or(f64::NAN), b.unwrap_or(f64::NAN))
+        )?;
+    }
+    writeln!(
+        out,
+        "| latency outputs received / events sent | {} / {} | {} / {} | |",
+        rtcrm_lat.received, rtcrm_lat.sent, base_lat.received, base_lat.sent
+    )?;
+    writeln!(out, "| start → /readyz 200 (throughput run), s | {:.2} | — | |", info.ready.as_secs_f64())?;
+
+    // Notes: what rtcrm said about itself.
+    writeln!(out)?;
+    writeln!(out, "rtcrm (throughput run): exit after SIGTERM {}; rtcrm_events_total {} (events: {}), rtcrm_triggers_total {}, rtcrm_evaluation_errors_total {}; campaign statuses {:?}",
+        info.exit, info.metrics_events, args.events, info.metrics_triggers, info.metrics_errors, info.statuses)?;
+    writeln!(out, "rtcrm (latency run): exit after SIGTERM {}", lat_proc.exit.map_or("?".into(), |s| s.to_string()))?;
+    let lat_problems = lat_proc.problems();
+    for (name, problems, log) in [("throughput", &info.problems, &info.log), ("latency", &lat_problems, &lat_proc.log)]
+    {
+        writeln!(out, "rtcrm {name} log {}: {} WARN/ERROR lines", log.display(), problems.len())?;
+        for p in problems.iter().take(5) {
+            writeln!(out, "    {p}")?;
+        }
+    }
+    writeln!(out)?;
+    writeln!(out, "command: {}", shell_line(std::env::args()))?;
+    writeln!(out, "rtcrm:   {}", info.command)?;
+    writeln!(out, "         {}", lat_proc.command)?;
+    writeln!(out, "wall time: {:.1} s", started.elapsed().as_secs_f64())?;
+    drop(lat_proc);
+    print!("{out}");
+    std::io::stdout().flush()?;
+    Ok(())
+}

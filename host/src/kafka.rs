@@ -60,13 +60,17 @@ pub fn campaign_consumer_config(settings: &Settings) -> ClientConfig {
     c
 }
 
-/// Creates the topics that are missing: the campaigns and status topics compacted.
+/// Creates the topics that are missing. The status topic is compacted (always keyed by campaign
+/// id). The campaigns topic keeps every message forever instead: Kafka refuses records without a
+/// key on a compacted topic, and the original system (and its README's `kcat -P`) writes
+/// campaigns without a key. Operators who only publish keyed campaigns may compact it.
 pub async fn create_topics(settings: &Settings) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = base(settings).create().context("creating the Kafka admin client")?;
     let compact = [("cleanup.policy", "compact")];
+    let keep_forever = [("cleanup.policy", "delete"), ("retention.ms", "-1"), ("retention.bytes", "-1")];
     let topics = [
         (settings.event_topic.as_str(), &[][..]),
-        (settings.campaign_topic.as_str(), &compact[..]),
+        (settings.campaign_topic.as_str(), &keep_forever[..]),
         (settings.trigger_topic.as_str(), &[][..]),
         (settings.status_topic.as_str(), &compact[..]),
         (settings.dlq_topic.as_str(), &[][..]),

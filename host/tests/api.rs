@@ -126,7 +126,10 @@ impl Reply {
 }
 
 fn head(stream: &mut TcpStream, method: &str, path: &str, headers: &[(&str, &str)], length: Option<usize>) -> std::io::Result<()> {
-    let mut text = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    let mut text = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        text.push_str("Host: 127.0.0.1\r\n");
+    }
     for (k, v) in headers {
         text.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -383,6 +386,8 @@ fn campaigns_compile_events_and_the_trigger_stream() {
         assert!(Instant::now() < deadline, "{}", dev.get("/api/campaigns/78").body);
         std::thread::sleep(Duration::from_millis(100));
     }
+    let trigger: Value = serde_json::from_str(&sse.next_data().unwrap()).unwrap();
+    assert_eq!(trigger["trigger_id"], "4711:api-test-5-loss", "only the example campaign matched");
 
     // DELETE /api/campaigns/{id}: a tombstone.
     let r = dev.delete("/api/campaigns/77");
@@ -409,7 +414,11 @@ fn campaigns_compile_events_and_the_trigger_stream() {
     // SIGTERM with a trigger stream open: the stream ends and the process exits 0.
     let pid = dev.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    // (keep-alive comments come every 15 s: a stream still open after 10 s fails the read)
+    sse.reader.get_ref().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let stopping = Instant::now();
     assert_eq!(sse.next_data(), None, "the stream ends at shutdown");
+    assert!(stopping.elapsed() < Duration::from_secs(9), "the stream did not end at shutdown");
     let mut dev = dev;
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {

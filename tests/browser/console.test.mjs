@@ -1,0 +1,182 @@
+// End-to-end test of the rtcrm console (issue 5) in Debian's headless Chromium, driven by
+// playwright-core: the original Demo UI's flow (create campaign 4711 from the example, send the
+// example event, see the trigger in the feed and its toast), the campaigns table, and inline
+// compile errors that refuse the send. Fails on any browser console error. Takes the README's
+// screenshots (docs/console-*.png).
+//
+// Run (after `cargo build --release -p rtcrm`): npm ci && node --test console.test.mjs
+// Environment: RTCRM_BIN (default target/release/rtcrm), CHROMIUM (default /usr/bin/chromium).
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const binary = process.env.RTCRM_BIN || path.join(root, 'target/release/rtcrm');
+const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
+const docs = path.join(root, 'docs');
+const chromiumArgs = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+];
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** `rtcrm dev` on a free loopback port, once /readyz answers 200. */
+async function startRtcrm() {
+  const port = await freePort();
+  const base = `http://127.0.0.1:${port}`;
+  const child = spawn(binary, ['dev', '--http-addr', `127.0.0.1:${port}`], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'RTCRM_API_TOKEN' && k !== 'RTCRM_HTTP_ADDR')),
+  });
+  let log = '';
+  child.stderr.on('data', (d) => { log += d; });
+  const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  const deadline = Date.now() + 120_000;
+  for (;;) {
+    const r = await fetch(`${base}/readyz`).catch(() => null);
+    if (r && r.status === 200) break;
+    if (child.exitCode !== null) throw new Error(`rtcrm dev exited with ${child.exitCode}:\n${log}`);
+    if (Date.now() > deadline) throw new Error(`rtcrm dev not ready within 120 s:\n${log}`);
+    await sleep(200);
+  }
+  return {
+    base,
+    log: () => log,
+    async stop() {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+      const result = await exited;
+      clearTimeout(timer);
+      return result;
+    },
+  };
+}
+
+test('the console: campaign, event, live trigger, table, inline compile errors', { timeout: 240_000 }, async (t) => {
+  assert.ok(fs.existsSync(binary), `${binary} is missing: build it with cargo build --release -p rtcrm`);
+  assert.ok(fs.existsSync(chromiumPath), `${chromiumPath} is missing: install Debian's chromium (bash scripts/setup.sh)`);
+
+  const rtcrm = await startRtcrm();
+  const browser = await chromium.launch({ executablePath: chromiumPath, headless: true, args: chromiumArgs });
+  const consoleErrors = [];
+  const requests = [];
+  try {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const page = await context.newPage();
+    page.setDefaultTimeout(20_000);
+    page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(`console: ${m.text()}`); });
+    page.on('pageerror', (e) => consoleErrors.push(`page error: ${e.message}`));
+    page.on('request', (r) => requests.push(`${r.method()} ${new URL(r.url()).pathname}`));
+    page.on('request', (r) => {
+      if (!r.url().startsWith(rtcrm.base)) consoleErrors.push(`request to another origin: ${r.url()}`);
+    });
+
+    const row = (id) => page.locator(`#campaigns tbody tr[data-id="${id}"]`);
+
+    await t.test('loads, ready, with a live feed', async () => {
+      await page.goto(`${rtcrm.base}/`);
+      await page.locator('#ready', { hasText: 'ready' }).waitFor();
+      await page.locator('#feed-status', { hasText: 'feed: live' }).waitFor();
+      // rtcrm dev loads campaign 4711 itself.
+      await row(4711).locator('.state-active').waitFor();
+    });
+
+    await t.test('deletes campaign 4711 from the table', async () => {
+      await row(4711).getByRole('button', { name: 'delete' }).click();
+      await row(4711).getByRole('button', { name: 'confirm delete' }).click();
+      await page.locator('#campaigns tbody tr[data-id="4711"][data-state="deleted"]').waitFor();
+      assert.ok(requests.includes('DELETE /api/campaigns/4711'));
+    });
+
+    await t.test('creates campaign 4711 from the example and sees it active', async () => {
+      await page.locator('#campaign-example').click();
+      await page.locator('#compile-status', { hasText: 'the filter compiles' }).waitFor();
+      assert.match(await page.locator('#filter').inputValue(), /event\.getData\(\)\.get\('result'\) === 'loss'/);
+      const send = page.locator('#campaign-send');
+      await assert.doesNotReject(send.click({ trial: true }));
+      assert.equal(await send.isEnabled(), true);
+      await send.click();
+      await page.locator('#campaign-result', { hasText: 'campaign 4711 sent to crm-campaigns' }).waitFor();
+      await page.locator('#campaigns tbody tr[data-id="4711"][data-state="active"]').waitFor();
+    });
+
+    await t.test('sends the example event and sees the trigger in the feed and the toast', async () => {
+      await page.locator('#event-example').click();
+      await page.locator('#event-send:enabled').click();
+      await page.locator('#event-result', { hasText: 'event sent to events-valid' }).waitFor();
+      const item = page.locator('#feed li[data-campaign="4711"]').first();
+      await item.waitFor();
+      assert.match(await item.innerText(), /campaign 4711 → player 12345/);
+      await page.locator('.toast', { hasText: 'campaign 4711 triggered for player 12345 in game foe, market de' }).waitFor();
+      // The table's counters follow.
+      await page.locator('#campaigns tbody tr[data-id="4711"] td.matches', { hasText: /^1$/ }).waitFor();
+      assert.equal(await row(4711).locator('td.evaluations').innerText(), '1');
+      assert.notEqual(await row(4711).locator('td.when').innerText(), '–');
+      fs.mkdirSync(docs, { recursive: true });
+      await page.screenshot({ path: path.join(docs, 'console-1280x800.png') });
+    });
+
+    await t.test('a filter with a syntax error shows line and column and refuses the send', async () => {
+      const before = requests.filter((r) => r === 'POST /api/campaigns').length;
+      const filter = page.locator('#filter');
+      await filter.fill('');
+      await filter.pressSequentially("function(event) {\n  return event.data.result === ;\n}", { delay: 15 });
+      const status = page.locator('#compile-status');
+      await status.filter({ hasText: /^line 2, column \d+: SyntaxError/ }).waitFor();
+      assert.equal(await page.locator('#filter-gutter .err').innerText(), '2', 'the error line is marked');
+      assert.equal(await page.locator('#filter-backdrop .err-line mark').count(), 1, 'the error column is marked');
+      assert.equal(await page.locator('#campaign-send').isDisabled(), true, 'send is refused');
+      // The campaign JSON follows the filter editor.
+      assert.match(await page.locator('#campaign-json').inputValue(), /=== ;/);
+      await page.locator('#campaign-send').click({ force: true });
+      await sleep(500);
+      assert.equal(requests.filter((r) => r === 'POST /api/campaigns').length, before, 'nothing was sent');
+      assert.ok(requests.includes('POST /api/compile'));
+      await page.screenshot({ path: path.join(docs, 'console-compile-error.png') });
+
+      // Fixing it enables send again.
+      await filter.fill("e => e.data.result === 'win'");
+      await status.filter({ hasText: 'the filter compiles' }).waitFor();
+      await page.locator('#campaign-send:enabled').waitFor();
+    });
+
+    await t.test('usable in a narrow window', async () => {
+      await page.setViewportSize({ width: 400, height: 860 });
+      await sleep(300);
+      const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      assert.ok(overflow <= 0, `the page is ${overflow}px wider than the window`);
+      for (const id of ['#campaign-send', '#campaign-example', '#filter', '#event-send', '#feed-panel', '#campaigns']) {
+        const box = await page.locator(id).boundingBox();
+        assert.ok(box && box.x >= 0 && box.x + box.width <= 400 + 1, `${id} fits the width: ${JSON.stringify(box)}`);
+      }
+      await page.screenshot({ path: path.join(docs, 'console-narrow.png') });
+    });
+
+    await t.test('no console error in the browser', () => {
+      assert.deepEqual(consoleErrors, []);
+    });
+    await context.close();
+  } finally {
+    await browser.close();
+    const { code, signal } = await rtcrm.stop();
+    assert.ok(code === 0 || signal === 'SIGTERM', `rtcrm dev exited with ${code ?? signal}:\n${rtcrm.log()}`);
+  }
+});

@@ -2,8 +2,10 @@
 # Installs what building and testing rtcrm needs on a fresh Debian machine, and nothing twice:
 #   clang-19, llvm-19 (llvm-ar), wasi-libc  the JS runtime plugin (QuickJS for wasm32-wasip1)
 #   kcat                                    the README's examples and the integration tests
+#   chromium                                the console's browser test (headless, /usr/bin/chromium)
 #   rustup target wasm32-wasip1             the JS runtime plugin
-# Java 17 and Maven (for the real Kafka broker of the integration tests) are checked, not installed.
+# Java 17 and Maven (for the real Kafka broker of the integration tests) and Node.js 20+ with npm
+# (for the console's browser test) are checked, not installed.
 set -euo pipefail
 
 missing=()
@@ -11,6 +13,7 @@ command -v clang-19 >/dev/null 2>&1 || missing+=(clang-19)
 command -v llvm-ar-19 >/dev/null 2>&1 || missing+=(llvm-19)
 [ -f /usr/include/wasm32-wasi/stdlib.h ] || missing+=(wasi-libc)
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if ((${#missing[@]})); then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -26,4 +29,7 @@ fi
 
 for tool in java mvn; do
     command -v "$tool" >/dev/null 2>&1 || { echo "setup: $tool not found (the Kafka integration tests need Java 17 and Maven)" >&2; exit 1; }
+done
+for tool in node npm; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "setup: $tool not found (the console's browser test needs Node.js 20+ and npm)" >&2; exit 1; }
 done

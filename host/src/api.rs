@@ -371,8 +371,14 @@ async fn info(State(http): State<Http>) -> Response {
 }
 
 async fn examples() -> Response {
-    let parse = |text: &str| serde_json::from_str::<Value>(text).expect("the examples are JSON");
-    json(StatusCode::OK, &j!({ "campaign": parse(EXAMPLE_CAMPAIGN), "event": parse(EXAMPLE_EVENT) }))
+    // As written in examples/ (field order included).
+    #[derive(Serialize)]
+    struct Examples<'a> {
+        campaign: &'a RawValue,
+        event: &'a RawValue,
+    }
+    let raw = |text: &'static str| -> &'static RawValue { serde_json::from_str(text.trim()).expect("the examples are JSON") };
+    json(StatusCode::OK, &Examples { campaign: raw(EXAMPLE_CAMPAIGN), event: raw(EXAMPLE_EVENT) })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -104,6 +104,7 @@ async fn send(cluster: &Cluster, key: &str, value: Option<&str>) -> Result<()> {
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", "30000")
+        .set("message.max.bytes", crate::kafka::CAMPAIGN_MESSAGE_BYTES)
         .create()?;
     let mut record: FutureRecord<'_, str, str> = FutureRecord::to(&cluster.campaign_topic).key(key);
     if let Some(v) = value {

@@ -9,6 +9,9 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::FutureProducer;
 use std::time::Duration;
 
+/// Largest campaign message: an 8 MiB module in base64, plus the campaign's fields.
+pub const CAMPAIGN_MESSAGE_BYTES: &str = "16777216";
+
 fn base(settings: &Settings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &settings.bootstrap_servers)
@@ -25,6 +28,7 @@ pub fn producer(settings: &Settings) -> Result<FutureProducer> {
         // Small batches, sent at once: a trigger should reach the player within milliseconds.
         .set("linger.ms", "1")
         .set("message.timeout.ms", "300000")
+        .set("message.max.bytes", CAMPAIGN_MESSAGE_BYTES)
         .create()
         .context("creating the Kafka producer")
 }
@@ -67,7 +71,9 @@ pub fn campaign_consumer_config(settings: &Settings) -> ClientConfig {
 pub async fn create_topics(settings: &Settings) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = base(settings).create().context("creating the Kafka admin client")?;
     let compact = [("cleanup.policy", "compact")];
-    let keep_forever = [("cleanup.policy", "delete"), ("retention.ms", "-1"), ("retention.bytes", "-1")];
+    // Campaign messages carry WebAssembly modules (base64) of up to 8 MiB.
+    let keep_forever =
+        [("cleanup.policy", "delete"), ("retention.ms", "-1"), ("retention.bytes", "-1"), ("max.message.bytes", CAMPAIGN_MESSAGE_BYTES)];
     let topics = [
         (settings.event_topic.as_str(), &[][..]),
         (settings.campaign_topic.as_str(), &keep_forever[..]),

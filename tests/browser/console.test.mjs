@@ -167,7 +167,7 @@ test('the console: campaign, event, live trigger, table, inline compile errors',
         const box = await page.locator(id).boundingBox();
         assert.ok(box && box.x >= 0 && box.x + box.width <= 400 + 1, `${id} fits the width: ${JSON.stringify(box)}`);
       }
-      await page.screenshot({ path: path.join(docs, 'console-narrow.png') });
+      await page.screenshot({ path: path.join(docs, 'console-narrow.png'), fullPage: true });
     });
 
     await t.test('no console error in the browser', () => {

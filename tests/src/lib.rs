@@ -638,6 +638,8 @@ pub fn produce_to(bootstrap: &str, topic: &str, msgs: &[Msg]) -> Vec<Delivered> 
         .set("message.timeout.ms", "30000")
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "200000")
+        // Campaigns with a WebAssembly module (a Go filter is ~4.4 MB in base64).
+        .set("message.max.bytes", "16777216")
         .create_with_context(ctx)
         .expect("create a Kafka producer");
     for (i, m) in msgs.iter().enumerate() {

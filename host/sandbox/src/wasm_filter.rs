@@ -14,8 +14,8 @@ use wasmtime::{ExternType, InstancePre, Memory, Module, Store, TypedFunc, ValTyp
 pub const SUPPORTED_ABI_VERSION: i32 = 1;
 /// The only import module a filter may use.
 pub const WASI_MODULE: &str = "wasi_snapshot_preview1";
-/// Largest module accepted by default (ABI.md §1).
-pub const DEFAULT_MAX_MODULE_BYTES: usize = 2 * 1024 * 1024;
+/// Largest module accepted by default (ABI.md §1). A Go filter is about 3.3 MB.
+pub const DEFAULT_MAX_MODULE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Why a module was rejected at submission; each names the cause.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -228,8 +228,9 @@
     }
   }
 
-  ui.campaignJson.addEventListener('input', onCampaignJsonInput);
-  ui.filter.addEventListener('input', onFilterInput);
+  // An edit clears the last send's outcome (it described the previous text).
+  ui.campaignJson.addEventListener('input', () => { setResult(ui.campaignResult, '', ''); onCampaignJsonInput(); });
+  ui.filter.addEventListener('input', () => { setResult(ui.campaignResult, '', ''); onFilterInput(); });
   ui.filter.addEventListener('scroll', syncScroll);
   ui.filter.addEventListener('keydown', (e) => {
     // Tab indents instead of leaving the editor.
@@ -302,7 +303,7 @@
     }
   }
 
-  ui.eventJson.addEventListener('input', onEventInput);
+  ui.eventJson.addEventListener('input', () => { setResult(ui.eventResult, '', ''); onEventInput(); });
   ui.eventExample.addEventListener('click', eventExample);
   ui.eventSend.addEventListener('click', sendEvent);
 
@@ -391,17 +392,19 @@
         del.addEventListener('click', () => deleteCampaign(c.campaign_id));
         actions.append(del);
       }
+      // One cell: its label (shown on narrow windows) and its content in one element.
+      const cell = (cls, label, ...content) => el('td', { class: cls, 'data-label': label }, el('span', {}, ...content));
       return el('tr', { class: c.state, dataset: { id: String(c.campaign_id), state: c.state } },
-        el('td', { class: 'id', text: String(c.campaign_id) }),
-        el('td', {}, el('span', { class: `state state-${c.state}`, text: c.state })),
-        el('td', {}, c.campaign ? `${def.game} · ${def.event_name}` : '–', def.enabled === false ? el('span', { class: 'tag', text: 'disabled' }) : null),
-        el('td', { class: 'window opt', text: c.campaign ? `${day(def.start_date)} → ${day(def.end_date)}` : '–' }),
-        el('td', { class: 'num evaluations', text: n.evaluations.toLocaleString() }),
-        el('td', { class: 'num matches', text: n.matches.toLocaleString() }),
-        el('td', { class: 'num errors', text: n.errors_total.toLocaleString(), title: errorsByKind || 'no error' }),
-        el('td', { class: 'num opt', text: n.fuel_p50 == null ? '–' : `${n.fuel_p50.toLocaleString()} / ${n.fuel_p99.toLocaleString()}` }),
-        el('td', { class: 'when', text: ago(n.last_match_at), title: n.last_match_at || '' }),
-        el('td', { class: 'error', text: c.error || '' }),
+        cell('id', 'id', String(c.campaign_id)),
+        cell('', 'state', el('span', { class: `state state-${c.state}`, text: c.state })),
+        cell('', 'game · event', c.campaign ? `${def.game} · ${def.event_name}` : '–', def.enabled === false ? el('span', { class: 'tag', text: 'disabled' }) : null),
+        cell('window', 'window', c.campaign ? `${day(def.start_date)} → ${day(def.end_date)}` : '–'),
+        cell('num evaluations', 'evaluations', n.evaluations.toLocaleString()),
+        cell('num matches', 'matches', n.matches.toLocaleString()),
+        el('td', { class: 'num errors', 'data-label': 'errors', title: errorsByKind || 'no error' }, el('span', { text: n.errors_total.toLocaleString() + (errorsByKind ? ` (${errorsByKind})` : '') })),
+        cell('num', 'fuel p50 / p99', n.fuel_p50 == null ? '–' : `${n.fuel_p50.toLocaleString()} / ${n.fuel_p99.toLocaleString()}`),
+        el('td', { class: 'when', 'data-label': 'last match', title: n.last_match_at || '' }, el('span', { text: ago(n.last_match_at) })),
+        c.error ? cell('error', 'error', c.error) : el('td', { class: 'error' }),
         actions);
     }));
   }

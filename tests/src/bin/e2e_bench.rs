@@ -326,6 +326,15 @@ fn metric_sum(text: &str, name: &str) -> f64 {
         .fold(0.0, |a, b| a + b)
 }
 
+/// The non-zero `rtcrm_evaluation_errors_total{campaign, kind}` samples of a `/metrics` text.
+fn evaluation_errors(metrics: &str) -> Vec<String> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("rtcrm_evaluation_errors_total{") && !l.ends_with(" 0"))
+        .map(String::from)
+        .collect()
+}
+
 // =============================================================================================
 // Broker
 // =============================================================================================
@@ -1018,7 +1027,8 @@ struct Tally {
     malformed: usize,
     /// The earliest `triggered_at` (or the copier's first output time), ms.
     t0_ms: Option<i64>,
-    /// Broker time of the output that completed the expected set, ms.
+    /// Broker time of the last expected output to arrive (its first copy), ms: when the set was
+    /// complete, or, with outputs missing, when the last one that came did.
     t1_ms: Option<i64>,
 }
 
@@ -1046,12 +1056,17 @@ impl Tally {
                     self.duplicates += 1;
                 } else {
                     self.distinct += 1;
-                    if self.distinct == self.expected {
-                        self.t1_ms = Some(broker_ms);
-                    }
+                    self.t1_ms = Some(self.t1_ms.map_or(broker_ms, |t| t.max(broker_ms)));
                 }
             }
         }
+    }
+
+    /// The expected outputs that never came.
+    fn missing(&self) -> Vec<(i64, u32)> {
+        let mut m: Vec<_> = self.seen.iter().filter(|(_, n)| **n == 0).map(|(k, _)| *k).collect();
+        m.sort_unstable();
+        m
     }
 
     fn result(&self, events: usize) -> Throughput {
@@ -1061,7 +1076,7 @@ impl Tally {
         };
         Throughput {
             events_per_s: events as f64 / seconds,
-            outputs_per_s: self.expected as f64 / seconds,
+            outputs_per_s: self.distinct as f64 / seconds,
             seconds,
             expected: self.expected,
             missing: self.expected - self.distinct,
@@ -1128,8 +1143,11 @@ struct RtcrmRun {
     problems: Vec<String>,
     metrics_events: f64,
     metrics_triggers: f64,
-    metrics_errors: f64,
+    /// Non-zero `rtcrm_evaluation_errors_total` samples (by campaign and kind).
+    metrics_errors: Vec<String>,
     statuses: HashMap<String, usize>,
+    /// The triggers that never came: campaign id, event id, the event's JSON.
+    missing: Vec<String>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1208,8 +1226,15 @@ fn rtcrm_throughput(
         problems: proc.problems(),
         metrics_events: metric_sum(&metrics, "rtcrm_events_total"),
         metrics_triggers: metric_sum(&metrics, "rtcrm_triggers_total"),
-        metrics_errors: metric_sum(&metrics, "rtcrm_evaluation_errors_total"),
+        metrics_errors: evaluation_errors(&metrics),
         statuses,
+        missing: tally
+            .missing()
+            .iter()
+            .map(|(cid, i)| {
+                format!("campaign {cid}, event {}: {}", events[*i as usize].event_id, events[*i as usize].json)
+            })
+            .collect(),
     };
     Ok((tally.result(events.len()), info))
 }
@@ -1386,7 +1411,7 @@ fn rtcrm_latency(
     run: &str,
     work: &Path,
     args: &Args,
-) -> Result<(LatencyRun, Rtcrm)> {
+) -> Result<(LatencyRun, Rtcrm, Vec<String>)> {
     let t = Topics::new(run, "lat");
     create_topics(rt, bootstrap, &[&t.events, &t.triggers], &[])?;
     let campaign = json!({
@@ -1400,8 +1425,9 @@ fn rtcrm_latency(
     progress(format!("rtcrm latency: ready in {ready:.2?}; {} events/s for {} s", args.rate, args.latency_seconds));
     let dump = work.join("latency-rtcrm.txt");
     let r = measure_latency(rt, &dump, bootstrap, &t.events, &t.triggers, args.rate, args.latency_seconds, 7)?;
+    let errors = evaluation_errors(&proc.metrics());
     proc.stop()?;
-    Ok((r, proc))
+    Ok((r, proc, errors))
 }
 
 fn copier_latency(
@@ -1493,7 +1519,7 @@ fn bench(args: &Args, started: Instant) -> Result<()> {
     progress(format!("copier: {:.0} events/s over {:.2} s", base_tput.events_per_s, base_tput.seconds));
 
     // 3. Latency at a fixed rate.
-    let (rtcrm_lat, lat_proc) = rtcrm_latency(&rt, &bootstrap, &args.rtcrm, &run, &work, args)?;
+    let (rtcrm_lat, lat_proc, lat_errors) = rtcrm_latency(&rt, &bootstrap, &args.rtcrm, &run, &work, args)?;
     let base_lat = copier_latency(&rt, &bootstrap, &run, &work, args)?;
 
     // 4. The report.
@@ -1532,13 +1558,7 @@ fn bench(args: &Args, started: Instant) -> Result<()> {
         base_tput.outputs_per_s,
         ratio(rtcrm_tput.outputs_per_s, base_tput.outputs_per_s)
     )?;
-    writeln!(
-        out,
-        "| measured interval, s | {:.2} | {:.2} | {} |",
-        rtcrm_tput.seconds,
-        base_tput.seconds,
-        ratio(rtcrm_tput.seconds, base_tput.seconds)
-    )?;
+    writeln!(out, "| measured interval, s | {:.2} | {:.2} | |", rtcrm_tput.seconds, base_tput.seconds)?;
     for (name, a, b) in [
         ("outputs expected", rtcrm_tput.expected, base_tput.expected),
         ("outputs missing", rtcrm_tput.missing, base_tput.missing),
@@ -1572,15 +1592,34 @@ fn bench(args: &Args, started: Instant) -> Result<()> {
     )?;
     writeln!(out, "| start → /readyz 200 (throughput run), s | {:.2} | — | |", info.ready.as_secs_f64())?;
 
-    // Notes: what rtcrm said about itself.
+    // Notes: what rtcrm said about itself, and what went wrong.
     writeln!(out)?;
-    writeln!(out, "rtcrm (throughput run): exit after SIGTERM {}; rtcrm_events_total {} (events: {}), rtcrm_triggers_total {}, rtcrm_evaluation_errors_total {}; campaign statuses {:?}",
-        info.exit, info.metrics_events, args.events, info.metrics_triggers, info.metrics_errors, info.statuses)?;
-    writeln!(out, "rtcrm (latency run): exit after SIGTERM {}", lat_proc.exit.map_or("?".into(), |s| s.to_string()))?;
+    let statuses: Vec<String> = info.statuses.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    writeln!(
+        out,
+        "- rtcrm throughput run: exit after SIGTERM: {}; /metrics: rtcrm_events_total {} (events in the topic: {}), \
+         rtcrm_triggers_total {}; campaign statuses: {}",
+        info.exit,
+        info.metrics_events,
+        args.events,
+        info.metrics_triggers,
+        statuses.join(", ")
+    )?;
+    let lat_exit = lat_proc.exit.map_or("?".into(), |s| s.to_string());
+    writeln!(out, "- rtcrm latency run: exit after SIGTERM: {lat_exit}")?;
+    for (run, errors) in [("throughput", &info.metrics_errors), ("latency", &lat_errors)] {
+        let errors = if errors.is_empty() { "none".to_string() } else { errors.join("; ") };
+        writeln!(out, "- rtcrm {run} run, evaluation errors: {errors}")?;
+    }
+    if !info.missing.is_empty() {
+        writeln!(out, "- missing triggers ({}, the first 5):", info.missing.len())?;
+        for m in info.missing.iter().take(5) {
+            writeln!(out, "    {m}")?;
+        }
+    }
     let lat_problems = lat_proc.problems();
-    for (name, problems, log) in [("throughput", &info.problems, &info.log), ("latency", &lat_problems, &lat_proc.log)]
-    {
-        writeln!(out, "rtcrm {name} log {}: {} WARN/ERROR lines", log.display(), problems.len())?;
+    for (run, problems, log) in [("throughput", &info.problems, &info.log), ("latency", &lat_problems, &lat_proc.log)] {
+        writeln!(out, "- rtcrm {run} log {}: {} WARN/ERROR lines", log.display(), problems.len())?;
         for p in problems.iter().take(5) {
             writeln!(out, "    {p}")?;
         }

@@ -1,0 +1,282 @@
+//! The example filters of every SDK language, built from source by `filter-sdk/build-examples.sh`
+//! (no `.wasm` is committed), run through `rtcrm filter eval` as a user runs them:
+//! - every language has every scenario (a missing one fails, it is never skipped);
+//! - the verdicts equal the JavaScript twins' on `examples/filters/shared-events.jsonl`;
+//! - the endless loop ends with error kind `fuel` (exit 3) in every language;
+//! - what a C or Go filter writes to stdout is in the CLI's log (stderr), capped, never on stdout;
+//! - the modules import only `wasi_snapshot_preview1` (Rust for wasm32-unknown-unknown: nothing)
+//!   and export what `filter-sdk/ABI.md` names.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The module directories `build-examples.sh` writes, one per language and target.
+const LANGUAGES: [&str; 4] = ["rust", "rust-wasip1", "c", "go"];
+/// The scenarios every language implements (JavaScript too: `fight-loss.js`,
+/// `nested-threshold.js`, `misbehaving/endless-loop.js`).
+const VERDICT_SCENARIOS: [&str; 2] = ["fight-loss", "nested-threshold"];
+const ENDLESS: &str = "endless-loop";
+/// Filters that write to stdout (fight-loss plus a line per event), in these languages.
+const CHATTY: &str = "chatty";
+const CHATTY_LANGUAGES: [&str; 2] = ["c", "go"];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn filters() -> PathBuf {
+    root().join("examples/filters")
+}
+
+fn shared_events() -> PathBuf {
+    filters().join("shared-events.jsonl")
+}
+
+/// Builds every example once per test run.
+fn built() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("filter-examples");
+        let script = root().join("filter-sdk/build-examples.sh");
+        let run = Command::new("bash").arg(&script).arg(&out).output().expect("bash runs");
+        assert!(
+            run.status.success(),
+            "{} failed ({}):\n{}\n{}",
+            script.display(),
+            run.status,
+            text(&run.stdout),
+            text(&run.stderr)
+        );
+        eprintln!("{}", text(&run.stdout));
+        out
+    })
+}
+
+/// The built module of a scenario; a missing one fails the test with what is missing.
+fn module(lang: &str, scenario: &str) -> PathBuf {
+    let path = built().join(lang).join(format!("{scenario}.wasm"));
+    let source = match lang {
+        "rust" | "rust-wasip1" => filters().join(format!("rust/{scenario}/src/lib.rs")),
+        "c" => filters().join(format!("c/{scenario}.c")),
+        "go" => filters().join(format!("go/{scenario}/main.go")),
+        other => panic!("unknown language {other}"),
+    };
+    assert!(source.is_file(), "scenario {scenario} is missing in {lang}: no {}", source.display());
+    assert!(path.is_file(), "scenario {scenario} in {lang}: {} was not built", path.display());
+    path
+}
+
+fn rtcrm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rtcrm")).args(args).output().expect("rtcrm runs")
+}
+
+fn eval_table(filter: &Path) -> Output {
+    rtcrm(&["filter", "eval", "--filter", s(filter), "--events", s(&shared_events())])
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn lines(out: &Output) -> Vec<String> {
+    text(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+/// The JavaScript twin's verdicts on the shared table.
+fn twin_verdicts(scenario: &str) -> Vec<String> {
+    let out = eval_table(&filters().join(format!("{scenario}.js")));
+    assert_eq!(out.status.code(), Some(0), "{scenario}.js: {}", text(&out.stderr));
+    let verdicts = lines(&out);
+    let events = std::fs::read_to_string(shared_events()).unwrap().lines().filter(|l| !l.trim().is_empty()).count();
+    assert!(events >= 20, "the shared table has {events} events; at least 20 wanted");
+    assert_eq!(verdicts.len(), events, "{scenario}.js");
+    for v in ["true", "false"] {
+        assert!(verdicts.iter().any(|l| l == v), "{scenario}.js: the shared table needs a `{v}` case");
+    }
+    verdicts
+}
+
+#[test]
+fn every_language_has_every_scenario() {
+    for lang in LANGUAGES {
+        for scenario in VERDICT_SCENARIOS.iter().chain(&[ENDLESS]) {
+            module(lang, scenario);
+        }
+    }
+    for lang in CHATTY_LANGUAGES {
+        module(lang, CHATTY);
+    }
+    for js in ["fight-loss.js", "nested-threshold.js", "misbehaving/endless-loop.js"] {
+        assert!(filters().join(js).is_file(), "the JavaScript twin {js} is missing");
+    }
+}
+
+#[test]
+fn verdicts_equal_the_javascript_twins_on_the_shared_table() {
+    let mut failures = Vec::new();
+    for scenario in VERDICT_SCENARIOS {
+        let expected = twin_verdicts(scenario);
+        for lang in LANGUAGES {
+            let out = eval_table(&module(lang, scenario));
+            if out.status.code() != Some(0) || lines(&out) != expected {
+                failures.push(format!(
+                    "{lang}/{scenario}: exit {:?}\n  got      {:?}\n  expected {:?}\n  stderr: {}",
+                    out.status.code(),
+                    lines(&out),
+                    expected,
+                    text(&out.stderr).lines().take(5).collect::<Vec<_>>().join("\n          ")
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn the_endless_loop_runs_out_of_fuel_in_every_language() {
+    let events = std::fs::read_to_string(shared_events()).unwrap().lines().filter(|l| !l.trim().is_empty()).count();
+    let mut filters_to_run: Vec<(String, PathBuf)> =
+        LANGUAGES.iter().map(|lang| (lang.to_string(), module(lang, ENDLESS))).collect();
+    filters_to_run.push(("javascript".into(), filters().join("misbehaving/endless-loop.js")));
+    let mut failures = Vec::new();
+    for (lang, filter) in filters_to_run {
+        let out = eval_table(&filter);
+        let got = lines(&out);
+        if out.status.code() != Some(3) || got.len() != events || got.iter().any(|l| l != "error:fuel") {
+            failures.push(format!(
+                "{lang}/{ENDLESS}: exit {:?}, stdout {got:?}, stderr: {}",
+                out.status.code(),
+                text(&out.stderr).lines().take(3).collect::<Vec<_>>().join(" | ")
+            ));
+        }
+        // One event: exit 3 and the kind first on stderr.
+        let one = rtcrm(&["filter", "eval", "--filter", s(&filter), "--event", s(&root().join("examples/events/fight-loss.json"))]);
+        if one.status.code() != Some(3) || !text(&one.stderr).contains("fuel") || !one.stdout.is_empty() {
+            failures.push(format!("{lang}/{ENDLESS} --event: exit {:?}, stderr {}", one.status.code(), text(&one.stderr)));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn what_a_filter_prints_goes_to_the_log_capped_never_to_stdout() {
+    let expected = twin_verdicts("fight-loss");
+    for lang in CHATTY_LANGUAGES {
+        let out = eval_table(&module(lang, CHATTY));
+        let stdout = text(&out.stdout);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{lang}/{CHATTY}: {stderr}");
+        // Only verdicts on stdout.
+        assert_eq!(lines(&out), expected, "{lang}/{CHATTY}: stdout must hold only the verdicts");
+        assert!(!stdout.contains("chatty"), "{lang}/{CHATTY}: the filter's output reached stdout:\n{stdout}");
+        // The output is in the log ...
+        let tag = format!("chatty-{lang}: ");
+        let logged = stderr.lines().filter(|l| l.contains(&tag)).count();
+        assert!(stderr.contains(&format!("{tag}result=loss")), "{lang}/{CHATTY}: no output in the log:\n{stderr}");
+        // ... capped: one line per event was written, the host forwards at most 20 per second
+        // per instance (ABI.md section 4) and says how many it dropped.
+        assert!(logged >= 1 && logged <= 20, "{lang}/{CHATTY}: {logged} lines logged of {} written", expected.len());
+        if expected.len() > 20 {
+            assert!(stderr.contains("dropped"), "{lang}/{CHATTY}: the log does not say lines were dropped:\n{stderr}");
+        }
+    }
+}
+
+/// The imports (module, name) and exports (`kind:name`) of a module, read from its import and
+/// export sections (a few lines here rather than a parser dependency for the `rtcrm` crate).
+fn imports_and_exports(path: &Path) -> (Vec<(String, String)>, BTreeSet<String>) {
+    let bytes = std::fs::read(path).unwrap();
+    let mut r = Reader { bytes: &bytes, pos: 8 };
+    assert_eq!(&bytes[..8], b"\0asm\x01\0\0\0", "{} is not a core module", path.display());
+    let (mut imports, mut exports) = (Vec::new(), BTreeSet::new());
+    while r.pos < bytes.len() {
+        let id = r.byte();
+        let size = r.leb() as usize;
+        let end = r.pos + size;
+        match id {
+            2 => {
+                for _ in 0..r.leb() {
+                    let (m, n) = (r.name(), r.name());
+                    let kind = r.byte();
+                    assert_eq!(kind, 0, "{}: import {m}.{n} is not a function", path.display());
+                    r.leb();
+                    imports.push((m, n));
+                }
+            }
+            7 => {
+                for _ in 0..r.leb() {
+                    let name = r.name();
+                    let kind = r.byte();
+                    r.leb();
+                    exports.insert(format!("{}:{name}", ["func", "table", "memory", "global", "tag"][kind as usize]));
+                }
+            }
+            _ => {}
+        }
+        r.pos = end;
+    }
+    (imports, exports)
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn byte(&mut self) -> u8 {
+        self.pos += 1;
+        self.bytes[self.pos - 1]
+    }
+    fn leb(&mut self) -> u64 {
+        let (mut v, mut shift) = (0u64, 0);
+        loop {
+            let b = self.byte();
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return v;
+            }
+            shift += 7;
+        }
+    }
+    fn name(&mut self) -> String {
+        let n = self.leb() as usize;
+        self.pos += n;
+        String::from_utf8(self.bytes[self.pos - n..self.pos].to_vec()).unwrap()
+    }
+}
+
+#[test]
+fn modules_import_only_wasi_and_export_the_abi() {
+    let required = ["memory:memory", "func:rtcrm_alloc", "func:rtcrm_filter"];
+    let optional = ["func:rtcrm_abi_version", "func:_initialize"];
+    for lang in LANGUAGES {
+        for scenario in VERDICT_SCENARIOS.iter().chain(&[ENDLESS]) {
+            let path = module(lang, scenario);
+            let (imports, mut exports) = imports_and_exports(&path);
+            for (m, n) in &imports {
+                assert_eq!(m, "wasi_snapshot_preview1", "{lang}/{scenario} imports {m}.{n}");
+            }
+            if lang == "rust" {
+                assert!(imports.is_empty(), "rust/{scenario} (wasm32-unknown-unknown) imports {imports:?}");
+                // rustc up to 1.96 adds these two globals to every wasm32-unknown-unknown cdylib
+                // (removed by rust-lang/rust#156174); the ABI ignores exports it does not name.
+                exports.remove("global:__heap_base");
+                exports.remove("global:__data_end");
+            }
+            for r in required {
+                assert!(exports.remove(r), "{lang}/{scenario} does not export {r}");
+            }
+            // Every SDK declares its version.
+            assert!(exports.contains("func:rtcrm_abi_version"), "{lang}/{scenario} does not export rtcrm_abi_version");
+            exports.retain(|e| !optional.contains(&e.as_str()));
+            assert!(exports.is_empty(), "{lang}/{scenario} exports more than the ABI names: {exports:?}");
+        }
+    }
+}

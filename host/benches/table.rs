@@ -129,6 +129,48 @@ fn main() {
     rows.push(["(a2) ten campaigns per event, sandbox, fuel on".into(), us(m[0]), format!("{:.2}×", m[0] / m[1]), "≤ 10×".into(), "≤ 3×".into()]);
     rows.push(["(a2) ten campaigns per event, native (baseline)".into(), us(m[1]), "1.00×".into(), "".into(), "".into()]);
 
+    // WebAssembly filters (filter ABI), the original filter built by each SDK, vs native.
+    let examples = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/filter-examples-bench");
+    let built = Command::new("bash")
+        .arg(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../filter-sdk/build-examples.sh"))
+        .arg(&examples)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("bash runs");
+    assert!(built.success(), "filter-sdk/build-examples.sh failed");
+    let mut wasm: Vec<(&str, rtcrm_sandbox::Filter)> = ["rust", "c", "go"]
+        .into_iter()
+        .map(|lang| {
+            let bytes = std::fs::read(examples.join(lang).join("fight-loss.wasm")).expect("example module");
+            let compiled = rtcrm_sandbox::CompiledFilter::Wasm(sb.load_wasm(&bytes).expect("valid module"));
+            (lang, sb.filter(&compiled, lang, sb.limits()).unwrap())
+        })
+        .collect();
+    let [(_, rust), (_, c), (_, go)] = &mut wasm[..] else { unreachable!() };
+    let m = interleaved(&mut [
+        &mut || {
+            let e = Event::parse(black_box(SEED_EVENT.as_bytes()).to_vec()).unwrap();
+            assert!(rust.eval(&e).unwrap().matched);
+        },
+        &mut || {
+            let e = Event::parse(black_box(SEED_EVENT.as_bytes()).to_vec()).unwrap();
+            assert!(c.eval(&e).unwrap().matched);
+        },
+        &mut || {
+            let e = Event::parse(black_box(SEED_EVENT.as_bytes()).to_vec()).unwrap();
+            assert!(go.eval(&e).unwrap().matched);
+        },
+        &mut || {
+            let v: serde_json::Value = serde_json::from_slice(black_box(SEED_EVENT.as_bytes())).unwrap();
+            assert!(seed_native(&v));
+        },
+    ]);
+    rows.push(["Rust-SDK filter (Wasm) in the sandbox, fuel on".into(), us(m[0]), format!("{:.2}×", m[0] / m[3]), "".into(), "≤ 1.5×".into()]);
+    rows.push(["C-SDK filter (Wasm) in the sandbox, fuel on".into(), us(m[1]), format!("{:.2}×", m[1] / m[3]), "".into(), "".into()]);
+    rows.push(["Go-SDK filter (Wasm) in the sandbox, fuel on".into(), us(m[2]), format!("{:.2}×", m[2] / m[3]), "".into(), "".into()]);
+    rows.push(["native closure (baseline of the three rows above)".into(), us(m[3]), "1.00×".into(), "".into(), "".into()]);
+    drop(wasm);
+
     // (b) compile on arrival, and the fresh-instance-per-event alternative.
     let seed = sb.compile_js(SEED_FILTER).unwrap();
     let mut reused = sb.js_filter(&seed, "seed", sb.limits()).unwrap();

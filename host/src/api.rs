@@ -118,22 +118,11 @@ fn json_object(bytes: &[u8], what: &str) -> Result<serde_json::Map<String, Value
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("{what} must be a JSON object, not {}", json_type(&other)),
+            format!("{what} must be a JSON object, not {}", crate::campaign::kind_of(&other)),
         )),
         Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, format!("{what} is not valid JSON: {e}"))
             .with("line", e.line())
             .with("column", e.column())),
-    }
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -242,7 +231,7 @@ async fn compile(State(http): State<Http>, headers: HeaderMap, body: Body) -> Re
     let request = json_object(&body, "the request")?;
     let source = match request.get("source") {
         Some(Value::String(s)) => s.clone(),
-        Some(other) => return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("`source` must be a string, not {}", json_type(other)))),
+        Some(other) => return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("`source` must be a string, not {}", crate::campaign::kind_of(other)))),
         None => return Err(ApiError::new(StatusCode::BAD_REQUEST, "send {\"source\": \"<the filter's JavaScript>\"}")),
     };
     Ok(match compile_source(&http.shared, source).await? {

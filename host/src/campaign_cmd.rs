@@ -53,38 +53,42 @@ pub enum CampaignCommand {
 }
 
 pub fn run(cmd: CampaignCommand) -> Result<()> {
-    crate::run::runtime()?.block_on(async move {
-        match cmd {
-            CampaignCommand::Put { file, wasm, cluster } => {
-                let mut bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-                if let Some(wasm) = &wasm {
-                    bytes = with_wasm_filter(&file, &bytes, wasm)?;
-                }
-                let def = CampaignDef::parse(None, &bytes)
-                    .map_err(|r| Exit { code: 2, message: format!("{}: {}", file.display(), r.reason) })?;
-                // The filter is compiled (or the module validated) here too, so a broken filter
-                // is reported before publishing.
-                let sandbox = rtcrm_sandbox::Sandbox::new(rtcrm_sandbox::SandboxConfig::default())?;
-                let check = match &def.filter {
-                    FilterSource::Js(src) => sandbox.compile_js(src).map(drop).map_err(|e| crate::loader::describe(&e)),
-                    FilterSource::Wasm(module) => sandbox.load_wasm(module).map(drop).map_err(|e| e.to_string()),
-                };
-                if let Err(reason) = check {
-                    return Err(Exit { code: 2, message: format!("{}: filter: {reason}", file.display()) }.into());
-                }
-                let value = String::from_utf8_lossy(&bytes).trim().to_owned();
-                send(&cluster, &def.id.to_string(), Some(&value)).await?;
-                println!("campaign {} published to {}", def.id, cluster.campaign_topic);
-                Ok(())
-            }
-            CampaignCommand::Delete { id, cluster } => {
-                send(&cluster, &id.to_string(), None).await?;
-                println!("campaign {id} deleted (tombstone published to {})", cluster.campaign_topic);
-                Ok(())
-            }
-            CampaignCommand::List { cluster } => list(&cluster),
+    match cmd {
+        CampaignCommand::Put { file, wasm, cluster } => {
+            // Validated before any async runtime exists: a WebAssembly filter's `_initialize` may
+            // call WASI, whose host functions run their own blocking runtime.
+            let value = validated(&file, wasm.as_deref())?;
+            let id = CampaignDef::parse(None, value.as_bytes()).expect("validated").id;
+            crate::run::runtime()?.block_on(send(&cluster, &id.to_string(), Some(&value)))?;
+            println!("campaign {id} published to {}", cluster.campaign_topic);
+            Ok(())
         }
-    })
+        CampaignCommand::Delete { id, cluster } => {
+            crate::run::runtime()?.block_on(send(&cluster, &id.to_string(), None))?;
+            println!("campaign {id} deleted (tombstone published to {})", cluster.campaign_topic);
+            Ok(())
+        }
+        CampaignCommand::List { cluster } => list(&cluster),
+    }
+}
+
+/// Reads a campaign file (with `--wasm`, its module as `filter_wasm`), validates it and compiles
+/// its filter, so a broken campaign is reported before it is published. Returns the message.
+fn validated(file: &std::path::Path, wasm: Option<&std::path::Path>) -> Result<String> {
+    let mut bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    if let Some(wasm) = wasm {
+        bytes = with_wasm_filter(file, &bytes, wasm)?;
+    }
+    let def = CampaignDef::parse(None, &bytes).map_err(|r| Exit { code: 2, message: format!("{}: {}", file.display(), r.reason) })?;
+    let sandbox = rtcrm_sandbox::Sandbox::new(rtcrm_sandbox::SandboxConfig::default())?;
+    let check = match &def.filter {
+        FilterSource::Js(src) => sandbox.compile_js(src).map(drop).map_err(|e| crate::loader::describe(&e)),
+        FilterSource::Wasm(module) => sandbox.load_wasm(module).map(drop).map_err(|e| e.to_string()),
+    };
+    if let Err(reason) = check {
+        return Err(Exit { code: 2, message: format!("{}: filter: {reason}", file.display()) }.into());
+    }
+    Ok(String::from_utf8_lossy(&bytes).trim().to_owned())
 }
 
 /// The campaign JSON with `filter_wasm` set to the module (base64) and `filter` removed.

@@ -63,7 +63,7 @@ impl ConsumerContext for EventsContext {
         }
         let owned = consumer.assignment().map(|tpl| tpl.count()).unwrap_or(0);
         self.shared.metrics.assigned_partitions.set(owned as i64);
-        tracing::info!(partitions = owned, "events partitions assigned");
+        tracing::info!(partitions = owned, "rebalanced: events partitions owned now");
         self.shared.events_assigned.store(true, Ordering::SeqCst);
     }
 }
@@ -280,7 +280,12 @@ impl Worker {
             Err(err) => {
                 let kind = err.kind();
                 metrics.errors.get_or_create(&ErrorLabels { campaign: label.campaign.clone(), kind: kind.as_str().into() }).inc();
-                tracing::debug!(campaign = id, kind = %kind, error = %err, "evaluation failed");
+                // A deadline on a healthy filter means the host is overloaded: worth a warning.
+                if kind == rtcrm_sandbox::ErrorKind::Deadline {
+                    tracing::warn!(campaign = id, error = %err, "evaluation stopped by its wall-clock deadline");
+                } else {
+                    tracing::debug!(campaign = id, kind = %kind, error = %err, "evaluation failed");
+                }
                 if campaign.failed(self.shared.settings.quarantine_after) {
                     tracing::warn!(campaign = id, kind = %kind, error = %err, "campaign quarantined after {} consecutive failures", self.shared.settings.quarantine_after);
                     self.shared.registry.quarantine(id, &err);

@@ -13,9 +13,10 @@ use syn::spanned::Spanned;
 use syn::{FnArg, ItemFn, ReturnType, Type};
 
 /// Turns `fn name(event: &Event) -> bool` (or `-> Result<bool, E>` with `E: Display`) into a
-/// campaign filter.
+/// campaign filter. (This example runs as a doctest of `rtcrm-filter`, which re-exports the
+/// attribute; this crate cannot depend on it.)
 ///
-/// ```ignore
+/// ```text
 /// use rtcrm_filter::{filter, Event};
 ///
 /// #[filter]
@@ -44,9 +45,8 @@ fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     if !attr.is_empty() {
         return Err(syn::Error::new_spanned(attr, "`#[filter]` takes no arguments"));
     }
-    let func: ItemFn = syn::parse2(item).map_err(|e| {
-        syn::Error::new(e.span(), "`#[filter]` applies to a function `fn name(event: &Event) -> bool`")
-    })?;
+    let func: ItemFn = syn::parse2(item)
+        .map_err(|e| syn::Error::new(e.span(), "`#[filter]` applies to a function `fn name(event: &Event) -> bool`"))?;
     let checked = check_signature(&func)?;
     let name = &func.sig.ident;
     let glue_mod = format_ident!("__rtcrm_filter_abi_{}", name);
@@ -115,13 +115,19 @@ fn check_signature(func: &ItemFn) -> syn::Result<Checked<'_>> {
         return Err(syn::Error::new(t.span(), format!("a filter cannot be `const`: {shape}")));
     }
     if let Some(t) = &sig.asyncness {
-        return Err(syn::Error::new(t.span(), format!("a filter cannot be `async` (the ABI call is synchronous): {shape}")));
+        return Err(syn::Error::new(
+            t.span(),
+            format!("a filter cannot be `async` (the ABI call is synchronous): {shape}"),
+        ));
     }
     if let Some(t) = &sig.unsafety {
         return Err(syn::Error::new(t.span(), format!("a filter cannot be `unsafe`: {shape}")));
     }
     if let Some(abi) = &sig.abi {
-        return Err(syn::Error::new_spanned(abi, format!("a filter is a plain Rust function, without `extern`: {shape}")));
+        return Err(syn::Error::new_spanned(
+            abi,
+            format!("a filter is a plain Rust function, without `extern`: {shape}"),
+        ));
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         return Err(syn::Error::new_spanned(&sig.generics, format!("a filter cannot be generic: {shape}")));
@@ -132,16 +138,26 @@ fn check_signature(func: &ItemFn) -> syn::Result<Checked<'_>> {
     let arg = match sig.inputs.len() {
         1 => sig.inputs.first().unwrap(),
         0 => return Err(syn::Error::new(sig.paren_token.span.join(), format!("a filter takes the event: {shape}"))),
-        _ => return Err(syn::Error::new_spanned(&sig.inputs, format!("a filter takes exactly one argument, the event: {shape}"))),
+        _ => {
+            return Err(syn::Error::new_spanned(
+                &sig.inputs,
+                format!("a filter takes exactly one argument, the event: {shape}"),
+            ))
+        }
     };
     let ty = match arg {
-        FnArg::Receiver(r) => return Err(syn::Error::new_spanned(r, format!("a filter is a free function, not a method: {shape}"))),
+        FnArg::Receiver(r) => {
+            return Err(syn::Error::new_spanned(r, format!("a filter is a free function, not a method: {shape}")))
+        }
         FnArg::Typed(t) => &t.ty,
     };
     match &**ty {
         Type::Reference(r) if r.mutability.is_none() => {}
         Type::Reference(r) => {
-            return Err(syn::Error::new_spanned(r, format!("a filter borrows the event immutably (`&Event`, not `&mut Event`): {shape}")))
+            return Err(syn::Error::new_spanned(
+                r,
+                format!("a filter borrows the event immutably (`&Event`, not `&mut Event`): {shape}"),
+            ))
         }
         other => return Err(syn::Error::new_spanned(other, format!("a filter borrows the event (`&Event`): {shape}"))),
     }

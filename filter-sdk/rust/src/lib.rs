@@ -50,6 +50,9 @@
 //! fn f(event: &rtcrm_filter::Event) -> bool { true }
 //! ```
 
+use serde::de;
+use serde_json::value::RawValue;
+use std::cell::OnceCell;
 use std::fmt;
 
 // So `#[filter]`'s `::rtcrm_filter::` paths resolve in this crate's own tests.
@@ -137,10 +140,23 @@ fn report(message: fmt::Arguments<'_>) {
 ///
 /// Accessors never fail: a field that is absent or of another JSON type reads as `None` (or, for
 /// [`Event::data`] and [`Event::context`], as an empty map).
-#[derive(Clone, Debug, Default, PartialEq)]
+///
+/// Parsing is lazy: [`Event::from_json`] validates the JSON and notes where each top-level value
+/// lies; a field is parsed into a [`Value`] the first time it is read, once. A filter that reads
+/// `data.result` never builds the rest of the event.
+#[derive(Clone, Debug, Default)]
 pub struct Event {
-    fields: Map<String, Value>,
+    bytes: Vec<u8>,
+    /// Each top-level key, the byte range of its value, and the value once parsed.
+    fields: Vec<(Key, std::ops::Range<usize>, OnceCell<Value>)>,
+    all: OnceCell<Map<String, Value>>,
     empty: Map<String, Value>,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Event) -> bool {
+        self.fields() == other.fields()
+    }
 }
 
 /// Why bytes are not an [`Event`].
@@ -177,18 +193,36 @@ macro_rules! str_fields {
 impl Event {
     /// Parses the event bytes (UTF-8 JSON, a JSON object), as the glue does.
     pub fn from_json(bytes: &[u8]) -> Result<Event, EventError> {
-        match serde_json::from_slice(bytes).map_err(EventError::Json)? {
-            Value::Object(fields) => Ok(Event { fields, empty: Map::new() }),
-            _ => Err(EventError::NotAnObject),
-        }
+        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+        let index = de::Deserializer::deserialize_any(&mut deserializer, TopLevel).map_err(|e| {
+            // Tell "not an object" from "not JSON".
+            match serde_json::from_slice::<de::IgnoredAny>(bytes) {
+                Ok(_) => EventError::NotAnObject,
+                Err(_) => EventError::Json(e),
+            }
+        })?;
+        deserializer.end().map_err(EventError::Json)?;
+        let base = bytes.as_ptr() as usize;
+        let fields = index
+            .into_iter()
+            .map(|(key, raw)| {
+                let key = match key {
+                    KeyRef::Borrowed(k) => Key::InPlace(k.as_ptr() as usize - base..k.as_ptr() as usize - base + k.len()),
+                    KeyRef::Owned(k) => Key::Decoded(k),
+                };
+                let start = raw.get().as_ptr() as usize - base;
+                (key, start..start + raw.get().len(), OnceCell::new())
+            })
+            .collect();
+        Ok(Event { bytes: bytes.to_vec(), fields, all: OnceCell::new(), empty: Map::new() })
     }
 
     /// An event from a JSON value, e.g. `serde_json::json!({...})` in a test.
     pub fn from_value(value: Value) -> Result<Event, EventError> {
-        match value {
-            Value::Object(fields) => Ok(Event { fields, empty: Map::new() }),
-            _ => Err(EventError::NotAnObject),
+        if !value.is_object() {
+            return Err(EventError::NotAnObject);
         }
+        Event::from_json(value.to_string().as_bytes())
     }
 
     str_fields! {
@@ -220,7 +254,7 @@ impl Event {
 
     /// `player_id`: an integer, or a string of one (`"12345"`).
     pub fn player_id(&self) -> Option<i64> {
-        match self.fields.get("player_id")? {
+        match self.get("player_id")? {
             Value::Number(n) => n.as_i64(),
             Value::String(s) => s.parse().ok(),
             _ => None,
@@ -237,9 +271,10 @@ impl Event {
         self.object("context")
     }
 
-    /// Any top-level field.
+    /// Any top-level field (the last one, if a key repeats, as JavaScript's `JSON.parse`).
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.fields.get(key)
+        let (_, range, cell) = self.fields.iter().rev().find(|(k, _, _)| self.key(k) == key)?;
+        Some(cell.get_or_init(|| serde_json::from_slice(&self.bytes[range.clone()]).expect("validated by from_json")))
     }
 
     /// A nested value by JSON pointer (RFC 6901), e.g. `"/data/player/level"`.
@@ -249,11 +284,7 @@ impl Event {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
-        let value = if first.contains('~') {
-            self.fields.get(&first.replace("~1", "/").replace("~0", "~"))?
-        } else {
-            self.fields.get(first)?
-        };
+        let value = if first.contains('~') { self.get(&first.replace("~1", "/").replace("~0", "~"))? } else { self.get(first)? };
         if tail.is_empty() {
             Some(value)
         } else {
@@ -261,20 +292,80 @@ impl Event {
         }
     }
 
-    /// The whole event.
+    /// The whole event (parses every field).
     pub fn fields(&self) -> &Map<String, Value> {
-        &self.fields
+        self.all.get_or_init(|| {
+            self.fields.iter().map(|(k, _, _)| (self.key(k).to_owned(), self.get(self.key(k)).cloned().unwrap_or(Value::Null))).collect()
+        })
+    }
+
+    fn key<'a>(&'a self, key: &'a Key) -> &'a str {
+        match key {
+            // Validated as a UTF-8 string without escapes by from_json.
+            Key::InPlace(r) => std::str::from_utf8(&self.bytes[r.clone()]).unwrap_or_default(),
+            Key::Decoded(k) => k,
+        }
     }
 
     fn str(&self, key: &str) -> Option<&str> {
-        self.fields.get(key).and_then(Value::as_str)
+        self.get(key).and_then(Value::as_str)
     }
 
     fn object(&self, key: &str) -> &Map<String, Value> {
-        match self.fields.get(key) {
+        match self.get(key) {
             Some(Value::Object(map)) => map,
             _ => &self.empty,
         }
+    }
+}
+
+/// A top-level key: its place in the event bytes, or its decoded text when it had escapes.
+#[derive(Clone, Debug)]
+enum Key {
+    InPlace(std::ops::Range<usize>),
+    Decoded(String),
+}
+
+enum KeyRef<'de> {
+    Borrowed(&'de str),
+    Owned(String),
+}
+
+impl<'de> de::Deserialize<'de> for KeyRef<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = KeyRef<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<KeyRef<'de>, E> {
+                Ok(KeyRef::Borrowed(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<KeyRef<'de>, E> {
+                Ok(KeyRef::Owned(v.to_owned()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Collects the top-level keys of a JSON object and their raw values, without parsing them.
+struct TopLevel;
+
+impl<'de> de::Visitor<'de> for TopLevel {
+    type Value = Vec<(KeyRef<'de>, &'de RawValue)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = Vec::with_capacity(16);
+        while let Some(key) = map.next_key::<KeyRef<'de>>()? {
+            fields.push((key, map.next_value::<&'de RawValue>()?));
+        }
+        Ok(fields)
     }
 }
 
@@ -332,6 +423,18 @@ pub mod __abi {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn lazy_fields_read_as_json_parse_reads_them() {
+        let e = Event::from_json(br#"{"game":"foe","esc\u0061ped":1,"data":{"result":"loss"},"game":"elvenar"}"#).unwrap();
+        assert_eq!(e.game(), Some("elvenar"), "a repeated key reads its last value");
+        assert_eq!(e.get("escaped"), Some(&serde_json::json!(1)), "escaped keys are decoded");
+        assert_eq!(e.data().get("result").and_then(|v| v.as_str()), Some("loss"));
+        assert_eq!(e.fields().len(), 3);
+        assert!(matches!(Event::from_json(b"[1]"), Err(EventError::NotAnObject)));
+        assert!(matches!(Event::from_json(b"{\"a\":"), Err(EventError::Json(_))));
+        assert!(matches!(Event::from_json(b"{} x"), Err(EventError::Json(_))));
+    }
 
     const SEED: &[u8] = br#"{"schema_version":"2023110110010101","event_id":"7a8d0614-4e8e-4464-b439-36e31441a040","system_type":"game","system_name":"foe-backend","game":"foe","market":"de","player_id":12345,"event_type":"progress","event_name":"fight","event_scope":"user","created_at":"2023-11-20T11:00:00.00Z","received_at":"2023-11-20T11:00:02.00Z","hostname":"foe-backend-1.ig.com","context":{},"data":{"result":"loss"}}"#;
 

@@ -33,8 +33,10 @@
 
   let authRequired = false;
   try { ui.token.value = sessionStorage.getItem('rtcrm-token') || ''; } catch (_) { /* storage may be off */ }
+  ui.tokenBox.addEventListener('submit', (e) => e.preventDefault());
   ui.token.addEventListener('input', () => {
     try { sessionStorage.setItem('rtcrm-token', ui.token.value); } catch (_) { /* ignore */ }
+    if (compileState === 'error') scheduleCompile();
   });
 
   /** fetch, returning {status, body} with the body parsed as JSON when it is JSON. Never throws
@@ -109,6 +111,13 @@
 
   function onCampaignJsonInput() {
     const text = ui.campaignJson.value;
+    if (!text.trim()) {
+      campaignObject = null;
+      ui.campaignJson.removeAttribute('aria-invalid');
+      setResult(ui.campaignJsonStatus, '', '');
+      updateCampaignSend();
+      return;
+    }
     try {
       const value = JSON.parse(text);
       if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new Error('the campaign must be a JSON object');
@@ -251,6 +260,13 @@
 
   function onEventInput() {
     const text = ui.eventJson.value;
+    if (!text.trim()) {
+      eventValid = false;
+      ui.eventJson.removeAttribute('aria-invalid');
+      setResult(ui.eventJsonStatus, '', '');
+      ui.eventSend.disabled = true;
+      return;
+    }
     try {
       const value = JSON.parse(text);
       if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new Error('an event must be a JSON object');
@@ -363,15 +379,25 @@
     if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
     return new Date(iso).toLocaleDateString();
   }
-  const day = (iso) => iso ? String(iso).slice(0, 10) : '…';
+  const day = (iso) => String(iso).slice(0, 10);
+  function windowText(def) {
+    const from = def.start_date ? day(def.start_date) : null;
+    const to = def.end_date ? day(def.end_date) : null;
+    if (from && to) return `${from} → ${to}`;
+    if (from) return `from ${from}`;
+    if (to) return `until ${to}`;
+    return 'always';
+  }
 
   function renderCampaigns(list) {
     const key = JSON.stringify(list) + '|' + Math.floor(Date.now() / 5000) + '|' + deleteArmed;
     if (key === lastTable) return;
     lastTable = key;
     ui.tableEmpty.hidden = list.length > 0;
-    const live = list.filter((c) => c.state !== 'deleted').length;
-    ui.campaignsNote.textContent = `${live} live · ${list.length - live} deleted`;
+    const byState = {};
+    for (const c of list) byState[c.state] = (byState[c.state] || 0) + 1;
+    ui.campaignsNote.textContent = ['active', 'quarantined', 'rejected', 'deleted']
+      .filter((state) => byState[state]).map((state) => `${byState[state]} ${state}`).join(' · ');
     ui.table.replaceChildren(...list.map((c) => {
       const def = c.campaign || {};
       const n = c.counters;
@@ -398,7 +424,7 @@
         cell('id', 'id', String(c.campaign_id)),
         cell('', 'state', el('span', { class: `state state-${c.state}`, text: c.state })),
         cell('', 'game · event', c.campaign ? `${def.game} · ${def.event_name}` : '–', def.enabled === false ? el('span', { class: 'tag', text: 'disabled' }) : null),
-        cell('window', 'window', c.campaign ? `${day(def.start_date)} → ${day(def.end_date)}` : '–'),
+        cell('window', 'window', c.campaign ? windowText(def) : '–'),
         cell('num evaluations', 'evaluations', n.evaluations.toLocaleString()),
         cell('num matches', 'matches', n.matches.toLocaleString()),
         el('td', { class: 'num errors', 'data-label': 'errors', title: errorsByKind || 'no error' }, el('span', { text: n.errors_total.toLocaleString() + (errorsByKind ? ` (${errorsByKind})` : '') })),

@@ -18,11 +18,13 @@
 //!    until every expected trigger is in the triggers topic, and measures
 //!    `t0` = the earliest trigger's `triggered_at` (the processor's start-up and campaign
 //!    loading are excluded: the first event is consumed just before its trigger is built) to
-//!    `t1` = the broker timestamp of the trigger that completed the expected set. The triggers
-//!    topic is created by the bench with `message.timestamp.type=LogAppendTime`, so `t1` is when
-//!    the broker appended (and, with one replica and `acks=all`, acknowledged) that trigger.
+//!    `t1` = the broker timestamp of the trigger that completed the expected set (if some never
+//!    come: of the last one that did). The triggers topic is created by the bench (rtcrm creates
+//!    the others) with `message.timestamp.type=LogAppendTime`, so `t1` is when the broker
+//!    appended (and, with one replica and `acks=all`, acknowledged) that trigger.
 //!    Reported: N / (t1 - t0) events/s and triggers/s, and the delivery check: missing,
-//!    unexpected and duplicated triggers.
+//!    unexpected and duplicated triggers (duplicates counted again after rtcrm has stopped),
+//!    plus rtcrm's own counters and evaluation errors from `/metrics`.
 //! 2. **Baseline.** The same N events in another fresh topic go through a copier written here
 //!    with rdkafka: the same consumer settings as rtcrm (consumer group, offsets stored only after
 //!    the copy is acknowledged), an `acks=all` idempotent producer with rtcrm's `linger.ms`, one
@@ -38,7 +40,9 @@
 //!    producer's id) is not counted as latency; every event after it is.
 //!
 //! Before the measured runs, a short copier run warms up the broker's JVM (JIT) so that the
-//! first measured run is not penalised. Runs are sequential, never concurrent.
+//! first measured run is not penalised, and each latency run starts after a `sync` (see
+//! [`settle`]). Runs are sequential, never concurrent. The latency samples are kept in
+//! `latency-rtcrm.txt` and `latency-copier.txt` (send time, receive time, latency; µs).
 //!
 //! Without `--bootstrap`, the bench starts its own broker (`scripts/kafka/broker.sh`) and stops
 //! it at the end, also on error, panic or Ctrl-C (and a detached watchdog stops it if this
@@ -1088,9 +1092,15 @@ impl Tally {
 }
 
 /// Waits until `topic` holds every expected output (or nothing new arrives for
-/// [`STALL_TIMEOUT`]), reading it as it goes. Only the watermark is polled while the system
+/// [`STALL_TIMEOUT`], or for 2 s and `finished` says no more will come), reading it as it goes. Only the watermark is polled while the system
 /// under test works, so the bench takes (almost) no CPU from it.
-fn collect(bootstrap: &str, topic: &str, tally: &mut Tally, parse: &mut Identify) -> Result<i64> {
+fn collect(
+    bootstrap: &str,
+    topic: &str,
+    tally: &mut Tally,
+    parse: &mut Identify,
+    finished: &mut dyn FnMut(i64) -> bool,
+) -> Result<i64> {
     let wm = reader(bootstrap)?;
     let (mut read_to, mut target) = (0i64, tally.expected as i64);
     let (mut last_high, mut last_change) = (-1i64, Instant::now());
@@ -1100,7 +1110,10 @@ fn collect(bootstrap: &str, topic: &str, tally: &mut Tally, parse: &mut Identify
         if high != last_high {
             (last_high, last_change) = (high, Instant::now());
         }
-        let stalled = last_change.elapsed() > STALL_TIMEOUT;
+        // Stalled: nothing new for a long time, or for a while and the system under test says
+        // it has nothing more to send (`finished(high watermark)`).
+        let quiet = last_change.elapsed();
+        let stalled = quiet > STALL_TIMEOUT || (quiet > Duration::from_secs(2) && finished(high));
         if high >= target || (stalled && high > read_to) {
             for o in read_range(bootstrap, topic, read_to, high)? {
                 let id = parse(&o, tally);
@@ -1115,7 +1128,8 @@ fn collect(bootstrap: &str, topic: &str, tally: &mut Tally, parse: &mut Identify
         }
         if stalled {
             progress(format!(
-                "{topic}: nothing new for {STALL_TIMEOUT:?}; {} outputs missing",
+                "{topic}: nothing new for {:.1?}; {} outputs missing",
+                last_change.elapsed(),
                 tally.expected - tally.distinct
             ));
             return Ok(read_to);
@@ -1205,7 +1219,13 @@ fn rtcrm_throughput(
         }
         Some((cid, idx))
     };
-    let read_to = collect(bootstrap, &t.triggers, &mut tally, &mut parse)?;
+    // rtcrm is done when it has consumed every event and every trigger it counted is in the topic.
+    let mut finished = |high: i64| {
+        let m = proc.metrics();
+        metric_sum(&m, "rtcrm_events_total") >= events.len() as f64
+            && metric_sum(&m, "rtcrm_triggers_total") <= high as f64
+    };
+    let read_to = collect(bootstrap, &t.triggers, &mut tally, &mut parse, &mut finished)?;
     let metrics = proc.metrics();
     let exit = proc.stop()?;
     // Triggers that arrived after the set was complete (duplicates from the shutdown, if any).
@@ -1264,7 +1284,7 @@ fn copier_throughput(
     };
 
     let mut copier = Copier::start(bootstrap, &t.group, &t.events, &t.triggers)?;
-    let read_to = collect(bootstrap, &t.triggers, &mut tally, &mut parse)?;
+    let read_to = collect(bootstrap, &t.triggers, &mut tally, &mut parse, &mut |_| false)?;
     copier.stop()?;
     collect_rest(bootstrap, &t.triggers, read_to, &mut tally, &mut parse)?;
     let first = copier.first_output_us.load(Ordering::SeqCst);
@@ -1282,21 +1302,20 @@ struct LatencyRun {
     received: usize,
 }
 
-/// Produces events at `rate`/s for `seconds` s into `events_topic` while a reader thread takes
-/// the outputs from `out_topic` and records receive time minus `data.sent_at_us` (a trigger
+/// Produces events at `--rate`/s for `--latency-seconds` s into `t.events` while a reader thread
+/// takes the outputs from `t.triggers` and records receive time minus `data.sent_at_us` (a trigger
 /// carries it in `event.data`, a copy in `data`). Every sample (send time, receive time, in
 /// µs) is written to `dump`, for a look at the distribution over time.
 fn measure_latency(
     rt: &tokio::runtime::Runtime,
     dump: &Path,
     bootstrap: &str,
-    events_topic: &str,
-    out_topic: &str,
-    rate: u32,
-    seconds: u32,
-    seed: u64,
+    t: &Topics,
+    args: &Args,
 ) -> Result<LatencyRun> {
-    let total = rate as usize * seconds as usize;
+    let (events_topic, out_topic, rate) = (t.events.as_str(), t.triggers.as_str(), args.rate);
+    let total = rate as usize * args.latency_seconds as usize;
+    let seed = 7;
     let samples = Arc::new(Mutex::new(Vec::<(u64, u64)>::with_capacity(total)));
     let done = Arc::new(AtomicBool::new(false));
     let warm = Arc::new(AtomicBool::new(false));
@@ -1424,7 +1443,7 @@ fn rtcrm_latency(
     let ready = proc.wait_ready()?;
     progress(format!("rtcrm latency: ready in {ready:.2?}; {} events/s for {} s", args.rate, args.latency_seconds));
     let dump = work.join("latency-rtcrm.txt");
-    let r = measure_latency(rt, &dump, bootstrap, &t.events, &t.triggers, args.rate, args.latency_seconds, 7)?;
+    let r = measure_latency(rt, &dump, bootstrap, &t, args)?;
     let errors = evaluation_errors(&proc.metrics());
     proc.stop()?;
     Ok((r, proc, errors))
@@ -1443,9 +1462,21 @@ fn copier_latency(
     copier.wait_ready()?;
     progress(format!("copier latency: {} events/s for {} s", args.rate, args.latency_seconds));
     let dump = work.join("latency-copier.txt");
-    let r = measure_latency(rt, &dump, bootstrap, &t.events, &t.triggers, args.rate, args.latency_seconds, 7)?;
+    let r = measure_latency(rt, &dump, bootstrap, &t, args)?;
     copier.stop()?;
     Ok(r)
+}
+
+/// Writes back the page cache (`sync`) before a latency run. The throughput runs leave some
+/// hundred MB of topic data dirty, which the kernel writes back about 30 s later, in the middle
+/// of the latency runs, where it stalls the broker's appends for hundreds of ms; without this,
+/// whichever latency run comes first pays for the throughput runs.
+fn settle() -> Result<()> {
+    check_interrupted()?;
+    let t0 = Instant::now();
+    let status = Command::new("sync").status().context("running sync")?;
+    progress(format!("sync (page-cache write-back before a latency run): {status} in {:.2?}", t0.elapsed()));
+    Ok(())
 }
 
 // =============================================================================================
@@ -1519,7 +1550,9 @@ fn bench(args: &Args, started: Instant) -> Result<()> {
     progress(format!("copier: {:.0} events/s over {:.2} s", base_tput.events_per_s, base_tput.seconds));
 
     // 3. Latency at a fixed rate.
+    settle()?;
     let (rtcrm_lat, lat_proc, lat_errors) = rtcrm_latency(&rt, &bootstrap, &args.rtcrm, &run, &work, args)?;
+    settle()?;
     let base_lat = copier_latency(&rt, &bootstrap, &run, &work, args)?;
 
     // 4. The report.
@@ -1633,4 +1666,35 @@ fn bench(args: &Args, started: Instant) -> Result<()> {
     print!("{out}");
     std::io::stdout().flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:01.5Z"), Some(1_500));
+        assert_eq!(parse_rfc3339_ms("2023-11-20T11:00:00.00Z"), Some(1_700_478_000_000));
+        assert_eq!(parse_rfc3339_ms("2023-11-20T12:00:00.123456+01:00"), Some(1_700_478_000_123));
+        assert_eq!(parse_rfc3339_ms("2024-02-29T00:00:00Z"), Some(1_709_164_800_000));
+        assert_eq!(parse_rfc3339_ms("yesterday"), None);
+    }
+
+    #[test]
+    fn percentiles() {
+        let l = summarize((1..=1000).collect()).unwrap();
+        assert_eq!((l.p50_us, l.p99_us, l.max_us), (500, 990, 1000));
+        assert!(summarize(vec![]).is_none());
+    }
+
+    #[test]
+    fn workload_is_deterministic_and_about_half_matches() {
+        let campaigns: Vec<Campaign> = (0..10).map(make_campaign).collect();
+        let (mut a, mut b) = (Rng(42), Rng(42));
+        let events: Vec<Event> = (0..2000).map(|_| make_event(&mut a, false, None)).collect();
+        assert!(events.iter().all(|e| e.json == make_event(&mut b, false, None).json));
+        let matching = events.iter().filter(|e| campaigns.iter().any(|c| c.matches(e))).count();
+        assert!((800..1400).contains(&matching), "{matching} of 2000 events match");
+    }
 }

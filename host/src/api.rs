@@ -228,11 +228,18 @@ async fn compile_source(shared: &Shared, source: String) -> Result<Result<(), Co
 
 async fn compile(State(http): State<Http>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let body = read_body(&headers, body).await?;
-    let request = json_object(&body, "the request")?;
-    let source = match request.get("source") {
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("`source` must be a string, not {}", crate::campaign::kind_of(other)))),
-        None => return Err(ApiError::new(StatusCode::BAD_REQUEST, "send {\"source\": \"<the filter's JavaScript>\"}")),
+    // Either `{"source": "<JavaScript>"}` or the JavaScript itself as the body (spec §11: "JS
+    // source → ok or error").
+    let source = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(request)) if request.contains_key("source") => match request.get("source") {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => {
+                return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("`source` must be a string, not {}", crate::campaign::kind_of(other))))
+            }
+            None => unreachable!("checked above"),
+        },
+        _ => String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "send {\"source\": \"<JavaScript>\"} or the JavaScript itself, as UTF-8"))?,
     };
     Ok(match compile_source(&http.shared, source).await? {
         Ok(()) => json(StatusCode::OK, &j!({ "ok": true })),

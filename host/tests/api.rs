@@ -323,8 +323,12 @@ fn campaigns_compile_events_and_the_trigger_stream() {
     let v = dev.post("/api/compile", r#"{"source":"42"}"#).json();
     assert_eq!((v["ok"].as_bool(), &v["error"]["line"]), (Some(false), &Value::Null), "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("function"), "{v}");
-    assert!(dev.post("/api/compile", "{not json").error(400).contains("not valid JSON"));
-    assert!(dev.post("/api/compile", "{}").error(400).contains("source"));
+    // The JavaScript itself as the body works too.
+    assert_eq!(dev.post("/api/compile", "function(event) { return event.getData().get('result') === 'loss' }").json(), json!({"ok": true}));
+    let v = dev.post("/api/compile", "function(event) {\n  return event.data.result === ;\n}").json();
+    assert_eq!((v["ok"].as_bool(), v["error"]["line"].as_u64(), v["error"]["column"].as_u64()), (Some(false), Some(2), Some(32)), "{v}");
+    let v = dev.post("/api/compile", "{}").json();
+    assert_eq!(v["ok"].as_bool(), Some(false), "an empty block is no function: {v}");
     assert!(dev.post("/api/compile", r#"{"source": 1}"#).error(400).contains("must be a string"));
 
     // POST /api/campaigns: invalid ones are refused with the reason, before anything is produced.

@@ -19,6 +19,19 @@ pub enum Clock {
     Processing,
 }
 
+/// The delivery guarantee (spec §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// An event's offset is committed only after its triggers are acknowledged; a crash may
+    /// repeat triggers (same `trigger_id`).
+    AtLeastOnce,
+    /// Triggers and offsets are committed in one Kafka transaction (KIP-447); readers of the
+    /// triggers topic use `isolation.level=read_committed`. Give each instance a stable
+    /// `--instance-id`: it names the transactional producer, so a restart fences its predecessor.
+    ExactlyOnce,
+}
+
 /// Where a new consumer group starts reading events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -77,6 +90,9 @@ pub struct RunArgs {
     /// Where a new consumer group starts [default: earliest].
     #[arg(long, env = "RTCRM_AUTO_OFFSET_RESET", value_enum)]
     pub auto_offset_reset: Option<OffsetReset>,
+    /// Delivery guarantee [default: at-least-once].
+    #[arg(long, env = "RTCRM_DELIVERY", value_enum)]
+    pub delivery: Option<Delivery>,
     /// Bearer token the HTTP API's POST and DELETE requests must carry when the HTTP server is
     /// bound to a non-loopback address (without one, they are refused there) [default: none].
     #[arg(long, env = "RTCRM_API_TOKEN", hide_env_values = true)]
@@ -101,6 +117,7 @@ struct FileConfig {
     instance_id: Option<String>,
     quarantine_after: Option<u32>,
     auto_offset_reset: Option<OffsetReset>,
+    delivery: Option<Delivery>,
     api_token: Option<String>,
 }
 
@@ -162,6 +179,7 @@ pub struct Settings {
     pub instance_id: String,
     pub quarantine_after: u32,
     pub auto_offset_reset: OffsetReset,
+    pub delivery: Delivery,
     /// Create missing topics with the admin API (off against the mock cluster, which lacks it).
     pub create_topics: bool,
     /// The HTTP API's bearer token for mutating requests on a non-loopback bind.
@@ -216,6 +234,7 @@ impl Settings {
             instance_id: pick(&args.instance_id, file.instance_id, default_instance_id()),
             quarantine_after: pick(&args.quarantine_after, file.quarantine_after, 50),
             auto_offset_reset: pick(&args.auto_offset_reset, file.auto_offset_reset, OffsetReset::Earliest),
+            delivery: pick(&args.delivery, file.delivery, Delivery::AtLeastOnce),
             create_topics: true,
             api_token: ApiToken::parse(args.api_token.clone().or(file.api_token))?,
         };

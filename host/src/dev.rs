@@ -2,7 +2,7 @@
 //! cluster), the topics, the example campaign, and the processor, with ready-to-paste `kcat`
 //! commands for the original README's three steps.
 
-use crate::config::{Clock, OffsetReset, Settings};
+use crate::config::{Clock, Delivery, OffsetReset, Settings};
 use anyhow::{Context, Result};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::FutureRecord;
@@ -47,6 +47,8 @@ pub fn run(args: DevArgs) -> Result<()> {
             instance_id: format!("rtcrm-dev-{}", std::process::id()),
             quarantine_after: 50,
             auto_offset_reset: OffsetReset::Earliest,
+            // The mock cluster cannot do transactions.
+            delivery: Delivery::AtLeastOnce,
             // The mock cluster has no admin API: topics are created on its handle.
             create_topics: false,
             api_token: crate::config::ApiToken::parse(args.api_token)?,

@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 use rtcrm_sandbox::{Event, Filter};
@@ -34,11 +34,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 /// One consumed event, detached from the consumer.
-struct Job {
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
+pub(crate) struct Job {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
 }
 
 /// An event handled by a worker: its offset may be stored once `deliveries` complete.
@@ -80,6 +80,9 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> Re
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
     }
+    if shared.settings.delivery == crate::config::Delivery::ExactlyOnce {
+        return crate::eos::run(shared, shutdown).await;
+    }
     let settings = &shared.settings;
     let consumer: Arc<EventConsumer> = Arc::new(
         crate::kafka::event_consumer_config(settings)
@@ -96,11 +99,11 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> Re
     for n in 0..settings.workers {
         let (job_tx, job_rx) = mpsc::channel::<Job>(1024);
         let (done_tx, done_rx) = mpsc::channel::<Done>(4096);
-        let worker = Worker::new(shared.clone(), done_tx);
+        let worker = Worker::new(shared.clone(), shared.producer.clone());
         threads.push(
             std::thread::Builder::new()
                 .name(format!("rtcrm-worker-{n}"))
-                .spawn(move || worker.run(job_rx))
+                .spawn(move || worker.run(job_rx, done_tx))
                 .context("starting a worker thread")?,
         );
         ackers.push(tokio::spawn(acker(shared.clone(), consumer.clone(), done_rx)));
@@ -196,28 +199,48 @@ async fn track_lag(shared: Arc<Shared>, consumer: Arc<EventConsumer>, mut shutdo
 }
 
 /// One evaluation thread, with its own filter instance per campaign.
-struct Worker {
+pub(crate) struct Worker {
     shared: Arc<Shared>,
-    done: mpsc::Sender<Done>,
+    /// Where triggers and dead letters go (the transactional producer in exactly-once mode).
+    producer: FutureProducer,
     filters: HashMap<i64, (u64, Filter)>,
 }
 
 impl Worker {
-    fn new(shared: Arc<Shared>, done: mpsc::Sender<Done>) -> Worker {
-        Worker { shared, done, filters: HashMap::new() }
+    pub(crate) fn new(shared: Arc<Shared>, producer: FutureProducer) -> Worker {
+        Worker { shared, producer, filters: HashMap::new() }
     }
 
-    fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+    fn run(mut self, mut jobs: mpsc::Receiver<Job>, done: mpsc::Sender<Done>) {
         while let Some(job) = jobs.blocking_recv() {
             let (partition, offset) = (job.partition, job.offset);
             let deliveries = self.process(job);
-            if self.done.blocking_send(Done { partition, offset, deliveries }).is_err() {
+            if done.blocking_send(Done { partition, offset, deliveries }).is_err() {
                 return;
             }
         }
     }
 
-    fn process(&mut self, job: Job) -> Vec<DeliveryFuture> {
+    /// Enqueues a record, waiting while the producer's queue is full.
+    fn send<K, P>(&self, mut record: FutureRecord<'_, K, P>) -> DeliveryFuture
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => return delivery,
+                Err((e, back)) => {
+                    tracing::debug!(error = %e, "producer queue full; waiting");
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+
+    /// Matches, evaluates and produces for one event; returns the deliveries to await.
+    pub(crate) fn process(&mut self, job: Job) -> Vec<DeliveryFuture> {
         let metrics = &self.shared.metrics;
         metrics.events.inc();
         let Some(payload) = job.payload.clone() else {
@@ -321,7 +344,7 @@ impl Worker {
         );
         let key = player_key(event);
         self.shared.metrics.triggers.inc();
-        self.shared.send(FutureRecord::to(&settings.trigger_topic).key(&key).payload(&payload))
+        self.send(FutureRecord::to(&settings.trigger_topic).key(&key).payload(&payload))
     }
 
     fn dead_letter(&self, job: &Job, reason: &str) -> DeliveryFuture {
@@ -341,7 +364,7 @@ impl Worker {
         if let Some(payload) = &job.payload {
             record = record.payload(payload.as_slice());
         }
-        self.shared.send(record)
+        self.send(record)
     }
 }
 
@@ -368,24 +391,6 @@ fn player_key(event: &Event) -> String {
 
 /// Producer helpers shared by the workers, ackers and loader.
 impl Shared {
-    /// Enqueues a record, waiting while the producer's queue is full.
-    pub fn send<K, P>(&self, mut record: FutureRecord<'_, K, P>) -> DeliveryFuture
-    where
-        K: rdkafka::message::ToBytes + ?Sized,
-        P: rdkafka::message::ToBytes + ?Sized,
-    {
-        loop {
-            match self.producer.send_result(record) {
-                Ok(delivery) => return delivery,
-                Err((e, back)) => {
-                    tracing::debug!(error = %e, "producer queue full; waiting");
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
-    }
-
     /// Waits for a delivery; a failed one is sent again until it is delivered.
     pub async fn deliver(&self, delivery: DeliveryFuture) {
         let mut result = delivery.await;

@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod console;
 mod dev;
+mod eos;
 mod events;
 mod filter_cmd;
 mod http;

@@ -827,8 +827,19 @@ impl Reader {
     }
 
     pub fn with_bootstrap(bootstrap: &str, topic: &str) -> Reader {
+        Reader::build(bootstrap, topic, "read_uncommitted")
+    }
+
+    /// A reader that sees only committed transactions (`isolation.level=read_committed`), as
+    /// readers of an exactly-once processor's triggers must be.
+    pub fn read_committed(topic: &str) -> Reader {
+        Reader::build(&broker(), topic, "read_committed")
+    }
+
+    fn build(bootstrap: &str, topic: &str, isolation: &str) -> Reader {
         let n = wait_topic_partitions(bootstrap, topic, Duration::from_secs(30));
         let consumer: BaseConsumer = ClientConfig::new()
+            .set("isolation.level", isolation)
             .set("bootstrap.servers", bootstrap)
             .set("group.id", format!("it-reader-{}", unique_suffix()))
             .set("enable.auto.commit", "false")

@@ -66,13 +66,25 @@ pub(crate) fn load(engine: &Engine, cache_dir: Option<&Path>) -> Result<Module, 
     let artifact = engine
         .precompile_module(&wasm)
         .map_err(|e| SandboxError::wasmtime("compiling the JS runtime", e))?;
+    match store(dir, &path, &artifact) {
+        // SAFETY: written just above by this engine.
+        Ok(()) => unsafe { Module::deserialize_file(engine, &path) }
+            .map_err(|e| SandboxError::wasmtime(format!("loading {}", path.display()), e)),
+        Err(e) => {
+            // The cache only saves start-up time: without it, run from memory.
+            tracing::warn!(error = %e, "the JS runtime cache is not writable; the next start compiles the runtime again");
+            // SAFETY: produced just above by `precompile_module` of this engine.
+            unsafe { Module::deserialize(engine, &artifact) }.map_err(|e| SandboxError::wasmtime("loading the JS runtime", e))
+        }
+    }
+}
+
+/// Writes the compiled runtime to `path` atomically (a temporary file, then a rename).
+fn store(dir: &Path, path: &Path, artifact: &[u8]) -> Result<(), SandboxError> {
     std::fs::create_dir_all(dir).map_err(|source| SandboxError::Cache { path: dir.to_owned(), source })?;
     let tmp = dir.join(format!(".{}.{}.tmp", path.file_name().unwrap().to_string_lossy(), std::process::id()));
-    std::fs::write(&tmp, &artifact).map_err(|source| SandboxError::Cache { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, &path).map_err(|source| SandboxError::Cache { path: path.clone(), source })?;
-    // SAFETY: written just above by this engine.
-    unsafe { Module::deserialize_file(engine, &path) }
-        .map_err(|e| SandboxError::wasmtime(format!("loading {}", path.display()), e))
+    std::fs::write(&tmp, artifact).map_err(|source| SandboxError::Cache { path: tmp.clone(), source })?;
+    std::fs::rename(&tmp, path).map_err(|source| SandboxError::Cache { path: path.to_owned(), source })
 }
 
 /// Runs the runtime's `initialize-runtime` under wasmtime-wizer and returns the snapshot.

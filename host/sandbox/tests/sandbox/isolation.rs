@@ -39,3 +39,16 @@ fn an_instance_is_reused_across_events() {
     let verdicts: Vec<bool> = (0..3).map(|_| f.eval(&ev).unwrap().matched).collect();
     assert_eq!(verdicts, [false, false, true]);
 }
+
+#[test]
+fn an_unwritable_cache_directory_does_not_stop_the_sandbox() {
+    // A regular file where the cache directory should be: nothing can be written below it.
+    let blocker = std::env::temp_dir().join(format!("rtcrm-not-a-dir-{}", std::process::id()));
+    std::fs::write(&blocker, b"").unwrap();
+    let config = rtcrm_sandbox::SandboxConfig { cache_dir: Some(blocker.join("cache")), ..Default::default() };
+    let sandbox = rtcrm_sandbox::Sandbox::new(config).expect("runs from memory");
+    let compiled = sandbox.compile_js(crate::SEED_FILTER).unwrap();
+    let mut f = sandbox.js_filter(&compiled, "nocache", sandbox.limits()).unwrap();
+    assert!(f.eval(&event(SEED_EVENT)).unwrap().matched);
+    std::fs::remove_file(blocker).ok();
+}

@@ -23,6 +23,8 @@ cargo test --release --workspace --locked
 [ -x /usr/bin/chromium ] || { echo "test: /usr/bin/chromium is missing (scripts/setup.sh installs it)" >&2; exit 1; }
 node_major="$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)"
 [ "$node_major" -ge 20 ] || { echo "test: Node.js 20 or later is needed for the browser test (found: $(node --version 2>/dev/null || echo none))" >&2; exit 1; }
-cargo build --release -p rtcrm --locked
+# `cargo test --workspace` built target/release/rtcrm (the integration tests ran it); building it
+# again with `-p rtcrm` would unify features differently and rebuild every dependency.
+[ -x target/release/rtcrm ] || { echo "test: target/release/rtcrm is missing after cargo test" >&2; exit 1; }
 (cd tests/browser && npm ci --no-audit --no-fund)
 RTCRM_BIN="$(pwd)/target/release/rtcrm" node --test tests/browser/console.test.mjs

@@ -15,7 +15,8 @@
 //! {"evaluations", "matches", "errors": {kind: n}, "errors_total", "fuel_p50", "fuel_p99",
 //! "last_match_at"}}`. Bodies are capped at [`BODY_LIMIT`] (413 beyond).
 
-use crate::campaign::{CampaignDef, FilterSource};
+use crate::campaign::CampaignDef;
+use crate::loader::FilterRejection;
 use crate::http::{json, ApiError, Http};
 use crate::Shared;
 use anyhow::{Context, Result};
@@ -49,8 +50,7 @@ const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
 /// How long producing to Kafka may take before the request fails.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(15);
 
-const EXAMPLE_CAMPAIGN: &str = include_str!("../../examples/campaigns/campaign-4711.json");
-const EXAMPLE_EVENT: &str = include_str!("../../examples/events/fight-loss.json");
+use crate::examples::{CAMPAIGN_4711 as EXAMPLE_CAMPAIGN, EVENT as EXAMPLE_EVENT};
 
 pub fn routes() -> Router<Http> {
     Router::new()
@@ -270,24 +270,21 @@ async fn put_campaign(State(http): State<Http>, headers: HeaderMap, body: Body) 
             None => e,
         }
     })?;
-    match &def.filter {
-        FilterSource::Js(source) => {
-            if let Err(err) = compile_source(shared, source.clone()).await? {
-                let detail = compile_error(&err);
-                return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("filter: {}", crate::loader::describe(&err)))
-                    .with("campaign_id", def.id)
-                    .with("line", detail["line"].clone())
-                    .with("column", detail["column"].clone()));
-            }
+    let (sandbox, filter) = (shared.sandbox.clone(), def.filter.clone());
+    let checked = tokio::task::spawn_blocking(move || crate::loader::compile_filter(&sandbox, &filter).map(drop))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the compiler failed: {e}")))?;
+    match checked {
+        Ok(()) => {}
+        Err(FilterRejection::Js(err)) => {
+            let detail = compile_error(&err);
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("filter: {}", crate::loader::describe(&err)))
+                .with("campaign_id", def.id)
+                .with("line", detail["line"].clone())
+                .with("column", detail["column"].clone()));
         }
-        FilterSource::Wasm(module) => {
-            let (sandbox, module) = (shared.sandbox.clone(), module.clone());
-            let loaded = tokio::task::spawn_blocking(move || sandbox.load_wasm(&module).map(drop).map_err(|e| e.to_string()))
-                .await
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the compiler failed: {e}")))?;
-            if let Err(reason) = loaded {
-                return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("filter_wasm: {reason}")).with("campaign_id", def.id));
-            }
+        Err(wasm @ FilterRejection::Wasm(_)) => {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, wasm.to_string()).with("campaign_id", def.id));
         }
     }
     let topic = &shared.settings.campaign_topic;
@@ -323,13 +320,11 @@ async fn delete_campaign(State(http): State<Http>, Path(id): Path<String>) -> Re
 async fn send_event(State(http): State<Http>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let shared = &http.shared;
     let body = read_body(&headers, body).await?;
-    let event = json_object(&body, "the event")?;
+    json_object(&body, "the event")?;
     // Keyed like the triggers: the player id as text (spec §1 recommends it).
-    let key = match event.get("player_id") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
-    };
+    let event = rtcrm_sandbox::Event::parse(body.to_vec())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the event is not valid: {e}")))?;
+    let key = crate::events::player_key(&event);
     let topic = &shared.settings.event_topic;
     let text = String::from_utf8_lossy(&body);
     let (partition, offset) = produce(shared, topic, &key, Some(text.trim().as_bytes())).await?;
@@ -341,13 +336,7 @@ async fn send_event(State(http): State<Http>, headers: HeaderMap, body: Body) ->
 
 async fn info(State(http): State<Http>) -> Response {
     let s = &http.shared.settings;
-    let ready_reason = if !http.shared.campaigns_loaded.load(std::sync::atomic::Ordering::SeqCst) {
-        Some("reading the campaigns topic")
-    } else if !http.shared.events_assigned.load(std::sync::atomic::Ordering::SeqCst) {
-        Some("joining the events consumer group")
-    } else {
-        None
-    };
+    let ready_reason = http.shared.not_ready();
     json(
         StatusCode::OK,
         &j!({
@@ -445,15 +434,9 @@ async fn tail_consumer(shared: &Shared) -> Result<StreamConsumer> {
             .set("auto.offset.reset", "latest")
             .create()
             .context("creating the triggers consumer")?;
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .with_context(|| format!("reading the metadata of `{topic}`"))?;
         let mut tpl = TopicPartitionList::new();
-        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                .with_context(|| format!("reading the end offset of `{topic}` partition {}", p.id()))?;
-            tpl.add_partition_offset(topic, p.id(), Offset::Offset(high))?;
+        for (partition, high) in crate::kafka::end_offsets(&consumer, topic)? {
+            tpl.add_partition_offset(topic, partition, Offset::Offset(high))?;
         }
         anyhow::ensure!(tpl.count() > 0, "the triggers topic `{topic}` has no partitions");
         consumer.assign(&tpl).with_context(|| format!("reading `{topic}`"))?;

@@ -1,6 +1,7 @@
 //! `rtcrm campaign put | delete | list` against a running cluster.
 
-use crate::campaign::{id_from_key, CampaignDef, FilterSource};
+use crate::campaign::{id_from_key, CampaignDef};
+use crate::loader::FilterRejection;
 use crate::Exit;
 use anyhow::{Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -81,11 +82,11 @@ fn validated(file: &std::path::Path, wasm: Option<&std::path::Path>) -> Result<S
     }
     let def = CampaignDef::parse(None, &bytes).map_err(|r| Exit { code: 2, message: format!("{}: {}", file.display(), r.reason) })?;
     let sandbox = rtcrm_sandbox::Sandbox::new(rtcrm_sandbox::SandboxConfig::default())?;
-    let check = match &def.filter {
-        FilterSource::Js(src) => sandbox.compile_js(src).map(drop).map_err(|e| crate::loader::describe(&e)),
-        FilterSource::Wasm(module) => sandbox.load_wasm(module).map(drop).map_err(|e| e.to_string()),
-    };
-    if let Err(reason) = check {
+    if let Err(rejection) = crate::loader::compile_filter(&sandbox, &def.filter) {
+        let reason = match rejection {
+            FilterRejection::Js(e) => crate::loader::describe(&e),
+            FilterRejection::Wasm(e) => e.to_string(),
+        };
         return Err(Exit { code: 2, message: format!("{}: filter: {reason}", file.display()) }.into());
     }
     Ok(String::from_utf8_lossy(&bytes).trim().to_owned())
@@ -129,17 +130,11 @@ fn read_all(bootstrap: &str, topic: &str) -> Result<BTreeMap<String, Option<Vec<
         .set("group.id", format!("rtcrm-cli-{}", std::process::id()))
         .set("enable.auto.commit", "false")
         .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut ends = BTreeMap::new();
+    let mut ends = crate::kafka::end_offsets(&consumer, topic)?;
+    ends.retain(|_, high| *high > 0);
     let mut tpl = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
-            if high > 0 {
-                ends.insert(p.id(), high);
-                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-            }
-        }
+    for partition in ends.keys() {
+        tpl.add_partition_offset(topic, *partition, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
     drop(tpl);

@@ -10,9 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// The original system's example campaign and event (`examples/`).
-const CAMPAIGN_4711: &str = include_str!("../../examples/campaigns/campaign-4711.json");
-const EVENT: &str = include_str!("../../examples/events/fight-loss.json");
+use crate::examples::{CAMPAIGN_4711, EVENT};
 
 /// Flags of `rtcrm dev`.
 #[derive(Debug, clap::Args)]

@@ -17,10 +17,8 @@
 use crate::events::{Job, Worker};
 use crate::Shared;
 use anyhow::{bail, Context, Result};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
@@ -97,14 +95,7 @@ impl ConsumerContext for EosContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Error(e) = rebalance {
-            tracing::warn!(error = %e, "consumer group rebalance failed");
-            return;
-        }
-        let owned = consumer.assignment().map(|tpl| tpl.count()).unwrap_or(0);
-        self.shared.metrics.assigned_partitions.set(owned as i64);
-        tracing::info!(partitions = owned, "rebalanced: events partitions owned now");
-        self.shared.events_assigned.store(true, Ordering::SeqCst);
+        crate::events::record_assignment(&self.shared, consumer, rebalance);
     }
 }
 
@@ -121,26 +112,9 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> Re
     tokio::task::spawn_blocking(move || thread.join()).await?.map_err(|_| anyhow::anyhow!("the exactly-once loop panicked"))?
 }
 
-fn transactional_producer(shared: &Shared) -> Result<FutureProducer> {
-    let settings = &shared.settings;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.bootstrap_servers)
-        .set("client.id", format!("rtcrm-{}", settings.instance_id))
-        // Stable across restarts of this instance: a restart fences (and aborts) its predecessor.
-        .set("transactional.id", format!("rtcrm-{}-{}", settings.group_id, settings.instance_id))
-        .set("transaction.timeout.ms", "10000")
-        .set("message.timeout.ms", "10000")
-        .set("linger.ms", "1")
-        .set("message.max.bytes", crate::kafka::CAMPAIGN_MESSAGE_BYTES)
-        .create()
-        .context("creating the transactional producer")?;
-    producer.init_transactions(TXN_TIMEOUT).context("initialising transactions (does the broker support them?)")?;
-    Ok(producer)
-}
-
 fn run_loop(shared: Arc<Shared>, stop: Arc<AtomicBool>) -> Result<()> {
     let settings = shared.settings.clone();
-    let producer = transactional_producer(&shared)?;
+    let producer = crate::kafka::transactional_producer(&settings)?;
     let txn = Arc::new(Mutex::new(Txn { producer: producer.clone(), open: false, offsets: BTreeMap::new() }));
     let rewind = Arc::new(AtomicBool::new(false));
     let consumer: BaseConsumer<EosContext> = crate::kafka::event_consumer_config(&settings)
@@ -165,12 +139,7 @@ fn run_loop(shared: Arc<Shared>, stop: Arc<AtomicBool>) -> Result<()> {
                     continue;
                 }
             };
-            let job = Job {
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec),
-            };
+            let job = Job::from_message(&message);
             drop(message);
             let mut t = txn.lock().unwrap();
             if !t.open {

@@ -16,6 +16,9 @@
 use crate::campaign::parse_time;
 use crate::config::Clock;
 use crate::metrics::{CampaignLabel, ErrorLabels};
+use crate::stats::CampaignStats;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use crate::registry::{LiveCampaign, State};
 use crate::Shared;
 use anyhow::{Context, Result};
@@ -41,6 +44,18 @@ pub(crate) struct Job {
     pub payload: Option<Vec<u8>>,
 }
 
+impl Job {
+    /// Copies what the event path needs out of a consumed message.
+    pub(crate) fn from_message(message: &impl Message) -> Job {
+        Job {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+        }
+    }
+}
+
 /// An event handled by a worker: its offset may be stored once `deliveries` complete.
 struct Done {
     partition: i32,
@@ -57,15 +72,21 @@ impl ClientContext for EventsContext {}
 
 impl ConsumerContext for EventsContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Error(e) = rebalance {
-            tracing::warn!(error = %e, "consumer group rebalance failed");
-            return;
-        }
-        let owned = consumer.assignment().map(|tpl| tpl.count()).unwrap_or(0);
-        self.shared.metrics.assigned_partitions.set(owned as i64);
-        tracing::info!(partitions = owned, "rebalanced: events partitions owned now");
-        self.shared.events_assigned.store(true, Ordering::SeqCst);
+        record_assignment(&self.shared, consumer, rebalance);
     }
+}
+
+/// After a rebalance of the events consumer (either delivery mode): the owned-partitions gauge,
+/// and readiness once the group has been joined.
+pub(crate) fn record_assignment<C: ConsumerContext>(shared: &Shared, consumer: &BaseConsumer<C>, rebalance: &Rebalance<'_>) {
+    if let Rebalance::Error(e) = rebalance {
+        tracing::warn!(error = %e, "consumer group rebalance failed");
+        return;
+    }
+    let owned = consumer.assignment().map(|tpl| tpl.count()).unwrap_or(0);
+    shared.metrics.assigned_partitions.set(owned as i64);
+    tracing::info!(partitions = owned, "rebalanced: events partitions owned now");
+    shared.events_assigned.store(true, Ordering::SeqCst);
 }
 
 type EventConsumer = StreamConsumer<EventsContext>;
@@ -123,12 +144,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> Re
                 continue;
             }
         };
-        let job = Job {
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
-        };
+        let job = Job::from_message(&message);
         drop(message);
         let worker = job.partition.unsigned_abs() as usize % senders.len();
         if senders[worker].send(job).await.is_err() {
@@ -203,12 +219,39 @@ pub(crate) struct Worker {
     shared: Arc<Shared>,
     /// Where triggers and dead letters go (the transactional producer in exactly-once mode).
     producer: FutureProducer,
-    filters: HashMap<i64, (u64, Filter)>,
+    campaigns: HashMap<i64, CampaignSlot>,
+}
+
+/// A worker's state for one campaign id: its filter instance (for the version it was built
+/// from) and its metric and counter handles, looked up once rather than per evaluation.
+struct CampaignSlot {
+    /// The instance and the campaign version (generation) it runs; `None` until built.
+    filter: Option<(u64, Filter)>,
+    label: CampaignLabel,
+    evaluations: Counter,
+    matches: Counter,
+    fuel: Histogram,
+    stats: Arc<CampaignStats>,
+}
+
+impl CampaignSlot {
+    fn new(shared: &Shared, id: i64) -> CampaignSlot {
+        let metrics = &shared.metrics;
+        let label = CampaignLabel { campaign: id.to_string() };
+        CampaignSlot {
+            filter: None,
+            evaluations: metrics.evaluations.get_or_create(&label).clone(),
+            matches: metrics.matches.get_or_create(&label).clone(),
+            fuel: metrics.fuel.get_or_create(&label).clone(),
+            stats: shared.stats.entry(id),
+            label,
+        }
+    }
 }
 
 impl Worker {
     pub(crate) fn new(shared: Arc<Shared>, producer: FutureProducer) -> Worker {
-        Worker { shared, producer, filters: HashMap::new() }
+        Worker { shared, producer, campaigns: HashMap::new() }
     }
 
     fn run(mut self, mut jobs: mpsc::Receiver<Job>, done: mpsc::Sender<Done>) {
@@ -265,8 +308,8 @@ impl Worker {
             }
         }
         // Instances of campaigns no longer in force are dropped.
-        if self.filters.len() > snapshot.len() {
-            self.filters.retain(|id, _| snapshot.get(*id).is_some());
+        if self.campaigns.len() > snapshot.len() {
+            self.campaigns.retain(|id, _| snapshot.get(*id).is_some());
         }
         deliveries
     }
@@ -274,50 +317,48 @@ impl Worker {
     /// Runs the campaign's filter; a failure counts toward quarantine.
     fn evaluate(&mut self, campaign: &Arc<LiveCampaign>, event: &Event) -> bool {
         let id = campaign.def.id;
-        let label = CampaignLabel { campaign: id.to_string() };
-        let metrics = &self.shared.metrics;
-        metrics.evaluations.get_or_create(&label).inc();
+        let shared = &self.shared;
+        let slot = self.campaigns.entry(id).or_insert_with(|| CampaignSlot::new(shared, id));
+        slot.evaluations.inc();
         let started = Instant::now();
-        let result = match self.filters.get_mut(&id) {
+        let result = match &mut slot.filter {
             Some((generation, filter)) if *generation == campaign.generation => filter.eval(event),
-            _ => match self.shared.sandbox.filter(&campaign.compiled, &label.campaign, campaign.limits) {
+            _ => match shared.sandbox.filter(&campaign.compiled, &slot.label.campaign, campaign.limits) {
                 Ok(mut filter) => {
                     let r = filter.eval(event);
-                    self.filters.insert(id, (campaign.generation, filter));
+                    slot.filter = Some((campaign.generation, filter));
                     r
                 }
                 Err(e) => Err(e),
             },
         };
-        metrics.latency.observe(started.elapsed().as_secs_f64());
-        self.shared.stats.record(id, &result);
+        shared.metrics.latency.observe(started.elapsed().as_secs_f64());
+        slot.stats.record(&result);
         match result {
             Ok(verdict) => {
                 campaign.succeeded();
-                metrics.fuel.get_or_create(&label).observe(verdict.fuel_used as f64);
+                slot.fuel.observe(verdict.fuel_used as f64);
                 if verdict.matched {
-                    metrics.matches.get_or_create(&label).inc();
+                    slot.matches.inc();
                 }
                 verdict.matched
             }
             Err(err) => {
                 let kind = err.kind();
-                metrics.errors.get_or_create(&ErrorLabels { campaign: label.campaign.clone(), kind: kind.as_str().into() }).inc();
+                shared.metrics.errors.get_or_create(&ErrorLabels { campaign: slot.label.campaign.clone(), kind: kind.as_str().into() }).inc();
                 // A deadline on a healthy filter means the host is overloaded: worth a warning.
                 if kind == rtcrm_sandbox::ErrorKind::Deadline {
                     tracing::warn!(campaign = id, error = %err, "evaluation stopped by its wall-clock deadline");
                 } else {
                     tracing::debug!(campaign = id, kind = %kind, error = %err, "evaluation failed");
                 }
-                if campaign.failed(self.shared.settings.quarantine_after) {
-                    tracing::warn!(campaign = id, kind = %kind, error = %err, "campaign quarantined after {} consecutive failures", self.shared.settings.quarantine_after);
-                    self.shared.registry.quarantine(id, &err);
-                    self.filters.remove(&id);
-                    let reason = format!(
-                        "{} consecutive failed evaluations; last: {kind}: {err}",
-                        self.shared.settings.quarantine_after
-                    );
-                    let (shared, digest) = (self.shared.clone(), campaign.def.digest.clone());
+                let threshold = shared.settings.quarantine_after;
+                if campaign.failed(threshold) {
+                    tracing::warn!(campaign = id, kind = %kind, error = %err, "campaign quarantined after {threshold} consecutive failures");
+                    shared.registry.quarantine(id, &err);
+                    slot.filter = None;
+                    let reason = format!("{threshold} consecutive failed evaluations; last: {kind}: {err}");
+                    let (shared, digest) = (shared.clone(), campaign.def.digest.clone());
                     self.shared.runtime.spawn(async move {
                         crate::loader::publish_status(&shared, Some(id), State::Quarantined, Some(&reason), &digest).await;
                         shared.metrics.update_campaigns(&shared.registry);
@@ -381,7 +422,7 @@ fn event_time(event: &Event, clock: Clock) -> DateTime<Utc> {
 }
 
 /// The trigger key: the player id as text, empty when the event has none.
-fn player_key(event: &Event) -> String {
+pub(crate) fn player_key(event: &Event) -> String {
     match event.field("player_id") {
         Some(raw) if raw.first() == Some(&b'"') => serde_json::from_slice::<String>(raw).unwrap_or_default(),
         Some(raw) if raw != b"null" => String::from_utf8_lossy(raw).into_owned(),

@@ -22,7 +22,6 @@ use axum::routing::get;
 use axum::Router;
 use serde::Serialize;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -78,13 +77,9 @@ pub fn router(http: Http) -> Router {
 }
 
 async fn readyz(State(http): State<Http>) -> impl IntoResponse {
-    let shared = &http.shared;
-    if !shared.campaigns_loaded.load(Ordering::SeqCst) {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: reading the campaigns topic\n")
-    } else if !shared.events_assigned.load(Ordering::SeqCst) {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: joining the events consumer group\n")
-    } else {
-        (StatusCode::OK, "ready\n")
+    match http.shared.not_ready() {
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+        None => (StatusCode::OK, "ready\n".to_owned()),
     }
 }
 

@@ -7,6 +7,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::FutureProducer;
+use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::producer::Producer;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Largest campaign message: an 8 MiB module in base64, plus the campaign's fields.
@@ -104,4 +107,38 @@ pub async fn create_topics(settings: &Settings) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The end offset (high watermark) of each partition of `topic`; empty when the topic does not
+/// exist (yet). Blocking: each partition is one round trip.
+pub fn end_offsets<C: ConsumerContext, K: Consumer<C>>(consumer: &K, topic: &str) -> Result<BTreeMap<i32, i64>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("reading the metadata of `{topic}`"))?;
+    let mut ends = BTreeMap::new();
+    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .with_context(|| format!("reading the end offset of `{topic}` partition {}", p.id()))?;
+        ends.insert(p.id(), high);
+    }
+    Ok(ends)
+}
+
+/// The exactly-once producer (`--delivery exactly-once`): transactional, with transactions
+/// initialised. Its `transactional.id` is stable across restarts of an instance (group and
+/// `--instance-id`), so a restart fences its predecessor and aborts what it left open.
+pub fn transactional_producer(settings: &Settings) -> Result<FutureProducer> {
+    let producer: FutureProducer = base(settings)
+        .set("transactional.id", format!("rtcrm-{}-{}", settings.group_id, settings.instance_id))
+        .set("transaction.timeout.ms", "10000")
+        .set("message.timeout.ms", "10000")
+        .set("linger.ms", "1")
+        .set("message.max.bytes", CAMPAIGN_MESSAGE_BYTES)
+        .create()
+        .context("creating the transactional producer")?;
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .context("initialising transactions (does the broker support them?)")?;
+    Ok(producer)
 }

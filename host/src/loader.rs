@@ -11,7 +11,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
-use rtcrm_sandbox::{CompileError, CompiledFilter};
+use rtcrm_sandbox::{CompileError, CompiledFilter, Sandbox, WasmError};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -94,28 +94,42 @@ fn mark_loaded(shared: &Shared) {
 
 /// The high watermark of each partition of `topic` (waiting for the topic to exist).
 async fn end_offsets(consumer: &StreamConsumer, topic: &str) -> Result<HashMap<i32, i64>> {
-    for attempt in 0.. {
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10));
-        let partitions: Vec<i32> = match &metadata {
-            Ok(m) => m.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect(),
-            Err(_) => Vec::new(),
-        };
-        if !partitions.is_empty() {
-            let mut ends = HashMap::new();
-            for p in partitions {
-                let (_, high) = consumer
-                    .fetch_watermarks(topic, p, Duration::from_secs(10))
-                    .with_context(|| format!("reading the end offset of `{topic}` partition {p}"))?;
-                ends.insert(p, high);
-            }
-            return Ok(ends);
-        }
-        if attempt >= 60 {
-            anyhow::bail!("the campaigns topic `{topic}` does not exist (and could not be created)");
+    for _ in 0..60 {
+        let ends = crate::kafka::end_offsets(consumer, topic).unwrap_or_default();
+        if !ends.is_empty() {
+            return Ok(ends.into_iter().collect());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    unreachable!()
+    anyhow::bail!("the campaigns topic `{topic}` does not exist (and could not be created)")
+}
+
+/// Why a campaign's filter was rejected.
+#[derive(Debug)]
+pub enum FilterRejection {
+    /// The JavaScript does not compile (or yields no function).
+    Js(CompileError),
+    /// The WebAssembly module fails validation (`filter-sdk/ABI.md`).
+    Wasm(WasmError),
+}
+
+impl std::fmt::Display for FilterRejection {
+    /// The status-message text: a syntax error names its line and column.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FilterRejection::Js(e) => f.write_str(&describe(e)),
+            FilterRejection::Wasm(e) => write!(f, "filter_wasm: {e}"),
+        }
+    }
+}
+
+/// Compiles a campaign's filter, either kind: the one check every way in (the campaigns topic,
+/// the HTTP API, `rtcrm campaign put`) runs. Blocking: call it off the async reactor.
+pub fn compile_filter(sandbox: &Sandbox, filter: &FilterSource) -> Result<CompiledFilter, FilterRejection> {
+    match filter {
+        FilterSource::Js(src) => sandbox.compile_js(src).map(CompiledFilter::Js).map_err(FilterRejection::Js),
+        FilterSource::Wasm(bytes) => sandbox.load_wasm(bytes).map(CompiledFilter::Wasm).map_err(FilterRejection::Wasm),
+    }
 }
 
 /// Applies one campaigns-topic message: compile and activate, reject, or delete.
@@ -147,11 +161,7 @@ pub async fn apply(shared: &Arc<Shared>, key: Option<Vec<u8>>, value: Option<Vec
     };
     let sandbox = shared.sandbox.clone();
     let source = def.filter.clone();
-    let compiled = tokio::task::spawn_blocking(move || match source {
-        FilterSource::Js(src) => sandbox.compile_js(&src).map(CompiledFilter::Js).map_err(|e| describe(&e)),
-        FilterSource::Wasm(bytes) => sandbox.load_wasm(&bytes).map(CompiledFilter::Wasm).map_err(|e| format!("filter_wasm: {e}")),
-    })
-    .await;
+    let compiled = tokio::task::spawn_blocking(move || compile_filter(&sandbox, &source).map_err(|e| e.to_string())).await;
     let id = def.id;
     match compiled {
         Ok(Ok(compiled)) => {

@@ -11,6 +11,7 @@ mod config;
 mod console;
 mod dev;
 mod eos;
+mod examples;
 mod events;
 mod filter_cmd;
 mod http;
@@ -51,6 +52,20 @@ pub struct Shared {
     pub events_assigned: std::sync::atomic::AtomicBool,
     /// The tokio runtime, for work started from worker threads.
     pub runtime: tokio::runtime::Handle,
+}
+
+impl Shared {
+    /// Why the processor is not ready yet (`/readyz`, `/api/info`); `None` once it is.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        use std::sync::atomic::Ordering;
+        if !self.campaigns_loaded.load(Ordering::SeqCst) {
+            Some("reading the campaigns topic")
+        } else if !self.events_assigned.load(Ordering::SeqCst) {
+            Some("joining the events consumer group")
+        } else {
+            None
+        }
+    }
 }
 
 fn main() -> ExitCode {

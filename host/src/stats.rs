@@ -54,7 +54,8 @@ pub struct Snapshot {
 }
 
 impl CampaignStats {
-    fn record(&self, result: &Result<Verdict, EvalError>) {
+    /// Records one evaluation.
+    pub fn record(&self, result: &Result<Verdict, EvalError>) {
         self.evaluations.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(verdict) => {
@@ -99,14 +100,20 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Records one evaluation of `campaign` (called by the workers).
-    pub fn record(&self, campaign: i64, result: &Result<Verdict, EvalError>) {
+    /// The counters of `campaign`, created on first use; workers keep the handle and record
+    /// into it without touching the map again.
+    pub fn entry(&self, campaign: i64) -> Arc<CampaignStats> {
         let found = self.campaigns.read().unwrap_or_else(|p| p.into_inner()).get(&campaign).cloned();
-        let stats = match found {
+        match found {
             Some(s) => s,
             None => self.campaigns.write().unwrap_or_else(|p| p.into_inner()).entry(campaign).or_default().clone(),
-        };
-        stats.record(result);
+        }
+    }
+
+    /// Records one evaluation of `campaign`.
+    #[cfg(test)]
+    pub fn record(&self, campaign: i64, result: &Result<Verdict, EvalError>) {
+        self.entry(campaign).record(result);
     }
 
     /// The counters of `campaign` (zeros when it was never evaluated).

@@ -643,13 +643,11 @@ pub(crate) fn arm(store: &mut Store<FilterState>, shared: &Shared, limits: &Limi
     store.set_epoch_deadline(shared.deadline_ticks(limits));
 }
 
-/// Classifies a failed call by trap type (and the limiter's typed record), never by text.
+/// Classifies a failed call by trap type, never by text. A memory-cap error is known from the
+/// limiter's record (it is set before the limiter fails the growth).
 pub(crate) fn classify(store: &mut Store<FilterState>, err: wasmtime::Error, limits: &Limits) -> EvalError {
     if let Some(requested) = store.data_mut().memory_exceeded.take() {
         return EvalError::Memory { requested, limit: limits.memory_bytes };
-    }
-    if let Some(m) = err.downcast_ref::<MemoryLimitExceeded>() {
-        return EvalError::Memory { requested: m.requested, limit: m.limit };
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => EvalError::Fuel { limit: limits.fuel },

@@ -1098,51 +1098,42 @@ impl Rng {
     pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
         &xs[self.below(xs.len() as u64) as usize]
     }
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    /// Picks from `(item, weight)` pairs.
+    pub fn weighted<T: Copy>(&mut self, items: &[(T, u64)]) -> T {
+        let total: u64 = items.iter().map(|(_, w)| w).sum();
+        let mut x = self.below(total);
+        for (item, w) in items {
+            if x < *w {
+                return *item;
+            }
+            x -= w;
+        }
+        items[items.len() - 1].0
+    }
+    /// A random (version 4) UUID.
+    pub fn uuid(&mut self) -> String {
+        let (a, b) = (self.next_u64(), self.next_u64());
+        let b = (b & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000; // variant 10
+        let a = (a & 0xFFFF_FFFF_FFFF_0FFF) | 0x4000; // version 4
+        format!("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", a >> 32, (a >> 16) & 0xFFFF, a & 0xFFFF, b >> 48, b & 0xFFFF_FFFF_FFFF)
+    }
 }
 
 /// Formats epoch milliseconds as RFC 3339 with `frac` fraction digits (0, 1..=9; digits past
 /// milliseconds are zeros; a lower precision truncates) at UTC offset `offset_min` (0 → `Z`).
 pub fn fmt_rfc3339(ms: i64, frac: u32, offset_min: i32) -> String {
-    let local = ms + offset_min as i64 * 60_000;
-    let days = local.div_euclid(86_400_000);
-    let rem = local.rem_euclid(86_400_000);
-    let (y, mo, d) = civil_from_days(days);
-    let (h, mi, s, milli) = (rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
-    let mut out = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
+    let offset = chrono::FixedOffset::east_opt(offset_min * 60).expect("an offset within a day");
+    let t = chrono::DateTime::from_timestamp_millis(ms).expect("a representable time").with_timezone(&offset);
+    let mut out = t.format("%Y-%m-%dT%H:%M:%S").to_string();
     if frac > 0 {
-        let digits = format!("{milli:03}000000");
+        let digits = format!("{:03}000000", t.timestamp_subsec_millis());
         out.push('.');
         out.push_str(&digits[..frac as usize]);
     }
     if offset_min == 0 {
         out.push('Z');
     } else {
-        let sign = if offset_min < 0 { '-' } else { '+' };
-        let a = offset_min.abs();
-        out += &format!("{sign}{:02}:{:02}", a / 60, a % 60);
+        out += &t.format("%:z").to_string();
     }
     out
 }
@@ -1150,39 +1141,7 @@ pub fn fmt_rfc3339(ms: i64, frac: u32, offset_min: i32) -> String {
 /// Parses RFC 3339 (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`) into epoch milliseconds
 /// (fraction truncated to milliseconds).
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20 {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse::<i64>().ok() };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    if b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') {
-        return None;
-    }
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut i = 19;
-    let mut ms = 0i64;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        if i == start {
-            return None;
-        }
-        let frac = format!("{:0<3}", &s[start..i.min(start + 3)]);
-        ms = frac.parse().ok()?;
-    }
-    let off_min = match b.get(i)? {
-        b'Z' | b'z' if i + 1 == b.len() => 0,
-        b'+' | b'-' if i + 6 == b.len() => {
-            let sign = if b[i] == b'-' { -1 } else { 1 };
-            sign * (num(i + 1..i + 3)? * 60 + num(i + 4..i + 6)?)
-        }
-        _ => return None,
-    };
-    Some(((days_from_civil(y, mo, d) * 24 + h) * 60 + mi - off_min) * 60_000 + se * 1000 + ms)
+    chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
 }
 
 /// Epoch milliseconds of an RFC 3339 literal (panics if it is not one).

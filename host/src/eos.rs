@@ -132,15 +132,7 @@ fn run_loop(shared: Arc<Shared>, stop: Arc<AtomicBool>) -> Result<()> {
         }
         let message = consumer.poll(Duration::from_millis(20));
         if let Some(message) = message {
-            let message = match message {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "consuming events");
-                    continue;
-                }
-            };
-            let job = Job::from_message(&message);
-            drop(message);
+            let Some(job) = Job::received(message) else { continue };
             let mut t = txn.lock().unwrap();
             if !t.open {
                 t.producer.begin_transaction().context("beginning a transaction")?;

@@ -45,13 +45,20 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    /// Copies what the event path needs out of a consumed message.
-    pub(crate) fn from_message(message: &impl Message) -> Job {
-        Job {
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
+    /// Copies what the event path needs out of a consumed message; a consumer error is logged
+    /// and gives `None` (the consumer goes on).
+    pub(crate) fn received<M: Message>(message: Result<M, rdkafka::error::KafkaError>) -> Option<Job> {
+        match message {
+            Ok(m) => Some(Job {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "consuming events");
+                None
+            }
         }
     }
 }
@@ -137,15 +144,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> Re
             _ = shutdown.changed() => break,
             m = consumer.recv() => m,
         };
-        let message = match message {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "consuming events");
-                continue;
-            }
-        };
-        let job = Job::from_message(&message);
-        drop(message);
+        let Some(job) = Job::received(message) else { continue };
         let worker = job.partition.unsigned_abs() as usize % senders.len();
         if senders[worker].send(job).await.is_err() {
             anyhow::bail!("worker {worker} stopped");

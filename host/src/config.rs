@@ -5,6 +5,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -97,6 +98,16 @@ pub struct RunArgs {
     /// bound to a non-loopback address (without one, they are refused there) [default: none].
     #[arg(long, env = "RTCRM_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// A librdkafka property for every Kafka client rtcrm creates, as KEY=VALUE (repeatable), e.g.
+    /// `--kafka-property security.protocol=SASL_SSL`; also `RTCRM_KAFKA_<KEY>` (dots as `_`, e.g.
+    /// `RTCRM_KAFKA_SASL_MECHANISM=SCRAM-SHA-512`) and the config file's `[kafka]` table.
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE")]
+    pub kafka_property: Vec<String>,
+    /// Most filter instances alive at once, all campaigns together (a JavaScript instance is
+    /// about 280 KiB resident); idle ones of the least recently used campaigns are dropped past
+    /// it and rebuilt on demand [default: 2048].
+    #[arg(long, env = "RTCRM_MAX_FILTER_INSTANCES")]
+    pub max_filter_instances: Option<usize>,
 }
 
 /// The config file, TOML form: the same names as the flags, in snake_case.
@@ -119,6 +130,9 @@ struct FileConfig {
     auto_offset_reset: Option<OffsetReset>,
     delivery: Option<Delivery>,
     api_token: Option<String>,
+    max_filter_instances: Option<usize>,
+    /// librdkafka properties for every client.
+    kafka: Option<BTreeMap<String, toml::Value>>,
 }
 
 /// The original system's `config.json` (its keys; the Flink-only ones are accepted and ignored).
@@ -184,6 +198,82 @@ pub struct Settings {
     pub create_topics: bool,
     /// The HTTP API's bearer token for mutating requests on a non-loopback bind.
     pub api_token: Option<ApiToken>,
+    /// `instance_id` was given (flag, variable or file): it is then also the consumer's static
+    /// group membership (`group.instance.id`) and stable across restarts.
+    pub instance_id_explicit: bool,
+    /// Most filter instances alive at once.
+    pub max_filter_instances: usize,
+    /// librdkafka properties applied to every client (secrets redacted in `Debug`).
+    pub kafka: KafkaProperties,
+}
+
+/// librdkafka properties from the operator. `Debug` redacts the values of secrets.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KafkaProperties(pub BTreeMap<String, String>);
+
+impl KafkaProperties {
+    /// Whether `key` names a secret (a password, a private key, a client secret).
+    pub fn is_secret(key: &str) -> bool {
+        let k = key.to_ascii_lowercase();
+        ["password", "secret", ".key.pem", "ssl.key", "sasl.jaas.config", "oauthbearer.config"].iter().any(|s| k.contains(s))
+    }
+
+    /// The properties with secret values replaced by `***`, for logs and the API.
+    pub fn redacted(&self) -> BTreeMap<String, String> {
+        self.0.iter().map(|(k, v)| (k.clone(), if Self::is_secret(k) { "***".into() } else { v.clone() })).collect()
+    }
+
+    /// Merges the file's `[kafka]` table, `RTCRM_KAFKA_*` variables and `--kafka-property` flags
+    /// (later ones win).
+    fn load(file: Option<BTreeMap<String, toml::Value>>, env: impl Iterator<Item = (String, String)>, flags: &[String]) -> Result<KafkaProperties> {
+        let mut props = BTreeMap::new();
+        for (key, value) in file.unwrap_or_default() {
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => bail!("[kafka] {key} = {other} must be a string, number or boolean"),
+            };
+            props.insert(key, value);
+        }
+        for (name, value) in env {
+            if let Some(rest) = name.strip_prefix("RTCRM_KAFKA_") {
+                if !rest.is_empty() {
+                    props.insert(rest.to_ascii_lowercase().replace('_', "."), value);
+                }
+            }
+        }
+        for flag in flags {
+            let (key, value) = flag
+                .split_once('=')
+                .with_context(|| format!("--kafka-property `{flag}` is not KEY=VALUE (e.g. security.protocol=SASL_SSL)"))?;
+            if key.trim().is_empty() {
+                bail!("--kafka-property `{flag}` has an empty key");
+            }
+            props.insert(key.trim().to_owned(), value.to_owned());
+        }
+        for reserved in ["bootstrap.servers", "group.id", "transactional.id", "enable.auto.commit", "enable.auto.offset.store", "group.instance.id"] {
+            if props.contains_key(reserved) {
+                bail!("the Kafka property `{reserved}` is set by rtcrm itself; use its own option instead (see rtcrm run --help)");
+            }
+        }
+        Ok(KafkaProperties(props))
+    }
+}
+
+impl std::fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.redacted()).finish()
+    }
+}
+
+impl<'a> IntoIterator for &'a KafkaProperties {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
 }
 
 /// A secret: never printed by `Debug`.
@@ -231,12 +321,15 @@ impl Settings {
             workers: pick(&args.workers, file.workers, cores),
             partitions: pick(&args.partitions, file.partitions, 1),
             http_addr: http.parse().with_context(|| format!("http_addr `{http}` is not an address like 127.0.0.1:8080"))?,
+            instance_id_explicit: args.instance_id.is_some() || file.instance_id.is_some(),
             instance_id: pick(&args.instance_id, file.instance_id, default_instance_id()),
             quarantine_after: pick(&args.quarantine_after, file.quarantine_after, 50),
             auto_offset_reset: pick(&args.auto_offset_reset, file.auto_offset_reset, OffsetReset::Earliest),
             delivery: pick(&args.delivery, file.delivery, Delivery::AtLeastOnce),
             create_topics: true,
             api_token: ApiToken::parse(args.api_token.clone().or(file.api_token))?,
+            max_filter_instances: pick(&args.max_filter_instances, file.max_filter_instances, crate::campaigns::instances::DEFAULT_MAX_INSTANCES),
+            kafka: KafkaProperties::load(file.kafka, std::env::vars(), &args.kafka_property)?,
         };
         settings.validate()?;
         Ok(settings)
@@ -251,6 +344,9 @@ impl Settings {
         }
         if self.partitions < 1 {
             bail!("partitions `{}` must be at least 1", self.partitions);
+        }
+        if self.max_filter_instances == 0 {
+            bail!("max_filter_instances `0` leaves no room for any filter; use 1 or more (default 2048)");
         }
         if self.quarantine_after == 0 {
             bail!("quarantine_after `0` would quarantine every campaign; use 1 or more");

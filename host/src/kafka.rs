@@ -1,50 +1,105 @@
-//! Kafka clients and topics (spec §1).
+//! Kafka clients and topics (spec §1, §14).
+//!
+//! Every client rtcrm creates starts from [`client_config`]: the bootstrap servers, a client id,
+//! and the operator's librdkafka properties (`[kafka]` in the config file, `RTCRM_KAFKA_*`,
+//! `--kafka-property`), so TLS and SASL work for all of them alike. Each client's context keeps
+//! the last error librdkafka reported ([`ClientErrors`]), so a failure can name the broker
+//! address and librdkafka's reason instead of a bare timeout.
 
 use crate::config::{OffsetReset, Settings};
+use crate::telemetry::logging::LogLimiter;
 use anyhow::{Context, Result};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::producer::FutureProducer;
 use rdkafka::consumer::{Consumer, ConsumerContext};
-use rdkafka::producer::Producer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Largest campaign message: an 8 MiB module in base64, plus the campaign's fields.
 pub const CAMPAIGN_MESSAGE_BYTES: &str = "16777216";
+/// Kafka's default `max.message.bytes` of a topic (1 MiB + 12).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
+/// How long start-up waits for the cluster before it reports it unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn base(settings: &Settings) -> ClientConfig {
+/// The last error librdkafka reported for a client (shared by the clients of one process).
+#[derive(Clone, Default)]
+pub struct ClientErrors {
+    last: Arc<Mutex<Option<String>>>,
+    limiter: Arc<LogLimiter>,
+}
+
+impl ClientErrors {
+    /// librdkafka's last error, e.g. `127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused`.
+    pub fn last(&self) -> Option<String> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records an error a client reported, logging it (rate-limited).
+    pub fn record(&self, client: &str, error: &KafkaError, reason: &str) {
+        let text = if reason.is_empty() { error.to_string() } else { format!("{reason} ({error})") };
+        if self.limiter.allow(client) {
+            tracing::warn!(client, error = %text, "Kafka client error");
+        }
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+    }
+}
+
+/// The context of rtcrm's plain clients (producers, readers, admin): errors are recorded.
+#[derive(Clone)]
+pub struct KafkaContext {
+    pub errors: ClientErrors,
+    pub name: &'static str,
+}
+
+impl ClientContext for KafkaContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.record(self.name, &error, reason);
+    }
+}
+
+impl ConsumerContext for KafkaContext {}
+
+/// The base of every client: bootstrap servers, client id, then the operator's properties.
+pub fn client_config(settings: &Settings, role: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &settings.bootstrap_servers)
-        .set("client.id", format!("rtcrm-{}", settings.instance_id));
+    c.set("bootstrap.servers", &settings.bootstrap_servers).set("client.id", format!("rtcrm-{}-{role}", settings.instance_id));
+    for (key, value) in &settings.kafka {
+        c.set(key, value);
+    }
     c
 }
 
-/// The trigger/status/DLQ producer: acks from all in-sync replicas, idempotent (no duplicates or
-/// reordering from retries), retried until delivered.
-pub fn producer(settings: &Settings) -> Result<FutureProducer> {
-    base(settings)
-        .set("acks", "all")
+/// The control producer: status messages, and what the HTTP API publishes (campaigns, events).
+/// Acks from all in-sync replicas, idempotent.
+pub fn control_producer(settings: &Settings, errors: &ClientErrors) -> Result<FutureProducer<KafkaContext>> {
+    let mut c = client_config(settings, "control");
+    c.set("acks", "all")
         .set("enable.idempotence", "true")
-        // Small batches, sent at once: a trigger should reach the player within milliseconds.
         .set("linger.ms", "1")
-        .set("message.timeout.ms", "300000")
-        .set("message.max.bytes", CAMPAIGN_MESSAGE_BYTES)
-        .create()
+        .set("message.timeout.ms", "60000")
+        .set("message.max.bytes", CAMPAIGN_MESSAGE_BYTES);
+    c.create_with_context(KafkaContext { errors: errors.clone(), name: "control producer" })
         .context("creating the Kafka producer")
 }
 
-/// The events consumer: a consumer group; offsets are stored explicitly, only after every
-/// trigger of the event is acknowledged, and committed from there (at-least-once, spec §8).
-pub fn event_consumer_config(settings: &Settings) -> ClientConfig {
-    let mut c = base(settings);
+/// The events consumer (a group member). At-least-once: offsets are stored explicitly, only
+/// after every output of the event is acknowledged, and committed from there; exactly-once:
+/// offsets are committed inside transactions (`enable.auto.commit=false`). With an explicit
+/// `--instance-id`, the member is static (KIP-345): a restarted instance takes its partitions
+/// back at once instead of waiting for a rebalance.
+pub fn event_consumer_config(settings: &Settings, exactly_once: bool) -> ClientConfig {
+    let mut c = client_config(settings, "events");
     c.set("group.id", &settings.group_id)
-        .set("enable.auto.commit", "true")
+        .set("enable.auto.commit", if exactly_once { "false" } else { "true" })
         .set("auto.commit.interval.ms", "1000")
         // Only commit offsets stored after delivery.
         .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
         .set(
             "auto.offset.reset",
             match settings.auto_offset_reset {
@@ -53,13 +108,18 @@ pub fn event_consumer_config(settings: &Settings) -> ClientConfig {
             },
         )
         .set("session.timeout.ms", "10000")
-        .set("partition.assignment.strategy", "cooperative-sticky");
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // Consumer lag, per partition, for `rtcrm_consumer_lag`.
+        .set("statistics.interval.ms", "5000");
+    if settings.instance_id_explicit {
+        c.set("group.instance.id", &settings.instance_id);
+    }
     c
 }
 
 /// The campaigns reader: no group (every instance reads every campaign, from the beginning).
 pub fn campaign_consumer_config(settings: &Settings) -> ClientConfig {
-    let mut c = base(settings);
+    let mut c = client_config(settings, "campaigns");
     c.set("group.id", format!("rtcrm-campaigns-{}", settings.instance_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -67,12 +127,34 @@ pub fn campaign_consumer_config(settings: &Settings) -> ClientConfig {
     c
 }
 
+/// Waits until the cluster answers a metadata request, for at most `timeout`; the error names
+/// the address and librdkafka's reason.
+pub fn probe<C: ClientContext>(client: &Client<C>, settings: &Settings, errors: &ClientErrors, timeout: Duration) -> Result<()> {
+    match client.fetch_metadata(None, timeout) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let reason = errors.last().map(|r| format!(": {r}")).unwrap_or_default();
+            anyhow::bail!(
+                "the Kafka cluster at {} does not answer ({e}){reason}; check the address (--bootstrap-servers) and the \
+                 connection properties (--kafka-property, [kafka])",
+                settings.bootstrap_servers
+            )
+        }
+    }
+}
+
+fn admin(settings: &Settings, errors: &ClientErrors) -> Result<AdminClient<KafkaContext>> {
+    client_config(settings, "admin")
+        .create_with_context(KafkaContext { errors: errors.clone(), name: "admin" })
+        .context("creating the Kafka admin client")
+}
+
 /// Creates the topics that are missing. The status topic is compacted (always keyed by campaign
 /// id). The campaigns topic keeps every message forever instead: Kafka refuses records without a
 /// key on a compacted topic, and the original system (and its README's `kcat -P`) writes
 /// campaigns without a key. Operators who only publish keyed campaigns may compact it.
-pub async fn create_topics(settings: &Settings) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = base(settings).create().context("creating the Kafka admin client")?;
+pub async fn create_topics(settings: &Settings, errors: &ClientErrors) -> Result<()> {
+    let admin = admin(settings, errors)?;
     let compact = [("cleanup.policy", "compact")];
     // Campaign messages carry WebAssembly modules (base64) of up to 8 MiB.
     let keep_forever =
@@ -94,11 +176,15 @@ pub async fn create_topics(settings: &Settings) -> Result<()> {
             t
         })
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .create_topics(&new, &options)
+    let options = AdminOptions::new().operation_timeout(Some(CONNECT_TIMEOUT)).request_timeout(Some(CONNECT_TIMEOUT));
+    let results = tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(2), admin.create_topics(&new, &options))
         .await
-        .with_context(|| format!("creating topics on {}", settings.bootstrap_servers))?;
+        .map_err(|_| anyhow::anyhow!("no answer within {} s", CONNECT_TIMEOUT.as_secs()))
+        .and_then(|r| r.map_err(anyhow::Error::from))
+        .with_context(|| {
+            let reason = errors.last().map(|r| format!(" (librdkafka: {r})")).unwrap_or_default();
+            format!("creating topics on {}{reason}", settings.bootstrap_servers)
+        })?;
     for result in results {
         match result {
             Ok(topic) => tracing::info!(topic, "created topic"),
@@ -109,6 +195,25 @@ pub async fn create_topics(settings: &Settings) -> Result<()> {
     Ok(())
 }
 
+/// The `max.message.bytes` of `topic` (the broker's default when the cluster cannot say, as the
+/// embedded broker cannot).
+pub async fn max_message_bytes(settings: &Settings, errors: &ClientErrors, topic: &str) -> usize {
+    let read = async {
+        let admin = admin(settings, errors).ok()?;
+        let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+        let results = admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options).await.ok()?;
+        let resource = results.into_iter().next()?.ok()?;
+        resource.get("max.message.bytes")?.value.as_deref()?.parse().ok()
+    };
+    match tokio::time::timeout(Duration::from_secs(6), read).await {
+        Ok(Some(bytes)) => bytes,
+        _ => {
+            tracing::debug!(topic, "max.message.bytes unknown; assuming Kafka's default");
+            DEFAULT_MAX_MESSAGE_BYTES
+        }
+    }
+}
+
 /// The end offset (high watermark) of each partition of `topic`; empty when the topic does not
 /// exist (yet). Blocking: each partition is one round trip.
 pub fn end_offsets<C: ConsumerContext, K: Consumer<C>>(consumer: &K, topic: &str) -> Result<BTreeMap<i32, i64>> {
@@ -116,29 +221,20 @@ pub fn end_offsets<C: ConsumerContext, K: Consumer<C>>(consumer: &K, topic: &str
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .with_context(|| format!("reading the metadata of `{topic}`"))?;
     let mut ends = BTreeMap::new();
-    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-            .with_context(|| format!("reading the end offset of `{topic}` partition {}", p.id()))?;
-        ends.insert(p.id(), high);
+    for t in metadata.topics() {
+        if let Some(err) = t.error() {
+            let code = RDKafkaErrorCode::from(err);
+            if code == RDKafkaErrorCode::UnknownTopicOrPartition {
+                return Ok(ends);
+            }
+            anyhow::bail!("reading the metadata of `{topic}`: {code}");
+        }
+        for p in t.partitions() {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .with_context(|| format!("reading the end offset of `{topic}` partition {}", p.id()))?;
+            ends.insert(p.id(), high);
+        }
     }
     Ok(ends)
-}
-
-/// The exactly-once producer (`--delivery exactly-once`): transactional, with transactions
-/// initialised. Its `transactional.id` is stable across restarts of an instance (group and
-/// `--instance-id`), so a restart fences its predecessor and aborts what it left open.
-pub fn transactional_producer(settings: &Settings) -> Result<FutureProducer> {
-    let producer: FutureProducer = base(settings)
-        .set("transactional.id", format!("rtcrm-{}-{}", settings.group_id, settings.instance_id))
-        .set("transaction.timeout.ms", "10000")
-        .set("message.timeout.ms", "10000")
-        .set("linger.ms", "1")
-        .set("message.max.bytes", CAMPAIGN_MESSAGE_BYTES)
-        .create()
-        .context("creating the transactional producer")?;
-    producer
-        .init_transactions(Duration::from_secs(30))
-        .context("initialising transactions (does the broker support them?)")?;
-    Ok(producer)
 }

@@ -818,6 +818,8 @@ pub struct Reader {
     pub topic: String,
     pub records: Vec<Record>,
     cursor: usize,
+    /// Per campaign id: the index after its last status matched by [`wait_status`].
+    status_cursors: BTreeMap<i64, usize>,
 }
 
 impl Reader {
@@ -853,7 +855,7 @@ impl Reader {
             tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
         }
         consumer.assign(&tpl).expect("assign partitions");
-        Reader { consumer, topic: topic.to_string(), records: Vec::new(), cursor: 0 }
+        Reader { consumer, topic: topic.to_string(), records: Vec::new(), cursor: 0, status_cursors: BTreeMap::new() }
     }
 
     /// Polls once (up to `timeout`); returns whether a record arrived.
@@ -956,13 +958,26 @@ pub fn consume_all(topic: &str, expected: usize, idle: Duration) -> Vec<Record> 
     r.records
 }
 
-/// Waits for a status message of `campaign_id` in `state` (later than the previous match of this reader).
+/// Waits for a status message of `campaign_id` in `state`, later than the previous one of the
+/// same campaign this function matched on `status` (statuses of different campaigns may come in
+/// any order: a slow compilation does not hold back other campaigns).
 pub fn wait_status(status: &mut Reader, campaign_id: i64, state: &str, timeout: Duration) -> Value {
-    let r = status.wait_for(&format!("status {state:?} of campaign {campaign_id}"), timeout, |r| {
+    let is_match = |r: &Record| {
         let Some(p) = &r.payload else { return false };
         let Ok(v) = serde_json::from_slice::<Value>(p) else { return false };
         v["campaign_id"].as_i64() == Some(campaign_id) && v["state"].as_str() == Some(state)
-    });
+    };
+    let from = status.status_cursors.get(&campaign_id).copied().unwrap_or(0);
+    let found = match status.records.iter().skip(from).position(is_match) {
+        Some(i) => from + i,
+        None => {
+            status.cursor = status.cursor.max(status.records.len());
+            status.wait_for(&format!("status {state:?} of campaign {campaign_id}"), timeout, is_match);
+            status.cursor - 1
+        }
+    };
+    status.status_cursors.insert(campaign_id, found + 1);
+    let r = status.records[found].clone();
     let v = r.json();
     assert_eq!(
         r.key_str().as_deref(),

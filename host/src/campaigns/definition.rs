@@ -26,6 +26,16 @@ pub struct CampaignDef {
     pub digest: String,
 }
 
+/// Where a time lies relative to a campaign's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// At or before `start_date`.
+    Before,
+    Inside,
+    /// At or after `end_date`.
+    After,
+}
+
 /// A campaign's filter as submitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FilterSource {
@@ -171,9 +181,16 @@ impl CampaignDef {
         }
     }
 
-    /// Whether `t` lies strictly inside the campaign's window (an absent bound is open).
-    pub fn in_window(&self, t: DateTime<Utc>) -> bool {
-        self.start.is_none_or(|s| s < t) && self.end.is_none_or(|e| t < e)
+    /// Where `t` lies relative to the campaign's window `start < t < end` (strict; an absent
+    /// bound is open).
+    pub fn window(&self, t: DateTime<Utc>) -> Window {
+        if self.start.is_some_and(|s| t <= s) {
+            Window::Before
+        } else if self.end.is_some_and(|e| t >= e) {
+            Window::After
+        } else {
+            Window::Inside
+        }
     }
 }
 
@@ -188,9 +205,10 @@ mod tests {
         let c = CampaignDef::parse(None, SEED.as_bytes()).unwrap();
         assert_eq!((c.id, c.enabled, c.game.as_str(), c.event_name.as_str()), (4711, true, "foe", "fight"));
         assert_eq!(c.raw.get(), SEED);
-        assert!(c.in_window(parse_time("2023-11-20T11:00:00.00Z").unwrap()));
-        assert!(!c.in_window(parse_time("2023-09-01T10:00:00Z").unwrap()), "the start is exclusive");
-        assert!(!c.in_window(parse_time("2024-01-01T00:00:00+01:00").unwrap()));
+        assert_eq!(c.window(parse_time("2023-11-20T11:00:00.00Z").unwrap()), Window::Inside);
+        assert_eq!(c.window(parse_time("2023-09-01T10:00:00Z").unwrap()), Window::Before, "the start is exclusive");
+        assert_eq!(c.window(parse_time("2023-12-01T10:00:00Z").unwrap()), Window::After, "the end is exclusive");
+        assert_eq!(c.window(parse_time("2024-01-01T00:00:00+01:00").unwrap()), Window::After);
     }
 
     #[test]
@@ -200,7 +218,7 @@ mod tests {
             br#"{"campaign_id":7,"enabled":false,"game":"g","event_name":"e","start_date":null,"filter":"e => true","owner":"crm-team"}"#,
         )
         .unwrap();
-        assert!(c.in_window(parse_time("1999-01-01T00:00:00Z").unwrap()));
+        assert_eq!(c.window(parse_time("1999-01-01T00:00:00Z").unwrap()), Window::Inside);
         assert!(c.raw.get().contains("crm-team"));
     }
 

@@ -41,7 +41,7 @@ impl Default for CampaignStats {
 
 /// A consistent-enough copy of one campaign's counters.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Snapshot {
+pub struct CountersView {
     pub evaluations: u64,
     pub matches: u64,
     /// Per error kind, in [`ErrorKind::ALL`] order.
@@ -73,7 +73,7 @@ impl CampaignStats {
         }
     }
 
-    fn snapshot(&self) -> Snapshot {
+    fn snapshot(&self) -> CountersView {
         let written = (self.fuel_next.load(Ordering::Relaxed) as usize).min(FUEL_WINDOW);
         let mut fuel: Vec<u64> = self.fuel[..written].iter().map(|f| f.load(Ordering::Relaxed)).collect();
         fuel.sort_unstable();
@@ -82,7 +82,7 @@ impl CampaignStats {
             (!fuel.is_empty()).then(|| fuel[((p * fuel.len() as f64).ceil() as usize).clamp(1, fuel.len()) - 1])
         };
         let last = self.last_match_ms.load(Ordering::Relaxed);
-        Snapshot {
+        CountersView {
             evaluations: self.evaluations.load(Ordering::Relaxed),
             matches: self.matches.load(Ordering::Relaxed),
             errors: ErrorKind::ALL.iter().zip(&self.errors).map(|(k, n)| (*k, n.load(Ordering::Relaxed))).collect(),
@@ -117,11 +117,11 @@ impl Stats {
     }
 
     /// The counters of `campaign` (zeros when it was never evaluated).
-    pub fn get(&self, campaign: i64) -> Snapshot {
+    pub fn get(&self, campaign: i64) -> CountersView {
         let found = self.campaigns.read().unwrap_or_else(|p| p.into_inner()).get(&campaign).cloned();
-        found.map(|s| s.snapshot()).unwrap_or_else(|| Snapshot {
+        found.map(|s| s.snapshot()).unwrap_or_else(|| CountersView {
             errors: ErrorKind::ALL.iter().map(|k| (*k, 0)).collect(),
-            ..Snapshot::default()
+            ..CountersView::default()
         })
     }
 }

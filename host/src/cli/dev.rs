@@ -8,7 +8,6 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::FutureRecord;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::sync::watch;
 
 use crate::examples::{CAMPAIGN_4711, EVENT};
 
@@ -27,7 +26,7 @@ pub struct DevArgs {
 }
 
 pub fn run(args: DevArgs) -> Result<()> {
-    crate::run::runtime()?.block_on(async move {
+    crate::processor::runtime()?.block_on(async move {
         let cluster = MockCluster::new(1).context("starting the embedded Kafka-protocol broker")?;
         let bootstrap = cluster.bootstrap_servers();
         let settings = Settings {
@@ -50,11 +49,14 @@ pub fn run(args: DevArgs) -> Result<()> {
             // The mock cluster has no admin API: topics are created on its handle.
             create_topics: false,
             api_token: crate::config::ApiToken::parse(args.api_token)?,
+            instance_id_explicit: false,
+            max_filter_instances: crate::campaigns::instances::DEFAULT_MAX_INSTANCES,
+            kafka: Default::default(),
         };
         for topic in [&settings.event_topic, &settings.campaign_topic, &settings.trigger_topic, &settings.status_topic, &settings.dlq_topic] {
             cluster.create_topic(topic, 1, 1).with_context(|| format!("creating topic {topic} on the embedded broker"))?;
         }
-        let producer = crate::kafka::producer(&settings)?;
+        let producer = crate::kafka::control_producer(&settings, &Default::default())?;
         producer
             .send(FutureRecord::to(&settings.campaign_topic).key("4711").payload(CAMPAIGN_4711.trim()), Duration::from_secs(10))
             .await
@@ -62,12 +64,7 @@ pub fn run(args: DevArgs) -> Result<()> {
             .context("loading the example campaign")?;
         drop(producer);
         print_welcome(&bootstrap, &settings);
-        let (tx, rx) = watch::channel(false);
-        tokio::spawn(async move {
-            crate::run::wait_for_signal().await;
-            let _ = tx.send(true);
-        });
-        let result = crate::run::serve(settings, rx).await;
+        let result = crate::processor::serve(settings, crate::processor::signal_watch()).await;
         drop(cluster);
         result
     })

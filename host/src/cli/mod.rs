@@ -1,6 +1,10 @@
 //! The command line (spec §10).
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub mod campaign;
+pub mod dev;
+pub mod filter;
 use std::path::PathBuf;
 
 /// rtcrm evaluates tracking events against runtime-updatable campaigns and emits a trigger for
@@ -33,10 +37,10 @@ pub enum Command {
     Run(crate::config::RunArgs),
     /// Try rtcrm with one command: an embedded Kafka-protocol broker, the example campaign and
     /// the processor, with ready-to-paste kcat commands.
-    Dev(crate::dev::DevArgs),
+    Dev(crate::cli::dev::DevArgs),
     /// Publish, delete and list campaigns on a running cluster.
     #[command(subcommand)]
-    Campaign(crate::campaign_cmd::CampaignCommand),
+    Campaign(crate::cli::campaign::CampaignCommand),
     /// Check, compile and evaluate filters locally, with the processor's engine and limits.
     #[command(subcommand)]
     Filter(FilterCommand),

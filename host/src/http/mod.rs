@@ -10,8 +10,11 @@
 //!
 //! Errors are JSON: `{"error": "..."}` with the matching status.
 
-use crate::api::TriggerHub;
-use crate::Shared;
+pub mod api;
+pub mod console;
+
+use crate::http::api::TriggerHub;
+use crate::processor::Processor;
 use anyhow::{Context, Result};
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -29,21 +32,21 @@ use tokio::sync::watch;
 /// The state of every handler.
 #[derive(Clone)]
 pub struct Http {
-    pub shared: Arc<Shared>,
+    pub processor: Arc<Processor>,
     /// Tails the triggers topic for `GET /api/triggers/stream`.
     pub hub: Arc<TriggerHub>,
     /// Turns true at shutdown (ends the server-sent event streams).
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// Binds the address now (so a busy port fails the start) and serves until `shutdown`.
-pub async fn bind(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> Result<tokio::task::JoinHandle<()>> {
-    let addr = shared.settings.http_addr;
+/// Binds the address now (so a busy port fails the start); the future serves until `shutdown`.
+pub async fn bind(processor: Arc<Processor>, mut shutdown: watch::Receiver<bool>) -> Result<impl std::future::Future<Output = Result<()>>> {
+    let addr = processor.settings.http_addr;
     let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the HTTP server to {addr}"))?;
     let local = listener.local_addr()?;
     if local.ip().is_loopback() {
         tracing::info!("console and HTTP API on http://{local}/");
-    } else if shared.settings.api_token.is_some() {
+    } else if processor.settings.api_token.is_some() {
         tracing::info!("console and HTTP API on http://{local}/ (POST and DELETE need the API token)");
     } else {
         tracing::warn!(
@@ -51,33 +54,38 @@ pub async fn bind(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> R
              POST and DELETE requests are refused (set --api-token, RTCRM_API_TOKEN or api_token)"
         );
     }
-    let app = router(Http { shared, hub: Arc::new(TriggerHub::default()), shutdown: shutdown.clone() });
-    Ok(tokio::spawn(async move {
+    let app = router(Http { processor, hub: Arc::new(TriggerHub::default()), shutdown: shutdown.clone() });
+    Ok(async move {
         let stop = async move {
-            let _ = shutdown.changed().await;
+            let _ = shutdown.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    }))
+        axum::serve(listener, app).with_graceful_shutdown(stop).await.context("serving HTTP")
+    })
 }
 
 /// Every route, behind the guard.
 pub fn router(http: Http) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .merge(crate::api::routes())
-        .merge(crate::console::routes())
+        .merge(crate::http::api::routes())
+        .merge(crate::http::console::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such resource; the API is under /api, the console at /") })
         .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this resource") })
         .layer(axum::middleware::from_fn_with_state(http.clone(), guard))
         .with_state(http)
 }
 
+async fn healthz(State(http): State<Http>) -> impl IntoResponse {
+    match http.processor.health.unhealthy() {
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {reason}\n")),
+        None => (StatusCode::OK, "ok\n".to_owned()),
+    }
+}
+
 async fn readyz(State(http): State<Http>) -> impl IntoResponse {
-    match http.shared.not_ready() {
+    match http.processor.health.not_ready() {
         Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
         None => (StatusCode::OK, "ready\n".to_owned()),
     }
@@ -86,7 +94,7 @@ async fn readyz(State(http): State<Http>) -> impl IntoResponse {
 async fn metrics(State(http): State<Http>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        http.shared.metrics.encode(),
+        http.processor.metrics.encode(),
     )
 }
 
@@ -157,7 +165,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 /// Why a request is refused, if it is (see the module documentation).
 fn refusal(http: &Http, method: &Method, headers: &HeaderMap) -> Option<ApiError> {
-    let settings = &http.shared.settings;
+    let settings = &http.processor.settings;
     let loopback = settings.http_addr.ip().is_loopback();
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     if loopback {

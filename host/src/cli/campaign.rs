@@ -1,7 +1,7 @@
 //! `rtcrm campaign put | delete | list` against a running cluster.
 
-use crate::campaign::{id_from_key, CampaignDef};
-use crate::loader::FilterRejection;
+use crate::campaigns::definition::{id_from_key, CampaignDef};
+use crate::campaigns::loader::FilterRejection;
 use crate::Exit;
 use anyhow::{Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -60,12 +60,12 @@ pub fn run(cmd: CampaignCommand) -> Result<()> {
             // call WASI, whose host functions run their own blocking runtime.
             let value = validated(&file, wasm.as_deref())?;
             let id = CampaignDef::parse(None, value.as_bytes()).expect("validated").id;
-            crate::run::runtime()?.block_on(send(&cluster, &id.to_string(), Some(&value)))?;
+            crate::processor::runtime()?.block_on(send(&cluster, &id.to_string(), Some(&value)))?;
             println!("campaign {id} published to {}", cluster.campaign_topic);
             Ok(())
         }
         CampaignCommand::Delete { id, cluster } => {
-            crate::run::runtime()?.block_on(send(&cluster, &id.to_string(), None))?;
+            crate::processor::runtime()?.block_on(send(&cluster, &id.to_string(), None))?;
             println!("campaign {id} deleted (tombstone published to {})", cluster.campaign_topic);
             Ok(())
         }
@@ -82,9 +82,9 @@ fn validated(file: &std::path::Path, wasm: Option<&std::path::Path>) -> Result<S
     }
     let def = CampaignDef::parse(None, &bytes).map_err(|r| Exit { code: 2, message: format!("{}: {}", file.display(), r.reason) })?;
     let sandbox = rtcrm_sandbox::Sandbox::new(rtcrm_sandbox::SandboxConfig::default())?;
-    if let Err(rejection) = crate::loader::compile_filter(&sandbox, &def.filter) {
+    if let Err(rejection) = crate::campaigns::loader::compile_filter(&sandbox, &def.filter) {
         let reason = match rejection {
-            FilterRejection::Js(e) => crate::loader::describe(&e),
+            FilterRejection::Js(e) => crate::campaigns::loader::describe(&e),
             FilterRejection::Wasm(e) => e.to_string(),
         };
         return Err(Exit { code: 2, message: format!("{}: filter: {reason}", file.display()) }.into());

@@ -15,10 +15,10 @@
 //! {"evaluations", "matches", "errors": {kind: n}, "errors_total", "fuel_p50", "fuel_p99",
 //! "last_match_at"}}`. Bodies are capped at [`BODY_LIMIT`] (413 beyond).
 
-use crate::campaign::CampaignDef;
-use crate::loader::FilterRejection;
+use crate::campaigns::definition::CampaignDef;
+use crate::campaigns::loader::FilterRejection;
 use crate::http::{json, ApiError, Http};
-use crate::Shared;
+use crate::processor::Processor;
 use anyhow::{Context, Result};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -118,7 +118,7 @@ fn json_object(bytes: &[u8], what: &str) -> Result<serde_json::Map<String, Value
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("{what} must be a JSON object, not {}", crate::campaign::kind_of(&other)),
+            format!("{what} must be a JSON object, not {}", crate::campaigns::definition::kind_of(&other)),
         )),
         Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, format!("{what} is not valid JSON: {e}"))
             .with("line", e.line())
@@ -155,8 +155,8 @@ struct CampaignView<'a> {
     counters: Counters,
 }
 
-fn counters(shared: &Shared, id: i64) -> Counters {
-    let s = shared.stats.get(id);
+fn counters(processor: &Processor, id: i64) -> Counters {
+    let s = processor.stats.get(id);
     Counters {
         evaluations: s.evaluations,
         matches: s.matches,
@@ -172,9 +172,9 @@ fn counters(shared: &Shared, id: i64) -> Counters {
 }
 
 async fn list_campaigns(State(http): State<Http>) -> Response {
-    let shared = &http.shared;
-    let snapshot = shared.registry.snapshot();
-    let views: Vec<CampaignView<'_>> = shared
+    let processor = &http.processor;
+    let snapshot = processor.registry.snapshot();
+    let views: Vec<CampaignView<'_>> = processor
         .registry
         .all_info()
         .into_iter()
@@ -183,7 +183,7 @@ async fn list_campaigns(State(http): State<Http>) -> Response {
             state: info.state.as_str(),
             error: info.error,
             campaign: snapshot.get(id).map(|c| &*c.trigger_json),
-            counters: counters(shared, id),
+            counters: counters(processor, id),
         })
         .collect();
     #[derive(Serialize)]
@@ -195,18 +195,18 @@ async fn list_campaigns(State(http): State<Http>) -> Response {
 
 async fn get_campaign(State(http): State<Http>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let shared = &http.shared;
-    let info = shared
+    let processor = &http.processor;
+    let info = processor
         .registry
         .info(id)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("campaign {id} is unknown")))?;
-    let snapshot = shared.registry.snapshot();
+    let snapshot = processor.registry.snapshot();
     let view = CampaignView {
         campaign_id: id,
         state: info.state.as_str(),
         error: info.error,
         campaign: snapshot.get(id).map(|c| &*c.trigger_json),
-        counters: counters(shared, id),
+        counters: counters(processor, id),
     };
     Ok(json(StatusCode::OK, &view))
 }
@@ -219,8 +219,8 @@ fn compile_error(err: &CompileError) -> Value {
     }
 }
 
-async fn compile_source(shared: &Shared, source: String) -> Result<Result<(), CompileError>, ApiError> {
-    let sandbox = shared.sandbox.clone();
+async fn compile_source(processor: &Processor, source: String) -> Result<Result<(), CompileError>, ApiError> {
+    let sandbox = processor.sandbox.clone();
     tokio::task::spawn_blocking(move || sandbox.compile_js(&source).map(drop))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the compiler failed: {e}")))
@@ -234,33 +234,33 @@ async fn compile(State(http): State<Http>, headers: HeaderMap, body: Body) -> Re
         Ok(Value::Object(request)) if request.contains_key("source") => match request.get("source") {
             Some(Value::String(s)) => s.clone(),
             Some(other) => {
-                return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("`source` must be a string, not {}", crate::campaign::kind_of(other))))
+                return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("`source` must be a string, not {}", crate::campaigns::definition::kind_of(other))))
             }
             None => unreachable!("checked above"),
         },
         _ => String::from_utf8(body.to_vec())
             .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "send {\"source\": \"<JavaScript>\"} or the JavaScript itself, as UTF-8"))?,
     };
-    Ok(match compile_source(&http.shared, source).await? {
+    Ok(match compile_source(&http.processor, source).await? {
         Ok(()) => json(StatusCode::OK, &j!({ "ok": true })),
         Err(err) => json(StatusCode::OK, &j!({ "ok": false, "error": compile_error(&err) })),
     })
 }
 
 /// Produces a record and waits for its acknowledgement.
-async fn produce(shared: &Shared, topic: &str, key: &str, payload: Option<&[u8]>) -> Result<(i32, i64), ApiError> {
+async fn produce(processor: &Processor, topic: &str, key: &str, payload: Option<&[u8]>) -> Result<(i32, i64), ApiError> {
     let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key);
     if let Some(p) = payload {
         record = record.payload(p);
     }
-    shared.producer.send(record, PRODUCE_TIMEOUT).await.map(|d| (d.partition, d.offset)).map_err(|(e, _)| {
+    processor.producer.send(record, PRODUCE_TIMEOUT).await.map(|d| (d.partition, d.offset)).map_err(|(e, _)| {
         tracing::warn!(error = %e, topic, "HTTP API: producing failed");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("producing to {topic} failed: {e}"))
     })
 }
 
 async fn put_campaign(State(http): State<Http>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let shared = &http.shared;
+    let processor = &http.processor;
     let body = read_body(&headers, body).await?;
     json_object(&body, "the campaign")?;
     let def = CampaignDef::parse(None, &body).map_err(|r| {
@@ -270,15 +270,15 @@ async fn put_campaign(State(http): State<Http>, headers: HeaderMap, body: Body) 
             None => e,
         }
     })?;
-    let (sandbox, filter) = (shared.sandbox.clone(), def.filter.clone());
-    let checked = tokio::task::spawn_blocking(move || crate::loader::compile_filter(&sandbox, &filter).map(drop))
+    let (sandbox, filter) = (processor.sandbox.clone(), def.filter.clone());
+    let checked = tokio::task::spawn_blocking(move || crate::campaigns::loader::compile_filter(&sandbox, &filter).map(drop))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the compiler failed: {e}")))?;
     match checked {
         Ok(()) => {}
         Err(FilterRejection::Js(err)) => {
             let detail = compile_error(&err);
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("filter: {}", crate::loader::describe(&err)))
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("filter: {}", crate::campaigns::loader::describe(&err)))
                 .with("campaign_id", def.id)
                 .with("line", detail["line"].clone())
                 .with("column", detail["column"].clone()));
@@ -287,9 +287,9 @@ async fn put_campaign(State(http): State<Http>, headers: HeaderMap, body: Body) 
             return Err(ApiError::new(StatusCode::BAD_REQUEST, wasm.to_string()).with("campaign_id", def.id));
         }
     }
-    let topic = &shared.settings.campaign_topic;
+    let topic = &processor.settings.campaign_topic;
     let text = String::from_utf8_lossy(&body);
-    let (partition, offset) = produce(shared, topic, &def.id.to_string(), Some(text.trim().as_bytes())).await?;
+    let (partition, offset) = produce(processor, topic, &def.id.to_string(), Some(text.trim().as_bytes())).await?;
     tracing::info!(campaign = def.id, "HTTP API: campaign published");
     Ok(json(
         StatusCode::ACCEPTED,
@@ -299,14 +299,14 @@ async fn put_campaign(State(http): State<Http>, headers: HeaderMap, body: Body) 
 
 async fn delete_campaign(State(http): State<Http>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let shared = &http.shared;
-    match shared.registry.info(id) {
-        Some(info) if info.state != crate::registry::State::Deleted => {}
+    let processor = &http.processor;
+    match processor.registry.info(id) {
+        Some(info) if info.state != crate::campaigns::registry::State::Deleted => {}
         Some(_) => return Err(ApiError::new(StatusCode::NOT_FOUND, format!("campaign {id} is already deleted"))),
         None => return Err(ApiError::new(StatusCode::NOT_FOUND, format!("campaign {id} is unknown"))),
     }
-    let topic = &shared.settings.campaign_topic;
-    let (partition, offset) = produce(shared, topic, &id.to_string(), None).await?;
+    let topic = &processor.settings.campaign_topic;
+    let (partition, offset) = produce(processor, topic, &id.to_string(), None).await?;
     tracing::info!(campaign = id, "HTTP API: campaign tombstone published");
     Ok(json(
         StatusCode::ACCEPTED,
@@ -318,16 +318,16 @@ async fn delete_campaign(State(http): State<Http>, Path(id): Path<String>) -> Re
 // Events
 
 async fn send_event(State(http): State<Http>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let shared = &http.shared;
+    let processor = &http.processor;
     let body = read_body(&headers, body).await?;
     json_object(&body, "the event")?;
     // Keyed like the triggers: the player id as text (spec §1 recommends it).
     let event = rtcrm_sandbox::Event::parse(body.to_vec())
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the event is not valid: {e}")))?;
-    let key = crate::events::player_key(&event);
-    let topic = &shared.settings.event_topic;
+    let key = crate::events::evaluate::player_key(&event);
+    let topic = &processor.settings.event_topic;
     let text = String::from_utf8_lossy(&body);
-    let (partition, offset) = produce(shared, topic, &key, Some(text.trim().as_bytes())).await?;
+    let (partition, offset) = produce(processor, topic, &key, Some(text.trim().as_bytes())).await?;
     Ok(json(StatusCode::ACCEPTED, &j!({ "ok": true, "topic": topic, "partition": partition, "offset": offset })))
 }
 
@@ -335,8 +335,8 @@ async fn send_event(State(http): State<Http>, headers: HeaderMap, body: Body) ->
 // Information
 
 async fn info(State(http): State<Http>) -> Response {
-    let s = &http.shared.settings;
-    let ready_reason = http.shared.not_ready();
+    let s = &http.processor.settings;
+    let ready_reason = http.processor.health.not_ready();
     json(
         StatusCode::OK,
         &j!({
@@ -379,12 +379,12 @@ pub struct TriggerHub {
 
 impl TriggerHub {
     /// A receiver of every trigger produced from now on.
-    async fn subscribe(self: &Arc<Self>, shared: &Arc<Shared>, shutdown: watch::Receiver<bool>) -> Result<broadcast::Receiver<Arc<str>>> {
+    async fn subscribe(self: &Arc<Self>, processor: &Arc<Processor>, shutdown: watch::Receiver<bool>) -> Result<broadcast::Receiver<Arc<str>>> {
         let mut sender = self.sender.lock().await;
         if let Some(tx) = sender.as_ref() {
             return Ok(tx.subscribe());
         }
-        let consumer = tail_consumer(shared).await?;
+        let consumer = tail_consumer(processor).await?;
         let (tx, rx) = broadcast::channel(1024);
         *sender = Some(tx.clone());
         tokio::spawn(self.clone().pump(consumer, tx, shutdown));
@@ -421,8 +421,8 @@ impl TriggerHub {
 }
 
 /// A consumer of every partition of the triggers topic, at its current end.
-async fn tail_consumer(shared: &Shared) -> Result<StreamConsumer> {
-    let settings = shared.settings.clone();
+async fn tail_consumer(processor: &Processor) -> Result<StreamConsumer> {
+    let settings = processor.settings.clone();
     tokio::task::spawn_blocking(move || -> Result<StreamConsumer> {
         let topic = settings.trigger_topic.as_str();
         let consumer: StreamConsumer = ClientConfig::new()
@@ -451,10 +451,10 @@ async fn trigger_stream(State(http): State<Http>) -> Result<Response, ApiError> 
     if *shutdown.borrow_and_update() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
     }
-    let rx = http.hub.subscribe(&http.shared, shutdown.clone()).await.map_err(|e| {
+    let rx = http.hub.subscribe(&http.processor, shutdown.clone()).await.map_err(|e| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("tailing the triggers topic: {e:#}"))
     })?;
-    let topic = http.shared.settings.trigger_topic.clone();
+    let topic = http.processor.settings.trigger_topic.clone();
     let hello = futures_util::stream::once(async move { Ok::<_, Infallible>(SseEvent::default().comment(format!("tailing {topic} from now on"))) });
     let triggers = futures_util::stream::unfold((rx, shutdown), |(mut rx, mut shutdown)| async move {
         tokio::select! {

@@ -1,0 +1,329 @@
+//! At-least-once delivery (the default, spec §8): an idempotent producer (`acks=all`, no
+//! duplicates or reordering from its own retries); each record holds its batch open until the
+//! broker acknowledges it, so a batch's offsets are stored — and then committed by the consumer's
+//! auto-commit — only after every trigger it produced is delivered. A crash can repeat triggers
+//! (with the same `trigger_id`), never lose one.
+//!
+//! A failed delivery goes to the retry thread: sent again with bounded backoff when the error is
+//! retriable; when the broker refused the record for good, a trigger is replaced by its event's
+//! dead letter, and a dead letter is counted and logged at error level, releasing the offset.
+
+use super::{base_record, dead_letter, enqueue, is_permanent, oversize, Record, RecordKind, Sink};
+use crate::events::batch::{Batch, Tracker};
+use crate::events::consumer::EventConsumer;
+use crate::kafka::{client_config, ClientErrors};
+use crate::processor::Processor;
+use crate::telemetry::logging::LogLimiter;
+use anyhow::{anyhow, Context, Result};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message, OwnedHeaders};
+use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// Longest wait between rounds of re-sending failed records.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long a revocation or shutdown waits for in-flight deliveries.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a record in flight belongs to.
+struct Pending {
+    batch: Arc<Batch>,
+    job: u32,
+    kind: RecordKind,
+    attempt: u32,
+}
+
+/// A failed delivery, for the retry thread.
+struct Failed {
+    pending: Box<Pending>,
+    error: KafkaError,
+    topic: String,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Option<OwnedHeaders>,
+}
+
+struct DeliveryContext {
+    errors: ClientErrors,
+    failed: Mutex<mpsc::Sender<Failed>>,
+    /// A fatal producer error (the idempotent producer cannot go on).
+    fatal: Arc<Mutex<Option<String>>>,
+    /// Deliveries are failing (cleared by the next success).
+    failing: Arc<AtomicBool>,
+    processor: Arc<Processor>,
+}
+
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.record("producer", &error, reason);
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            self.fatal.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| format!("the producer failed fatally: {reason}"));
+        }
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
+        match result {
+            Ok(_) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    self.processor.health.set_delivery_failing(None);
+                }
+                pending.batch.release();
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight), _)) => {
+                // The producer is being destroyed at shutdown, after the drain gave up.
+                pending.batch.release();
+            }
+            Err((error, message)) => {
+                let failed = Failed {
+                    pending,
+                    error: error.clone(),
+                    topic: message.topic().to_owned(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec),
+                    headers: message.headers().map(|h| h.detach()),
+                };
+                if let Err(mpsc::SendError(failed)) = self.failed.lock().unwrap_or_else(|p| p.into_inner()).send(failed) {
+                    tracing::error!(error = %failed.error, "a failed delivery cannot be retried (shutting down); its event's offset passes");
+                    failed.pending.batch.release();
+                }
+            }
+        }
+    }
+}
+
+type DataProducer = ThreadedProducer<DeliveryContext>;
+
+/// The at-least-once sink.
+pub struct AtLeastOnce {
+    producer: Arc<DataProducer>,
+    tracker: Arc<Tracker>,
+    processor: Arc<Processor>,
+    max_record_bytes: usize,
+    fatal: Arc<Mutex<Option<String>>>,
+}
+
+impl AtLeastOnce {
+    /// The idempotent data producer and its retry thread.
+    pub fn new(processor: Arc<Processor>, tracker: Arc<Tracker>, max_record_bytes: usize) -> Result<AtLeastOnce> {
+        let settings = &processor.settings;
+        let (tx, rx) = mpsc::channel();
+        let fatal = Arc::new(Mutex::new(None));
+        let failing = Arc::new(AtomicBool::new(false));
+        let context = DeliveryContext {
+            errors: processor.kafka_errors.clone(),
+            failed: Mutex::new(tx),
+            fatal: fatal.clone(),
+            failing: failing.clone(),
+            processor: processor.clone(),
+        };
+        let producer: DataProducer = client_config(settings, "triggers")
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            // Small batches, sent at once: a trigger should reach the player within milliseconds.
+            .set("linger.ms", "1")
+            .set("batch.size", (max_record_bytes + super::FRAMING_BYTES / 2).to_string())
+            // librdkafka retries on its own this long; then the retry thread takes over.
+            .set("message.timeout.ms", "120000")
+            .create_with_context(context)
+            .context("creating the Kafka producer for triggers")?;
+        let producer = Arc::new(producer);
+        let weak = Arc::downgrade(&producer);
+        let retry_processor = processor.clone();
+        std::thread::Builder::new()
+            .name("rtcrm-redelivery".into())
+            .spawn(move || redeliver(rx, weak, retry_processor, failing, max_record_bytes))
+            .context("starting the redelivery thread")?;
+        Ok(AtLeastOnce { producer, tracker, processor, max_record_bytes, fatal })
+    }
+
+    fn check_fatal(&self) -> Result<()> {
+        match self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            Some(reason) => Err(anyhow!(reason)),
+            None => Ok(()),
+        }
+    }
+
+    fn store(&self, consumer: &EventConsumer, offsets: BTreeMap<i32, i64>) {
+        store_offsets(consumer, &self.processor.settings.event_topic, offsets);
+    }
+
+    fn drain_and_commit(&self, consumer: &EventConsumer, why: &str) -> bool {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        let drained = self.tracker.drain(|o| self.store(consumer, o), || Instant::now() < deadline);
+        if !drained {
+            tracing::warn!(
+                events = self.tracker.in_flight_events(),
+                "{why}: deliveries still pending after {} s; their events will be processed again",
+                DRAIN_TIMEOUT.as_secs()
+            );
+        }
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(error = %e, "{why}: committing offsets failed; the next owner starts from the last commit"),
+        }
+        drained
+    }
+}
+
+/// Stores the next offsets to consume (ignored for partitions no longer assigned: their next
+/// owner re-reads from the last commit, which is at-least-once).
+fn store_offsets(consumer: &EventConsumer, topic: &str, offsets: BTreeMap<i32, i64>) {
+    let mut tpl = TopicPartitionList::new();
+    for (partition, next) in offsets {
+        if tpl.add_partition_offset(topic, partition, Offset::Offset(next)).is_err() {
+            continue;
+        }
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        tracing::debug!(error = %e, "offsets not stored (partitions revoked meanwhile)");
+    }
+}
+
+impl Sink for AtLeastOnce {
+    fn send(&self, record: Record<'_>, batch: &Arc<Batch>, job: u32) {
+        batch.hold();
+        let metrics = &self.processor.metrics;
+        let refusal = match oversize(&record, self.max_record_bytes) {
+            Some(reason) => reason,
+            None => {
+                let pending = Box::new(Pending { batch: batch.clone(), job, kind: record.kind, attempt: 0 });
+                match enqueue(&self.producer, base_record(&record, pending), metrics) {
+                    Ok(()) => return,
+                    Err((e, _)) => format!("the producer refused the record: {e}"),
+                }
+            }
+        };
+        refused(&self.producer, &self.processor, batch, job, record.kind, &refusal, self.max_record_bytes);
+    }
+
+    fn before_dispatch(&self) -> Result<()> {
+        self.check_fatal()
+    }
+
+    fn after_poll(&self, consumer: &EventConsumer) -> Result<()> {
+        let offsets = self.tracker.pop_done();
+        if !offsets.is_empty() {
+            self.store(consumer, offsets);
+        }
+        self.check_fatal()
+    }
+
+    fn take_rewind(&self, _consumer: &EventConsumer) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn before_revoke(&self, consumer: &EventConsumer) {
+        self.drain_and_commit(consumer, "partitions revoked");
+    }
+
+    fn lost(&self, _consumer: &EventConsumer) {
+        tracing::warn!("the events assignment was lost; its next owner processes from the last commit");
+    }
+
+    fn close(&self, consumer: &EventConsumer) -> Result<()> {
+        self.drain_and_commit(consumer, "stopping");
+        if let Err(e) = self.producer.flush(Duration::from_secs(10)) {
+            tracing::warn!(error = %e, "flushing the producer at shutdown");
+        }
+        self.check_fatal()
+    }
+}
+
+/// A record that cannot be delivered: a trigger is replaced by its event's dead letter (which
+/// inherits the batch's hold); a dead letter is counted and logged, and releases the hold.
+fn refused(producer: &DataProducer, processor: &Processor, batch: &Arc<Batch>, job: u32, kind: RecordKind, reason: &str, max: usize) {
+    let metrics = &processor.metrics;
+    let event = &batch.jobs[job as usize];
+    match kind {
+        RecordKind::Trigger { campaign } => {
+            metrics.delivery_failed("dead_lettered");
+            let reason = format!("the trigger of campaign {campaign} was refused: {reason}");
+            tracing::warn!(campaign, partition = event.partition, offset = event.offset, "{reason}; sending the event to the dead-letter topic");
+            metrics.dead_letters.inc();
+            let record = dead_letter(&processor.settings, event, &reason, Some(campaign));
+            let failure = match oversize(&record, max) {
+                Some(too_big) => too_big,
+                None => {
+                    let pending = Box::new(Pending { batch: batch.clone(), job, kind: RecordKind::DeadLetter, attempt: 0 });
+                    match enqueue(producer, base_record(&record, pending), metrics) {
+                        Ok(()) => return,
+                        Err((e, _)) => e.to_string(),
+                    }
+                }
+            };
+            lost_dead_letter(processor, batch, job, &failure);
+        }
+        RecordKind::DeadLetter => lost_dead_letter(processor, batch, job, reason),
+    }
+}
+
+fn lost_dead_letter(processor: &Processor, batch: &Arc<Batch>, job: u32, reason: &str) {
+    let event = &batch.jobs[job as usize];
+    processor.metrics.delivery_failed("lost_dead_letter");
+    tracing::error!(
+        partition = event.partition,
+        offset = event.offset,
+        topic = %processor.settings.dlq_topic,
+        "a dead letter could not be written ({reason}); the event's offset passes without it"
+    );
+    batch.release();
+}
+
+/// The retry thread: re-sends retriable failures in rounds (backoff doubling up to
+/// [`MAX_BACKOFF`]); refused records go to [`refused`].
+fn redeliver(rx: mpsc::Receiver<Failed>, producer: Weak<DataProducer>, processor: Arc<Processor>, failing: Arc<AtomicBool>, max: usize) {
+    let limiter = LogLimiter::default();
+    while let Ok(first) = rx.recv() {
+        let mut round = vec![first];
+        round.extend(rx.try_iter());
+        let Some(producer) = producer.upgrade() else {
+            for failed in round {
+                failed.pending.batch.release();
+            }
+            continue;
+        };
+        let attempt = round.iter().map(|f| f.pending.attempt).max().unwrap_or(0);
+        let retriable: Vec<Failed> = round
+            .into_iter()
+            .filter_map(|failed| {
+                if !is_permanent(&failed.error) {
+                    return Some(failed);
+                }
+                let Pending { batch, job, kind, .. } = *failed.pending;
+                refused(&producer, &processor, &batch, job, kind, &failed.error.to_string(), max);
+                None
+            })
+            .collect();
+        if retriable.is_empty() {
+            continue;
+        }
+        if !failing.swap(true, Ordering::Relaxed) || limiter.allow("redelivery") {
+            let error = retriable[0].error.to_string();
+            tracing::warn!(records = retriable.len(), %error, "deliveries failed; sending them again");
+            processor.health.set_delivery_failing(Some(format!("deliveries failing: {error}")));
+        }
+        std::thread::sleep((Duration::from_millis(100) * 2u32.saturating_pow(attempt.min(5))).min(MAX_BACKOFF));
+        for failed in retriable {
+            processor.metrics.delivery_failed("retried");
+            let Failed { mut pending, topic, key, payload, headers, .. } = failed;
+            pending.attempt += 1;
+            let (batch, job, kind) = (pending.batch.clone(), pending.job, pending.kind);
+            let record = Record { kind, topic: &topic, key: key.as_deref(), payload: payload.as_deref(), headers };
+            if let Err((e, _)) = enqueue(&producer, base_record(&record, pending), &processor.metrics) {
+                refused(&producer, &processor, &batch, job, kind, &e.to_string(), max);
+            }
+        }
+    }
+}

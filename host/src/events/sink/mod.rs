@@ -1,0 +1,194 @@
+//! Where the event path's records go: one interface, two delivery guarantees (spec §8).
+//!
+//! - [`at_least_once::AtLeastOnce`] (default): an idempotent producer; a batch's offsets are
+//!   stored only after every record it produced is acknowledged.
+//! - [`exactly_once::ExactlyOnce`]: one Kafka transaction per commit interval holding the
+//!   triggers, dead letters and consumed offsets of every batch in it (KIP-447).
+//!
+//! Workers call [`Sink::send`]; the consumer thread calls the other methods between polls and
+//! in the rebalance callback. Errors are told apart by kind: a full producer queue is waited
+//! out (and counted), a retriable failure is sent again with bounded backoff, and a record the
+//! broker refuses for good — or that is over the topic's `max.message.bytes` before it is sent —
+//! goes to the dead-letter topic with the reason. When even the dead letter cannot be written,
+//! the failure is counted and logged at error level and the event's offset still passes: no
+//! endless loop, no silent loss.
+
+pub mod at_least_once;
+pub mod exactly_once;
+
+use crate::config::Settings;
+use crate::events::batch::{Batch, Job};
+use crate::events::consumer::EventConsumer;
+use crate::telemetry::metrics::Metrics;
+use anyhow::Result;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a record is, for error handling: a trigger that fails for good is dead-lettered; a dead
+/// letter that fails for good is counted and logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    Trigger { campaign: i64 },
+    DeadLetter,
+}
+
+/// One record of the event path.
+pub struct Record<'a> {
+    pub kind: RecordKind,
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    pub headers: Option<OwnedHeaders>,
+}
+
+/// Where the event path's records go, and how consumed offsets are committed.
+pub trait Sink: Send + Sync {
+    /// Sends one record produced for event `job` of `batch` (worker threads).
+    fn send(&self, record: Record<'_>, batch: &Arc<Batch>, job: u32);
+
+    /// Before the consumer thread dispatches a batch (exactly-once: a transaction is open).
+    fn before_dispatch(&self) -> Result<()>;
+
+    /// After each poll, on the consumer thread: releases the offsets of done batches and
+    /// commits when due. An error stops the event path (and the process).
+    fn after_poll(&self, consumer: &EventConsumer) -> Result<()>;
+
+    /// Whether the consumer was rewound to its committed offsets since the last call (the
+    /// messages polled meanwhile must be dropped: they will be read again).
+    fn take_rewind(&self, consumer: &EventConsumer) -> Result<bool>;
+
+    /// Partitions are about to be revoked (in the rebalance callback): finish what is in
+    /// flight and commit, so the next owner starts where this one stopped.
+    fn before_revoke(&self, consumer: &EventConsumer);
+
+    /// The assignment was lost (no commit is possible any more).
+    fn lost(&self, consumer: &EventConsumer);
+
+    /// At shutdown: finish what is in flight, deliver, commit.
+    fn close(&self, consumer: &EventConsumer) -> Result<()>;
+}
+
+/// Most bytes of a reason in a dead-letter header (a filter's error text can be long).
+const MAX_REASON_BYTES: usize = 1024;
+
+fn truncated(reason: &str) -> &str {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason;
+    }
+    let mut cut = MAX_REASON_BYTES;
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &reason[..cut]
+}
+
+/// The dead-letter record of `job` (spec §1): the original key and bytes; headers name the
+/// error and the source topic, partition and offset (and the campaign, for a refused trigger).
+pub fn dead_letter<'a>(settings: &'a Settings, job: &'a Job, reason: &str, campaign: Option<i64>) -> Record<'a> {
+    let (partition, offset) = (job.partition.to_string(), job.offset.to_string());
+    let mut headers = OwnedHeaders::new()
+        .insert(Header { key: "rtcrm.error", value: Some(truncated(reason)) })
+        .insert(Header { key: "rtcrm.source.topic", value: Some(settings.event_topic.as_str()) })
+        .insert(Header { key: "rtcrm.source.partition", value: Some(partition.as_str()) })
+        .insert(Header { key: "rtcrm.source.offset", value: Some(offset.as_str()) });
+    if let Some(id) = campaign {
+        let id = id.to_string();
+        headers = headers.insert(Header { key: "rtcrm.campaign", value: Some(id.as_str()) });
+    }
+    Record { kind: RecordKind::DeadLetter, topic: &settings.dlq_topic, key: job.key.as_deref(), payload: job.bytes(), headers: Some(headers) }
+}
+
+/// Why `record` cannot be sent at all: it is over `max_bytes` (the topic's `max.message.bytes`,
+/// less the framing), so the broker would refuse it.
+pub fn oversize(record: &Record<'_>, max_bytes: usize) -> Option<String> {
+    let size = record.key.map_or(0, <[u8]>::len) + record.payload.map_or(0, <[u8]>::len);
+    (size > max_bytes).then(|| {
+        format!("the record is {size} bytes, over the {max_bytes} bytes `{}` accepts (its max.message.bytes less framing)", record.topic)
+    })
+}
+
+/// Room kept for Kafka's record and batch framing under a topic's `max.message.bytes`.
+pub const FRAMING_BYTES: usize = 1024;
+
+/// Whether the broker refused a record for good (sending it again cannot succeed).
+pub fn is_permanent(err: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            MessageSizeTooLarge
+                | InvalidRecord
+                | InvalidMessage
+                | InvalidMessageSize
+                | InvalidTopic
+                | MessageBatchTooLarge
+                | TopicAuthorizationFailed
+                | ClusterAuthorizationFailed
+                | PolicyViolation
+                | InvalidRequiredAcks
+                | UnsupportedForMessageFormat
+        )
+    )
+}
+
+/// Enqueues `record`, waiting while the producer's queue is full (counted in
+/// `rtcrm_producer_queue_full_waits_total`); any other error hands the record back.
+#[allow(clippy::result_large_err)]
+pub fn enqueue<'a, C: ProducerContext + 'static>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'a, [u8], [u8], C::DeliveryOpaque>,
+    metrics: &Metrics,
+) -> Result<(), (KafkaError, BaseRecord<'a, [u8], [u8], C::DeliveryOpaque>)> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                metrics.queue_full_waits.inc();
+                record = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(other) => return Err(other),
+        }
+    }
+}
+
+/// A record's parts as a `BaseRecord` for `producer.send`.
+pub fn base_record<'a, D: rdkafka::util::IntoOpaque>(record: &Record<'a>, opaque: D) -> BaseRecord<'a, [u8], [u8], D> {
+    let mut r = BaseRecord::with_opaque_to(record.topic, opaque);
+    if let Some(k) = record.key {
+        r = r.key(k);
+    }
+    if let Some(p) = record.payload {
+        r = r.payload(p);
+    }
+    if let Some(h) = &record.headers {
+        r = r.headers(h.clone());
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permanent_errors_are_told_from_retriable_ones() {
+        assert!(is_permanent(&KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)));
+        assert!(is_permanent(&KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed)));
+        assert!(!is_permanent(&KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)));
+        assert!(!is_permanent(&KafkaError::MessageProduction(RDKafkaErrorCode::BrokerTransportFailure)));
+        assert!(!is_permanent(&KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)));
+    }
+
+    #[test]
+    fn oversize_records_and_long_reasons() {
+        let r = Record { kind: RecordKind::DeadLetter, topic: "t", key: Some(b"12"), payload: Some(&[b'x'; 100]), headers: None };
+        assert_eq!(oversize(&r, 102), None);
+        assert_eq!(oversize(&r, 101).unwrap(), "the record is 102 bytes, over the 101 bytes `t` accepts (its max.message.bytes less framing)");
+        let long = "é".repeat(1000);
+        assert!(truncated(&long).len() <= MAX_REASON_BYTES && long.starts_with(truncated(&long)));
+    }
+}

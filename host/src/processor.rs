@@ -1,0 +1,162 @@
+//! `rtcrm run`: the processor, until SIGTERM or SIGINT (then: stop consuming, finish in-flight
+//! events, flush, commit, exit 0), or until one of its tasks cannot go on (then: exit non-zero
+//! with the reason; see `supervisor.rs`).
+//!
+//! Start-up order: the HTTP server first (so `/healthz` answers from the start), then the
+//! cluster is probed — an unreachable one is reported within [`crate::kafka::CONNECT_TIMEOUT`],
+//! naming the address and librdkafka's error — then topics are created, and the campaigns
+//! reader, the event path and the health probe start under the supervisor.
+
+use crate::campaigns::instances::InstanceBudget;
+use crate::campaigns::registry::Registry;
+use crate::config::Settings;
+use crate::health::Health;
+use crate::kafka::{ClientErrors, KafkaContext};
+use crate::supervisor::Supervisor;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::stats::Stats;
+use anyhow::{Context, Result};
+use rdkafka::producer::{FutureProducer, Producer};
+use rtcrm_sandbox::{Sandbox, SandboxConfig};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often the cluster is probed for `/healthz`.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// What the processor's tasks and threads share.
+pub struct Processor {
+    pub settings: Settings,
+    pub sandbox: Sandbox,
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+    /// Per-campaign counters for the HTTP API and the console.
+    pub stats: Stats,
+    /// The cap on filter instances alive, all campaigns together.
+    pub instances: Arc<InstanceBudget>,
+    /// Status messages, and what the HTTP API publishes (campaigns, events).
+    pub producer: FutureProducer<KafkaContext>,
+    /// The last error each Kafka client reported.
+    pub kafka_errors: ClientErrors,
+    pub health: Arc<Health>,
+    /// Largest trigger or dead letter the event path sends (the triggers topic's
+    /// `max.message.bytes`, less framing).
+    pub max_record_bytes: AtomicUsize,
+    /// The tokio runtime, for work started from worker threads.
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// Builds the tokio runtime and runs the processor until a signal.
+pub fn run(settings: Settings) -> Result<()> {
+    runtime()?.block_on(async move { serve(settings, signal_watch()).await })
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")
+}
+
+/// Turns true on SIGTERM or SIGINT.
+pub fn signal_watch() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+}
+
+/// Runs the processor with `settings` until `signal` turns true or a task fails.
+pub async fn serve(settings: Settings, signal: watch::Receiver<bool>) -> Result<()> {
+    tracing::info!(
+        bootstrap = %settings.bootstrap_servers, group = %settings.group_id, events = %settings.event_topic,
+        campaigns = %settings.campaign_topic, triggers = %settings.trigger_topic, workers = settings.workers,
+        clock = ?settings.clock, delivery = ?settings.delivery, instance = %settings.instance_id,
+        static_member = settings.instance_id_explicit, kafka = ?settings.kafka, "starting rtcrm"
+    );
+    let sandbox = tokio::task::spawn_blocking(|| Sandbox::new(SandboxConfig::default()))
+        .await?
+        .context("starting the filter sandbox")?;
+    let kafka_errors = ClientErrors::default();
+    let producer = crate::kafka::control_producer(&settings, &kafka_errors)?;
+    let health = Arc::new(Health::default());
+    let processor = Arc::new(Processor {
+        instances: InstanceBudget::new(settings.max_filter_instances),
+        settings,
+        sandbox,
+        registry: Registry::default(),
+        metrics: Metrics::new(),
+        stats: Default::default(),
+        producer,
+        kafka_errors,
+        health: health.clone(),
+        max_record_bytes: AtomicUsize::new(crate::kafka::DEFAULT_MAX_MESSAGE_BYTES - crate::events::sink::FRAMING_BYTES),
+        runtime: tokio::runtime::Handle::current(),
+    });
+    processor.metrics.update_campaigns(&processor.registry);
+    let mut supervisor = Supervisor::new(health.clone());
+    let stop = supervisor.stop_signal();
+    let http = crate::http::bind(processor.clone(), stop.clone()).await?;
+    supervisor.spawn("HTTP server", http);
+
+    // The cluster must answer before anything else is tried.
+    health.set_kafka_unreachable(Some(format!("connecting to the Kafka cluster at {}", processor.settings.bootstrap_servers)));
+    let p = processor.clone();
+    tokio::task::spawn_blocking(move || crate::kafka::probe(p.producer.client(), &p.settings, &p.kafka_errors, crate::kafka::CONNECT_TIMEOUT))
+        .await??;
+    health.set_kafka_unreachable(None);
+    if processor.settings.create_topics {
+        crate::kafka::create_topics(&processor.settings, &processor.kafka_errors).await?;
+    }
+    let limit = crate::kafka::max_message_bytes(&processor.settings, &processor.kafka_errors, &processor.settings.trigger_topic).await;
+    processor.max_record_bytes.store(limit.saturating_sub(crate::events::sink::FRAMING_BYTES).max(1024), Ordering::Relaxed);
+
+    supervisor.spawn("campaigns reader", crate::campaigns::loader::run(processor.clone(), stop.clone()));
+    supervisor.spawn("Kafka health probe", probe_forever(processor.clone(), stop.clone()));
+    let (p, s) = (processor.clone(), stop.clone());
+    supervisor.spawn_thread("event path", move || crate::events::run(p, s))?;
+    let result = supervisor.run(signal).await;
+    let p = processor.clone();
+    let _ = tokio::task::spawn_blocking(move || p.producer.flush(Duration::from_secs(10))).await;
+    match &result {
+        Ok(()) => tracing::info!("stopped"),
+        Err(e) => tracing::error!(error = format!("{e:#}"), "stopped after a failure"),
+    }
+    result
+}
+
+/// Probes the cluster every [`PROBE_INTERVAL`]: `/healthz` answers 503 with the reason while it
+/// does not answer (an instance that cannot reach Kafka consumes nothing).
+async fn probe_forever(processor: Arc<Processor>, mut stop: watch::Receiver<bool>) -> Result<()> {
+    loop {
+        tokio::select! {
+            _ = crate::supervisor::stopped(&mut stop) => return Ok(()),
+            _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+        }
+        let p = processor.clone();
+        let verdict = tokio::task::spawn_blocking(move || {
+            crate::kafka::probe(p.producer.client(), &p.settings, &p.kafka_errors, Duration::from_secs(3))
+        })
+        .await?;
+        let was = processor.health.unhealthy();
+        match verdict {
+            Ok(()) => processor.health.set_kafka_unreachable(None),
+            Err(e) => {
+                if was.is_none() {
+                    tracing::warn!(error = format!("{e:#}"), "the Kafka cluster does not answer");
+                }
+                processor.health.set_kafka_unreachable(Some(format!("{e:#}")));
+            }
+        }
+    }
+}

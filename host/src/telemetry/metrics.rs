@@ -1,0 +1,270 @@
+//! Prometheus metrics (`GET /metrics`). Counters end in `_total`; labels are bounded (a campaign
+//! id, an error kind, a delivery outcome — never an event id).
+//!
+//! Nothing on the event path takes a lock to record: counters and gauges are atomics, and the
+//! histograms here are [`AtomicHistogram`]s (fixed buckets of atomic counters) instead of
+//! prometheus-client's `Histogram`, which write-locks on every observation. Per-campaign handles
+//! are looked up once, when a campaign version is activated ([`CampaignTelemetry`]).
+
+use crate::campaigns::registry::Registry as Campaigns;
+use crate::telemetry::stats::CampaignStats;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+use rtcrm_sandbox::ErrorKind;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CampaignLabel {
+    pub campaign: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub campaign: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+/// A histogram whose observations are lock-free: one atomic add for the bucket, the count and
+/// the sum. Values are integers in the histogram's own unit (nanoseconds, fuel); `per_unit`
+/// converts them to the exported unit (1e9 nanoseconds per second).
+#[derive(Clone)]
+pub struct AtomicHistogram {
+    inner: Arc<HistogramInner>,
+}
+
+struct HistogramInner {
+    /// Upper bounds, ascending (the `+Inf` bucket is implicit, at `counts[bounds.len()]`).
+    bounds: Vec<u64>,
+    counts: Vec<AtomicU64>,
+    sum: AtomicU64,
+    per_unit: f64,
+}
+
+impl AtomicHistogram {
+    /// Buckets `start, start·2, start·4, ...` (`n` of them), in integer units.
+    pub fn exponential(start: u64, n: usize, per_unit: f64) -> AtomicHistogram {
+        let bounds: Vec<u64> = (0..n).map(|i| start << i).collect();
+        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        AtomicHistogram { inner: Arc::new(HistogramInner { bounds, counts, sum: AtomicU64::new(0), per_unit }) }
+    }
+
+    pub fn observe(&self, value: u64) {
+        let i = self.inner.bounds.partition_point(|b| *b < value);
+        self.inner.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.inner.sum.fetch_add(value, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.inner.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl TypedMetric for AtomicHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl std::fmt::Debug for AtomicHistogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AtomicHistogram").field("count", &self.count()).finish()
+    }
+}
+
+impl EncodeMetric for AtomicHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let inner = &self.inner;
+        let per_unit = inner.per_unit;
+        let mut buckets: Vec<(f64, u64)> =
+            inner.bounds.iter().zip(&inner.counts).map(|(b, c)| (*b as f64 / per_unit, c.load(Ordering::Relaxed))).collect();
+        buckets.push((f64::MAX, inner.counts[inner.bounds.len()].load(Ordering::Relaxed)));
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = inner.sum.load(Ordering::Relaxed) as f64 / per_unit;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+fn fuel_histogram() -> AtomicHistogram {
+    // 1k .. ~16M fuel
+    AtomicHistogram::exponential(1_000, 15, 1.0)
+}
+
+/// Every metric of the processor.
+pub struct Metrics {
+    registry: Registry,
+    pub events: Counter,
+    pub dead_letters: Counter,
+    pub triggers: Counter,
+    pub evaluations: Family<CampaignLabel, Counter>,
+    pub matches: Family<CampaignLabel, Counter>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub fuel: Family<CampaignLabel, AtomicHistogram, fn() -> AtomicHistogram>,
+    /// One filter evaluation, in nanoseconds (exported in seconds).
+    pub latency: AtomicHistogram,
+    pub campaigns: Family<StateLabel, Gauge>,
+    pub assigned_partitions: Gauge,
+    pub consumer_lag: Gauge,
+    /// Filter instances alive (all campaigns), bounded by `max_filter_instances`.
+    pub filter_instances: Gauge,
+    /// Times a producer's queue was full and a send waited for room.
+    pub queue_full_waits: Counter,
+    /// Failed deliveries by kind: `retried` (sent again), `dead_lettered`, `lost_dead_letter`.
+    pub delivery_failures: Family<KindLabel, Counter>,
+    /// Kafka transactions by outcome: `committed`, `aborted`.
+    pub transactions: Family<KindLabel, Counter>,
+    /// Events consumed but not yet finished (evaluated and delivered).
+    pub in_flight_events: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            events: Counter::default(),
+            dead_letters: Counter::default(),
+            triggers: Counter::default(),
+            evaluations: Family::default(),
+            matches: Family::default(),
+            errors: Family::default(),
+            fuel: Family::new_with_constructor(fuel_histogram),
+            // 1 µs .. ~16 ms
+            latency: AtomicHistogram::exponential(1_000, 15, 1e9),
+            campaigns: Family::default(),
+            assigned_partitions: Gauge::default(),
+            consumer_lag: Gauge::default(),
+            filter_instances: Gauge::default(),
+            queue_full_waits: Counter::default(),
+            delivery_failures: Family::default(),
+            transactions: Family::default(),
+            in_flight_events: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("rtcrm_events", "Events consumed", m.events.clone());
+        registry.register("rtcrm_dead_letters", "Events sent to the dead-letter topic", m.dead_letters.clone());
+        registry.register("rtcrm_triggers", "Triggers produced", m.triggers.clone());
+        registry.register("rtcrm_evaluations", "Filter evaluations by campaign", m.evaluations.clone());
+        registry.register("rtcrm_matches", "Filter matches by campaign", m.matches.clone());
+        registry.register("rtcrm_evaluation_errors", "Failed evaluations by campaign and kind", m.errors.clone());
+        registry.register("rtcrm_fuel_used", "Fuel used per evaluation, by campaign", m.fuel.clone());
+        registry.register("rtcrm_evaluation_duration_seconds", "Time of one filter evaluation", m.latency.clone());
+        registry.register("rtcrm_campaigns", "Campaigns by state", m.campaigns.clone());
+        registry.register("rtcrm_assigned_partitions", "Events-topic partitions this process owns", m.assigned_partitions.clone());
+        registry.register("rtcrm_consumer_lag", "Events not yet consumed on the owned partitions", m.consumer_lag.clone());
+        registry.register("rtcrm_filter_instances", "Filter instances alive, all campaigns", m.filter_instances.clone());
+        registry.register("rtcrm_producer_queue_full_waits", "Sends that waited for room in the producer queue", m.queue_full_waits.clone());
+        registry.register("rtcrm_delivery_failures", "Failed deliveries by what was done about them", m.delivery_failures.clone());
+        registry.register("rtcrm_transactions", "Kafka transactions by outcome (exactly-once)", m.transactions.clone());
+        registry.register("rtcrm_in_flight_events", "Events consumed and not yet finished", m.in_flight_events.clone());
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    /// Refreshes the campaign gauges from the registry.
+    pub fn update_campaigns(&self, campaigns: &Campaigns) {
+        for (state, n) in campaigns.counts() {
+            self.campaigns.get_or_create(&StateLabel { state: state.as_str().into() }).set(n as i64);
+        }
+    }
+
+    /// Counts one failed delivery of `kind`.
+    pub fn delivery_failed(&self, kind: &str) {
+        self.delivery_failures.get_or_create(&KindLabel { kind: kind.into() }).inc();
+    }
+
+    /// Counts one transaction outcome.
+    pub fn transaction(&self, outcome: &str) {
+        self.transactions.get_or_create(&KindLabel { kind: outcome.into() }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+/// One campaign's metric and counter handles, looked up once per version and shared by every
+/// worker (each record is an atomic add).
+pub struct CampaignTelemetry {
+    pub label: CampaignLabel,
+    pub evaluations: Counter,
+    pub matches: Counter,
+    /// Per error kind, in [`ErrorKind::ALL`] order.
+    pub errors: [Counter; ErrorKind::ALL.len()],
+    pub fuel: AtomicHistogram,
+    pub stats: Arc<CampaignStats>,
+}
+
+impl CampaignTelemetry {
+    /// The handles of campaign `id` in `metrics` and `stats`.
+    pub fn new(metrics: &Metrics, stats: &crate::telemetry::stats::Stats, id: i64) -> CampaignTelemetry {
+        let label = CampaignLabel { campaign: id.to_string() };
+        CampaignTelemetry {
+            evaluations: metrics.evaluations.get_or_create(&label).clone(),
+            matches: metrics.matches.get_or_create(&label).clone(),
+            errors: ErrorKind::ALL.map(|kind| {
+                metrics.errors.get_or_create(&ErrorLabels { campaign: label.campaign.clone(), kind: kind.as_str().into() }).clone()
+            }),
+            fuel: metrics.fuel.get_or_create(&label).clone(),
+            stats: stats.entry(id),
+            label,
+        }
+    }
+
+    /// Handles registered nowhere (unit tests).
+    #[cfg(test)]
+    pub fn detached(id: i64) -> CampaignTelemetry {
+        CampaignTelemetry {
+            label: CampaignLabel { campaign: id.to_string() },
+            evaluations: Counter::default(),
+            matches: Counter::default(),
+            errors: std::array::from_fn(|_| Counter::default()),
+            fuel: fuel_histogram(),
+            stats: Arc::default(),
+        }
+    }
+
+    /// The counter of error `kind`.
+    pub fn error(&self, kind: ErrorKind) -> &Counter {
+        &self.errors[ErrorKind::ALL.iter().position(|k| *k == kind).expect("every kind is in ALL")]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_histograms_export_cumulative_buckets_and_scaled_sums() {
+        let metrics = Metrics::new();
+        for v in [500, 1_000, 1_500, 3_000_000_000] {
+            metrics.latency.observe(v);
+        }
+        let text = metrics.encode();
+        let line = |name: &str| text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {text}")).to_owned();
+        assert_eq!(line("rtcrm_evaluation_duration_seconds_count"), "rtcrm_evaluation_duration_seconds_count 4");
+        assert!(line("rtcrm_evaluation_duration_seconds_sum").ends_with(" 3.000003"), "{text}");
+        assert!(text.contains("rtcrm_evaluation_duration_seconds_bucket{le=\"0.000001\"} 2"), "{text}");
+        assert!(text.contains("rtcrm_evaluation_duration_seconds_bucket{le=\"0.000002\"} 3"), "{text}");
+        assert!(text.contains("rtcrm_evaluation_duration_seconds_bucket{le=\"+Inf\"} 4"), "{text}");
+        assert_eq!(metrics.latency.count(), 4);
+    }
+}

@@ -13,6 +13,7 @@ use crate::config::Settings;
 use crate::health::Health;
 use crate::kafka::{ClientErrors, KafkaContext};
 use crate::supervisor::Supervisor;
+use crate::telemetry::logging::LogLimiter;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::stats::Stats;
 use anyhow::{Context, Result};
@@ -44,6 +45,8 @@ pub struct Processor {
     /// Largest trigger or dead letter the event path sends (the triggers topic's
     /// `max.message.bytes`, less framing).
     pub max_record_bytes: AtomicUsize,
+    /// Rate limit of the warnings for failed evaluations, per campaign.
+    pub evaluation_errors_log: LogLimiter,
     /// The tokio runtime, for work started from worker threads.
     pub runtime: tokio::runtime::Handle,
 }
@@ -101,6 +104,7 @@ pub async fn serve(settings: Settings, signal: watch::Receiver<bool>) -> Result<
         kafka_errors,
         health: health.clone(),
         max_record_bytes: AtomicUsize::new(crate::kafka::DEFAULT_MAX_MESSAGE_BYTES - crate::events::sink::FRAMING_BYTES),
+        evaluation_errors_log: LogLimiter::default(),
         runtime: tokio::runtime::Handle::current(),
     });
     processor.metrics.update_campaigns(&processor.registry);

@@ -12,7 +12,9 @@ use crate::events::batch::{Batch, Job, Payload};
 use crate::events::sink::{dead_letter, Record, RecordKind, Sink};
 use crate::processor::Processor;
 use chrono::{DateTime, Utc};
-use rtcrm_sandbox::{EvalError, Event, Verdict};
+use crate::campaigns::instances::InstanceBudget;
+use crate::telemetry::stats::LastError;
+use rtcrm_sandbox::{EvalError, Event, Sandbox, Verdict};
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
@@ -97,26 +99,22 @@ pub fn precheck(campaign: &LiveCampaign, meta: &EventMeta<'_>) -> Option<Skip> {
     }
 }
 
-/// Runs `campaign`'s filter on `event` with an instance from its pool (built when none is idle),
-/// and records the outcome: counters, fuel, latency, and consecutive failures toward quarantine.
-/// `tick` is the instance budget's clock for this batch.
-pub fn evaluate_filter(processor: &Arc<Processor>, campaign: &LiveCampaign, event: &Event, tick: u64) -> Result<Verdict, EvalError> {
+/// Runs `campaign`'s filter on `event` with an instance from its pool (built when none is
+/// idle, and counted in `budget`; `tick` is the budget's clock for this batch), and records the
+/// outcome in the campaign's own counters (evaluations, matches, errors by kind, fuel) and its
+/// consecutive failures. The same code serves the processor, the backtest and explain.
+pub fn run_filter(sandbox: &Sandbox, budget: &Arc<InstanceBudget>, campaign: &LiveCampaign, event: &Event, tick: u64) -> Result<Verdict, EvalError> {
     let telemetry = &campaign.telemetry;
     telemetry.evaluations.inc();
-    let started = Instant::now();
     let result = match campaign.instances.take(tick) {
         Some(instance) => Ok(instance),
-        None => processor
-            .sandbox
-            .filter(&campaign.compiled, &telemetry.label.campaign, campaign.limits)
-            .map(|filter| processor.instances.admit(filter)),
+        None => sandbox.filter(&campaign.compiled, &telemetry.label.campaign, campaign.limits).map(|filter| budget.admit(filter)),
     }
     .and_then(|mut instance| {
         let verdict = instance.filter.eval(event);
         campaign.instances.put(instance);
         verdict
     });
-    processor.metrics.latency.observe(started.elapsed().as_nanos() as u64);
     telemetry.stats.record(&result);
     match &result {
         Ok(verdict) => {
@@ -126,18 +124,48 @@ pub fn evaluate_filter(processor: &Arc<Processor>, campaign: &LiveCampaign, even
                 telemetry.matches.inc();
             }
         }
-        Err(err) => failed(processor, campaign, err),
+        Err(err) => {
+            telemetry.error(err.kind()).inc();
+        }
     }
     result
 }
 
-/// A failed evaluation: counted by kind; after `--quarantine-after` in a row, the campaign is
-/// quarantined and its status published.
-fn failed(processor: &Arc<Processor>, campaign: &LiveCampaign, err: &EvalError) {
+/// The processor's evaluation: [`run_filter`], timed, and a failure recorded with its event
+/// (partition and offset) for `/api/campaigns`, logged at warning level (at most once per
+/// campaign per 10 s), and counted toward quarantine.
+pub fn evaluate_filter(processor: &Arc<Processor>, campaign: &LiveCampaign, event: &Event, job: &Job, tick: u64) -> Result<Verdict, EvalError> {
+    let started = Instant::now();
+    let result = run_filter(&processor.sandbox, &processor.instances, campaign, event, tick);
+    processor.metrics.latency.observe(started.elapsed().as_nanos() as u64);
+    if let Err(err) = &result {
+        failed(processor, campaign, err, job);
+    }
+    result
+}
+
+/// A failed evaluation: recorded as the campaign's last error; after `--quarantine-after` in a
+/// row, the campaign is quarantined and its status published.
+fn failed(processor: &Arc<Processor>, campaign: &LiveCampaign, err: &EvalError, job: &Job) {
     let id = campaign.def.id;
     let kind = err.kind();
-    campaign.telemetry.error(kind).inc();
-    tracing::debug!(campaign = id, kind = %kind, error = %err, "evaluation failed");
+    campaign.telemetry.stats.record_error(LastError {
+        kind,
+        message: err.to_string(),
+        partition: job.partition,
+        offset: job.offset,
+        at_ms: Utc::now().timestamp_millis(),
+    });
+    if processor.evaluation_errors_log.allow(&campaign.telemetry.label.campaign) {
+        tracing::warn!(
+            campaign = id,
+            kind = %kind,
+            partition = job.partition,
+            offset = job.offset,
+            error = %err,
+            "evaluation failed (further failures of this campaign are not logged for 10 s)"
+        );
+    }
     let threshold = processor.settings.quarantine_after;
     if campaign.failed(threshold) {
         tracing::warn!(campaign = id, kind = %kind, error = %err, "campaign quarantined after {threshold} consecutive failures");
@@ -194,7 +222,7 @@ impl Evaluator {
             if precheck(campaign, &meta).is_some() {
                 continue;
             }
-            if let Ok(Verdict { matched: true, .. }) = evaluate_filter(&self.processor, campaign, event, tick) {
+            if let Ok(Verdict { matched: true, .. }) = evaluate_filter(&self.processor, campaign, event, job, tick) {
                 self.trigger(campaign, event, job, batch, index, sink);
             }
         }

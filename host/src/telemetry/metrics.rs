@@ -229,8 +229,8 @@ impl CampaignTelemetry {
         }
     }
 
-    /// Handles registered nowhere (unit tests).
-    #[cfg(test)]
+    /// Handles registered nowhere (tools such as the backtest, and unit tests).
+    #[allow(dead_code)]
     pub fn detached(id: i64) -> CampaignTelemetry {
         CampaignTelemetry {
             label: CampaignLabel { campaign: id.to_string() },

@@ -9,7 +9,7 @@
 use rtcrm_sandbox::{ErrorKind, EvalError, Verdict};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// How many recent evaluations the fuel percentiles are computed over.
 pub const FUEL_WINDOW: usize = 256;
@@ -24,6 +24,20 @@ pub struct CampaignStats {
     fuel_next: AtomicU64,
     /// Unix milliseconds of the last match; 0: none yet.
     last_match_ms: AtomicI64,
+    /// The last failed evaluation (written on failures only).
+    last_error: Mutex<Option<LastError>>,
+}
+
+/// A campaign's last failed evaluation, with the event that caused it (spec §13).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastError {
+    pub kind: ErrorKind,
+    /// The error's text (already bounded by the sandbox).
+    pub message: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// Unix milliseconds.
+    pub at_ms: i64,
 }
 
 impl Default for CampaignStats {
@@ -35,6 +49,7 @@ impl Default for CampaignStats {
             fuel: std::array::from_fn(|_| AtomicU64::new(0)),
             fuel_next: AtomicU64::new(0),
             last_match_ms: AtomicI64::new(0),
+            last_error: Mutex::new(None),
         }
     }
 }
@@ -51,9 +66,15 @@ pub struct CountersView {
     pub fuel_p99: Option<u64>,
     /// Unix milliseconds of the last match.
     pub last_match_ms: Option<i64>,
+    pub last_error: Option<LastError>,
 }
 
 impl CampaignStats {
+    /// Records the event that made the last evaluation fail.
+    pub fn record_error(&self, error: LastError) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+    }
+
     /// Records one evaluation.
     pub fn record(&self, result: &Result<Verdict, EvalError>) {
         self.evaluations.fetch_add(1, Ordering::Relaxed);
@@ -89,6 +110,7 @@ impl CampaignStats {
             fuel_p50: percentile(0.50),
             fuel_p99: percentile(0.99),
             last_match_ms: (last != 0).then_some(last),
+            last_error: self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! rtcrm's filter sandbox: campaign filters (untrusted JavaScript compiled to WebAssembly) run
-//! in wasmtime under fuel, memory and wall-clock limits, so no filter can stall, crash or read
+//! in wasmtime under fuel, memory and CPU-time limits, so no filter can stall, crash or read
 //! the processor. No Kafka here: this crate builds and tests on its own.
 //!
 //! ```no_run
@@ -35,20 +35,28 @@
 //! and documents that filters must not rely on state between calls (spec §5); isolation between
 //! campaigns does not depend on the choice, since each campaign has its own instance.
 
+mod cache;
+mod compile;
 mod error;
 mod event;
 mod limits;
 mod log;
-mod output;
 mod runtime;
 mod sandbox;
+mod text;
+mod wasi;
 mod wasm_filter;
 
+pub use cache::{default_cache_dir, CacheStats};
 pub use error::{ErrorKind, EvalError, SandboxError};
 pub use event::{Event, EventError};
-pub use limits::Limits;
+pub use limits::{
+    EventLimits, HostLimits, Limits, LimitsError, ModuleCaps, UserLimits, HOST_BYTE_FUEL, HOST_CALL_FUEL,
+    MAX_ERROR_TEXT_BYTES, MAX_SUPPORTED_EVENT_DEPTH, TABLE_ELEMENT_BYTES,
+};
 pub use log::{LogCaps, LogSink, LogStream, MemorySink, TracingSink};
 pub use rtcrm_compiler::{CompileError, ModuleError, SourceForm, RUNTIME_NAMESPACE};
-pub use runtime::default_cache_dir;
 pub use sandbox::{CompiledFilter, CompiledJs, Filter, JsFilter, ModuleLoadError, Sandbox, SandboxConfig, Verdict};
-pub use wasm_filter::{CompiledWasm, WasmError, WasmFilter, DEFAULT_MAX_MODULE_BYTES, SUPPORTED_ABI_VERSION, WASI_MODULE};
+pub use wasm_filter::{
+    CompiledWasm, WasmError, WasmFilter, ALLOWED_FEATURES, DEFAULT_MAX_MODULE_BYTES, SUPPORTED_ABI_VERSION, WASI_MODULE,
+};

@@ -40,7 +40,12 @@ const MAX_FILE_BYTES: u64 = 1 << 30;
 /// `$HOME/.cache/rtcrm`; `None` when none is set (the sandbox then compiles in memory: it never
 /// falls back to a shared directory such as `/tmp`).
 pub fn default_cache_dir() -> Option<PathBuf> {
-    let nonempty = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    cache_dir_from(|name| std::env::var_os(name))
+}
+
+/// [`default_cache_dir`] for the environment `var`.
+fn cache_dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
+    let nonempty = |name| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     nonempty("RTCRM_CACHE_DIR")
         .or_else(|| nonempty("XDG_CACHE_HOME").map(|d| d.join("rtcrm")))
         .or_else(|| nonempty("HOME").map(|d| d.join(".cache").join("rtcrm")))
@@ -315,6 +320,24 @@ fn purge(dir: &OwnedFd) -> rustix::io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_directory_is_private_to_the_user_or_none_never_a_shared_one() {
+        let env = |vars: &'static [(&'static str, &'static str)]| move |name: &str| {
+            vars.iter().find(|(k, _)| *k == name).map(|(_, v)| std::ffi::OsString::from(v))
+        };
+        assert_eq!(cache_dir_from(env(&[])), None, "no fallback to /tmp");
+        assert_eq!(cache_dir_from(env(&[("HOME", "")])), None);
+        assert_eq!(cache_dir_from(env(&[("HOME", "/home/rt")])), Some(PathBuf::from("/home/rt/.cache/rtcrm")));
+        assert_eq!(
+            cache_dir_from(env(&[("HOME", "/home/rt"), ("XDG_CACHE_HOME", "/var/cache/rt")])),
+            Some(PathBuf::from("/var/cache/rt/rtcrm"))
+        );
+        assert_eq!(
+            cache_dir_from(env(&[("HOME", "/home/rt"), ("RTCRM_CACHE_DIR", "/srv/rtcrm")])),
+            Some(PathBuf::from("/srv/rtcrm"))
+        );
+    }
 
     #[test]
     fn a_file_verifies_only_under_its_own_name() {

@@ -10,7 +10,7 @@ pub enum ErrorKind {
     Fuel,
     /// The filter tried to grow its memory past its cap.
     Memory,
-    /// The filter ran past its wall-clock deadline.
+    /// The filter ran past its deadline of CPU time.
     Deadline,
     /// The filter trapped (stack overflow, unreachable, out-of-bounds access, ...).
     Trap,

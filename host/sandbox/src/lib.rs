@@ -15,17 +15,23 @@
 //!
 //! # Core concepts
 //! - [`Sandbox`]: one per process. It owns the wasmtime [`wasmtime::Engine`] (fuel metering and
-//!   epoch interruption on), the JS runtime — a Javy plugin pre-initialised with wasmtime-wizer
-//!   and compiled once, cached on disk by content digest and engine configuration — and the epoch
-//!   ticker thread that enforces deadlines.
+//!   epoch interruption on, proposals outside the filter ABI off), the JS runtime — a Javy plugin
+//!   pre-initialised with wasmtime-wizer and compiled once — the module cache (compiled modules
+//!   on disk in a private directory, keyed by content digest and engine configuration, each file
+//!   verified before it is loaded; see `cache.rs`), the compiler pool for Wasm filter modules,
+//!   and the epoch ticker thread that drives the CPU-time deadline checks.
+//! - [`SandboxConfig::from_limits`]: the operator's [`HostLimits`] (spec §7, user units,
+//!   validated) applied to the sandbox.
 //! - [`Sandbox::compile_js`]: JavaScript source → [`CompiledJs`], a few-hundred-byte campaign module
 //!   carrying QuickJS bytecode (a fresh runtime instance compiles it in well under a millisecond).
 //! - [`JsFilter`]: a campaign's own runtime instance (own linear memory, ~200 KiB resident),
 //!   reused across events. Rebuilt after any trap.
 //! - [`Event`]: parsed once per event; every campaign's filter reads the fields it touches
 //!   through host calls, so an event is never rebuilt as a JS object per campaign.
-//! - [`Limits`] (see its module for the defaults and their known gaps) and [`EvalError`], whose
-//!   [`ErrorKind`] is one of `fuel`, `memory`, `deadline`, `trap`, `exception`.
+//! - [`Limits`] (see its module, `limits.rs`, for every limit, its default and its known gaps)
+//!   and [`EvalError`], whose [`ErrorKind`] is one of `fuel`, `memory`, `deadline`, `trap`,
+//!   `exception` — the filter's failures — or `event`, a failure the event caused
+//!   ([`EvalError::caused_by_event`]), which must not count toward quarantine.
 //!
 //! # Fresh instance per event, the alternative
 //! Building a new instance for each event (instantiate, load the bytecode, evaluate) makes every

@@ -382,6 +382,8 @@ pub enum CompiledFilter {
 }
 
 /// A campaign's filter instance, either kind.
+// Not boxed: a filter is built once per campaign and worker, and evaluated on the hot path.
+#[allow(clippy::large_enum_variant)]
 pub enum Filter {
     /// See [`JsFilter`].
     Js(JsFilter),

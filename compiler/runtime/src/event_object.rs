@@ -261,6 +261,10 @@ unsafe fn live_state<'a>(ctx: *mut JSContext, obj: JSValue) -> Result<Option<&'a
     Err(Stale)
 }
 
+/// The class finalizer: frees the state of an event object QuickJS is freeing.
+///
+/// # Safety
+/// Called by QuickJS only, with its runtime and an object of this class being freed.
 unsafe extern "C" fn finalizer(rt: *mut JSRuntime, val: JSValue) {
     // SAFETY: `val` is an object of our class being freed; its opaque is our boxed state (or
     // null), taken back exactly once here; the state's atoms and values are owned.
@@ -279,6 +283,10 @@ unsafe extern "C" fn finalizer(rt: *mut JSRuntime, val: JSValue) {
     }
 }
 
+/// The class GC mark: marks the values the state holds.
+///
+/// # Safety
+/// Called by QuickJS only, with its runtime, a live object of this class and its mark function.
 unsafe extern "C" fn gc_mark(rt: *mut JSRuntime, val: JSValue, mark: qjs::JS_MarkFunc) {
     // SAFETY: QuickJS marks live objects of our class; the state's values are owned by it.
     unsafe {
@@ -380,7 +388,7 @@ unsafe fn scalar(ctx: *mut JSContext, raw: &[u8]) -> Option<JSValue> {
             let text = std::str::from_utf8(raw).ok()?;
             // Only canonical integers: no leading zeros, fractions or exponents.
             let n: i32 = text.parse().ok()?;
-            (n.to_string() == text).then(|| qjs::JS_MKVAL(qjs::JS_TAG_INT as i32, n))
+            (n.to_string() == text).then(|| qjs::JS_MKVAL(qjs::JS_TAG_INT, n))
         }
         _ => None,
     }
@@ -539,6 +547,9 @@ unsafe fn field_atom(ctx: *mut JSContext, name: &[u8]) -> JSAtom {
 }
 
 /// A bean getter: returns `this[field]`, or `null` when it is `undefined` (as Java did).
+///
+/// # Safety
+/// Called by QuickJS only, as a function made by [`inherited`] with one data value.
 unsafe extern "C" fn bean_getter(
     ctx: *mut JSContext,
     this: JSValue,
@@ -586,7 +597,7 @@ unsafe fn inherited(ctx: *mut JSContext, state: &mut State, atom: JSAtom) -> JSV
                 let mut rest = name[3..].to_vec();
                 rest[0] = rest[0].to_ascii_lowercase();
                 let field = field_atom(ctx, &rest);
-                let mut data = qjs::JS_MKVAL(qjs::JS_TAG_INT as i32, field as i32);
+                let mut data = qjs::JS_MKVAL(qjs::JS_TAG_INT, field as i32);
                 let f = qjs::JS_NewCFunctionData(ctx, Some(bean_getter), 0, 0, 1, &mut data);
                 if cacheable {
                     // The field atom stays referenced by the cached getter.
@@ -614,6 +625,11 @@ unsafe fn inherited(ctx: *mut JSContext, state: &mut State, atom: JSAtom) -> JSV
     }
 }
 
+/// Exotic `[[Get]]`: own field, else getter, alias or prototype.
+///
+/// # Safety
+/// Called by QuickJS only (exotic methods of this class), with the live context, a live object
+/// of this class and a live atom; the same holds for every exotic method below.
 unsafe extern "C" fn get_property(ctx: *mut JSContext, obj: JSValue, atom: JSAtom, _receiver: JSValue) -> JSValue {
     // SAFETY: QuickJS calls this with the live context, a live object of our class and a live
     // atom; the state is used for this call only.
@@ -630,6 +646,10 @@ unsafe extern "C" fn get_property(ctx: *mut JSContext, obj: JSValue, atom: JSAto
     }
 }
 
+/// Exotic `[[Set]]`: on this evaluation's copy only.
+///
+/// # Safety
+/// As [`get_property`]; `value` is borrowed.
 unsafe extern "C" fn set_property(
     ctx: *mut JSContext,
     obj: JSValue,
@@ -658,6 +678,10 @@ unsafe extern "C" fn set_property(
     }
 }
 
+/// Exotic `[[Delete]]`: on this evaluation's copy only.
+///
+/// # Safety
+/// As [`get_property`].
 unsafe extern "C" fn delete_property(ctx: *mut JSContext, obj: JSValue, atom: JSAtom) -> c_int {
     // SAFETY: as in `get_property`.
     unsafe {
@@ -678,6 +702,10 @@ unsafe extern "C" fn delete_property(ctx: *mut JSContext, obj: JSValue, atom: JS
     }
 }
 
+/// Exotic `[[HasProperty]]` (`in`).
+///
+/// # Safety
+/// As [`get_property`].
 unsafe extern "C" fn has_property(ctx: *mut JSContext, obj: JSValue, atom: JSAtom) -> c_int {
     // SAFETY: as in `get_property`.
     unsafe {
@@ -694,6 +722,10 @@ unsafe extern "C" fn has_property(ctx: *mut JSContext, obj: JSValue, atom: JSAto
     }
 }
 
+/// Exotic `[[GetOwnProperty]]`.
+///
+/// # Safety
+/// As [`get_property`]; `desc` is null or writable.
 unsafe extern "C" fn get_own_property(
     ctx: *mut JSContext,
     desc: *mut qjs::JSPropertyDescriptor,
@@ -720,8 +752,11 @@ unsafe extern "C" fn get_own_property(
     }
 }
 
-/// The own keys: the event's (host order, each once, minus those the filter deleted), then those
-/// the filter added. One pass over the host's list; no value is fetched.
+/// Exotic `[[OwnPropertyKeys]]`: the event's keys (host order, each once, minus those the filter
+/// deleted), then those the filter added. One pass over the host's list; no value is fetched.
+///
+/// # Safety
+/// As [`get_property`]; `ptab` and `plen` are writable.
 unsafe extern "C" fn get_own_property_names(
     ctx: *mut JSContext,
     ptab: *mut *mut qjs::JSPropertyEnum,
@@ -819,6 +854,11 @@ unsafe fn arg(argc: c_int, argv: *mut JSValue) -> JSValue {
     }
 }
 
+/// `java.util.Map.get(k)`: the entry's value, or `null`.
+///
+/// # Safety
+/// Called by QuickJS only, as a method: the live context, a borrowed `this`, and `argv` holding
+/// `argc` values; the same holds for the other `Map` methods below.
 unsafe extern "C" fn map_get(ctx: *mut JSContext, this: JSValue, argc: c_int, argv: *mut JSValue) -> JSValue {
     // SAFETY: QuickJS calls methods with the live context, a borrowed `this` and `argc` arguments.
     unsafe {
@@ -833,6 +873,10 @@ unsafe extern "C" fn map_get(ctx: *mut JSContext, this: JSValue, argc: c_int, ar
     }
 }
 
+/// `java.util.Map.containsKey(k)`.
+///
+/// # Safety
+/// As [`map_get`].
 unsafe extern "C" fn map_contains_key(ctx: *mut JSContext, this: JSValue, argc: c_int, argv: *mut JSValue) -> JSValue {
     // SAFETY: as in `map_get`.
     unsafe {
@@ -864,11 +908,19 @@ unsafe fn entry_count(ctx: *mut JSContext, this: JSValue) -> u32 {
     }
 }
 
+/// `java.util.Map.size()`.
+///
+/// # Safety
+/// As [`map_get`].
 unsafe extern "C" fn map_size(ctx: *mut JSContext, this: JSValue, _argc: c_int, _argv: *mut JSValue) -> JSValue {
     // SAFETY: as in `map_get`.
-    qjs::JS_MKVAL(qjs::JS_TAG_INT as i32, unsafe { entry_count(ctx, this) } as i32)
+    qjs::JS_MKVAL(qjs::JS_TAG_INT, unsafe { entry_count(ctx, this) } as i32)
 }
 
+/// `java.util.Map.isEmpty()`.
+///
+/// # Safety
+/// As [`map_get`].
 unsafe extern "C" fn map_is_empty(ctx: *mut JSContext, this: JSValue, _argc: c_int, _argv: *mut JSValue) -> JSValue {
     // SAFETY: as in `map_get`.
     if unsafe { entry_count(ctx, this) } == 0 {

@@ -462,7 +462,7 @@ pub extern "C" fn rtcrm_eval() -> i32 {
         if qjs::JS_IsException(result) {
             return report_exception();
         }
-        let matched = qjs::JS_VALUE_GET_TAG(result) == qjs::JS_TAG_BOOL as i32 && qjs::JS_VALUE_GET_BOOL(result);
+        let matched = qjs::JS_VALUE_GET_TAG(result) == qjs::JS_TAG_BOOL && qjs::JS_VALUE_GET_BOOL(result);
         qjs::JS_FreeValue(ctx, result);
         if qjs::JS_IsJobPending(qjs::JS_GetRuntime(ctx)) {
             context().with(|ctx| run_pending_jobs(&ctx));

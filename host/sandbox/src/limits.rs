@@ -11,7 +11,7 @@
 //! | CPU work | `fuel` (20,000,000 ≈ 2 ms of a tight loop here, ~10 fuel/ns) | wasmtime fuel, reset before each call; host functions charge it too (below) | `Trap::OutOfFuel` → [`ErrorKind::Fuel`](crate::ErrorKind::Fuel) |
 //! | CPU time | `deadline_ms` (100) | epoch interruption (1 ms ticks) plus a callback that reads the evaluating thread's CPU clock (`CLOCK_THREAD_CPUTIME_ID`) and lets the call go on while its CPU budget is not spent | `Trap::Interrupt` → [`ErrorKind::Deadline`](crate::ErrorKind::Deadline) |
 //! | wasm stack | 512 KiB (`SandboxConfig::max_wasm_stack`) | `Config::max_wasm_stack` | `Trap::StackOverflow` → [`ErrorKind::Trap`](crate::ErrorKind::Trap) |
-//! | host work for the filter | [`HOST_CALL_FUEL`] per call plus [`HOST_BYTE_FUEL`] per byte | each host function (`event_field`, `event_keys`, `log`, `fd_write`, `random_get`, `poll_oneoff`, the event copy of a Wasm filter) subtracts it from the filter's fuel *before* doing the work | `Trap::OutOfFuel` → `fuel` |
+//! | host work for the filter | [`HOST_CALL_FUEL`] per call plus [`HOST_BYTE_FUEL`] per byte | each host function subtracts it from the filter's fuel: `fd_write`, `random_get`, `poll_oneoff`, `log` and a Wasm filter's event copy before the work; `event_field` and `event_keys` right after their one lookup and copy (so at most one field's or one key list's work is done past the budget) | `Trap::OutOfFuel` → `fuel` |
 //!
 //! # Per filter instance
 //! | limit | user unit (default) | enforced by | when hit |
@@ -68,7 +68,16 @@
 //!   the filter's error, not the event's.
 //! - **Compilation cannot be cancelled.** A module that times out is rejected at once, but its
 //!   compiler thread runs on until Cranelift finishes (bounded by [`ModuleCaps`]); until then
-//!   the pool has one compiler fewer.
+//!   the pool has one compiler fewer. The time limit is wall-clock time, so on a host that is
+//!   overloaded for longer than it a module near the caps can be rejected that would compile on an
+//!   idle one (the caps leave real filters far below it: the Go SDK's example compiles in ~4 s).
+//! - **The module cache is not evicted.** Every compiled module version stays in the cache
+//!   directory (a Go filter is ~12 MB compiled) until an operator removes it, and temporary files
+//!   of a process killed while writing stay behind. Its digest detects damage and misplaced files,
+//!   not an attacker who can write as the rtcrm user (see `cache.rs`).
+//! - **Event failures are told apart, not routed.** An evaluation refused because of the event
+//!   is [`EvalError::Event`](crate::EvalError::Event); sending it to the dead-letter topic and
+//!   keeping it out of the quarantine count is the processor's job.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

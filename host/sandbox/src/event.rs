@@ -354,5 +354,8 @@ mod tests {
         assert_eq!(Event::parse(b"42".to_vec()).unwrap_err().to_string(), "an event must be a JSON object, got a number");
         assert!(matches!(Event::parse(b"{\"a\":".to_vec()), Err(EventError::InvalidJson(_))));
         assert!(matches!(Event::parse(b"{\"a\":1} x".to_vec()), Err(EventError::InvalidJson(_))));
+        // Invalid UTF-8 inside a nested string value is refused, not passed on to filters.
+        assert!(matches!(Event::parse(b"{\"a\":{\"b\":\"\xff\"}}".to_vec()), Err(EventError::InvalidJson(_))));
+        assert!(matches!(Event::parse(b"{\"a\":\"\xc3\"}".to_vec()), Err(EventError::InvalidJson(_))));
     }
 }

@@ -232,17 +232,7 @@ impl Evaluator {
     fn trigger(&mut self, campaign: &LiveCampaign, event: &Event, job: &Job, batch: &Arc<Batch>, index: u32, sink: &dyn Sink) {
         let settings = &self.processor.settings;
         let id = trigger_id(campaign.def.id, event, &settings.event_topic, job.partition, job.offset);
-        let out = &mut self.payload;
-        out.clear();
-        out.extend_from_slice(b"{\"campaign\":");
-        out.extend_from_slice(campaign.trigger_json.get().as_bytes());
-        out.extend_from_slice(b",\"event\":");
-        out.extend_from_slice(event.as_bytes());
-        out.extend_from_slice(b",\"trigger_id\":");
-        out.extend_from_slice(serde_json::to_string(&id).expect("a string serializes").as_bytes());
-        out.extend_from_slice(b",\"triggered_at\":\"");
-        out.extend_from_slice(self.triggered_at.as_bytes());
-        out.extend_from_slice(b"\"}");
+        trigger_payload(&mut self.payload, campaign, event, &id, &self.triggered_at);
         let key = player_key(event);
         self.processor.metrics.triggers.inc();
         let record = Record {
@@ -254,6 +244,23 @@ impl Evaluator {
         };
         sink.send(record, batch, index);
     }
+}
+
+/// Writes the trigger JSON of spec §9 into `out` (cleared first): the campaign as its triggers
+/// echo it, the event exactly as received, `trigger_id` and `triggered_at` (RFC 3339). The one
+/// place a trigger's bytes are built (the processor, and the backtest's sample triggers).
+pub fn trigger_payload(out: &mut Vec<u8>, campaign: &LiveCampaign, event: &Event, trigger_id: &str, triggered_at: &str) {
+    out.clear();
+    out.extend_from_slice(b"{\"campaign\":");
+    out.extend_from_slice(campaign.trigger_json.get().as_bytes());
+    out.extend_from_slice(b",\"event\":");
+    out.extend_from_slice(event.as_bytes());
+    out.extend_from_slice(b",\"trigger_id\":");
+    out.extend_from_slice(serde_json::to_string(trigger_id).expect("a string serializes").as_bytes());
+    // RFC 3339 text needs no escaping.
+    out.extend_from_slice(b",\"triggered_at\":\"");
+    out.extend_from_slice(triggered_at.as_bytes());
+    out.extend_from_slice(b"\"}");
 }
 
 /// Deterministic per (event, campaign) (spec §9): `<campaign id>:<event_id>`, or

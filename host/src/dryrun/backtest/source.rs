@@ -156,6 +156,10 @@ fn consumer(settings: &Settings, errors: &ClientErrors) -> Result<BaseConsumer<K
 pub fn plan<C: rdkafka::consumer::ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, interval: Interval, errors: &ClientErrors) -> Result<Vec<PartitionRange>, SourceError> {
     let timeout = crate::kafka::CONNECT_TIMEOUT;
     let highs = crate::kafka::end_offsets(consumer, topic).map_err(|e| kafka(&format!("reading the end offsets of `{topic}`"), format!("{e:#}"), errors))?;
+    if highs.is_empty() {
+        // No such topic.
+        return Ok(Vec::new());
+    }
     let by_time = |ms: i64| -> Result<BTreeMap<i32, Offset>, SourceError> {
         let mut tpl = TopicPartitionList::new();
         for p in highs.keys() {

@@ -123,7 +123,7 @@ pub fn run(args: BacktestArgs) -> Result<()> {
     Ok(())
 }
 
-/// A progress line on stderr once the run takes more than a second: events read, rate, how
+/// A progress line on stderr once the run takes more than a second: events decided, rate, how
 /// far, and the time left. Redrawn in place on a terminal, a line every 5 s otherwise.
 fn show_progress(progress: &Progress, done: &std::sync::atomic::AtomicBool) {
     let started = Instant::now();
@@ -144,7 +144,7 @@ fn show_progress(progress: &Progress, done: &std::sync::atomic::AtomicBool) {
             Some(f) if f > 0.0 => format!(", {:.0} %, ETA {:.0} s", f * 100.0, elapsed * (1.0 - f) / f),
             _ => String::new(),
         };
-        let line = format!("backtest: {} events read, {} events/s{how_far}", thousands(events), thousands(rate.round() as u64));
+        let line = format!("backtest: {} events, {} events/s{how_far}", thousands(events), thousands(rate.round() as u64));
         let mut err = std::io::stderr().lock();
         let _ = if tty { write!(err, "\r\x1b[2K{line}") } else { writeln!(err, "{line}") };
         let _ = err.flush();

@@ -9,7 +9,7 @@
 //! | `POST /api/explain`, body: an event (a JSON object) | every campaign of the event's game with the check that decided ([`crate::dryrun::explain::Explanation`]) |
 //!
 //! A job: `{"id", "campaign_id", "state": "running" | "done" | "cancelled" | "failed", "started_at",
-//! "progress": {"events_read", "fraction", "seconds"}, "report": <the report of `rtcrm campaign
+//! "progress": {"events", "fraction", "seconds"}, "report": <the report of `rtcrm campaign
 //! backtest --json`> | null, "error": null | "..."}`.
 //!
 //! A backtest reads the processor's events topic with its own consumer (no group, nothing
@@ -87,7 +87,8 @@ struct Job {
 
 #[derive(Serialize)]
 struct ProgressView {
-    events_read: u64,
+    /// Events decided so far.
+    events: u64,
     /// How far the topic range is, 0 to 1 (null while unknown).
     fraction: Option<f64>,
     seconds: f64,
@@ -124,7 +125,7 @@ impl Job {
             campaign_id: self.campaign_id,
             state,
             started_at: &self.started_at,
-            progress: ProgressView { events_read: self.progress.events.load(Ordering::Relaxed), fraction: self.progress.fraction(), seconds },
+            progress: ProgressView { events: self.progress.events.load(Ordering::Relaxed), fraction: self.progress.fraction(), seconds },
             report: report.filter(|_| with_report),
             error,
         };

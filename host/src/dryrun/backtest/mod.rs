@@ -27,7 +27,6 @@ use crate::dryrun::decision::decide;
 use crate::events::evaluate::{player_key, trigger_id, trigger_payload, EventMeta};
 use chrono::DateTime;
 use rtcrm_sandbox::{Event, Sandbox};
-use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
@@ -62,8 +61,10 @@ pub struct Spec {
 /// HTTP API), and its cancellation switch.
 #[derive(Debug, Default)]
 pub struct Progress {
-    /// Records read (in the interval).
+    /// Events decided so far.
     pub events: AtomicU64,
+    /// Records read (in the interval); the evaluation threads are up to a few batches behind.
+    pub read: AtomicU64,
     /// How far the source is (records for a topic, bytes for a file), of [`Progress::total`].
     pub position: AtomicU64,
     /// The source's size in the same unit; 0 while unknown.
@@ -81,10 +82,13 @@ impl Progress {
         self.cancelled.load(Ordering::Relaxed)
     }
 
-    /// How far the source is, 0 to 1 (None while its size is unknown).
+    /// How far the backtest is, 0 to 1: how far the source has been read, times the share of
+    /// what was read that has been decided (None while the source's size is unknown).
     pub fn fraction(&self) -> Option<f64> {
         let total = self.total.load(Ordering::Relaxed);
-        (total > 0).then(|| (self.position.load(Ordering::Relaxed) as f64 / total as f64).min(1.0))
+        let read = self.read.load(Ordering::Relaxed);
+        let decided = if read == 0 { 1.0 } else { self.events.load(Ordering::Relaxed) as f64 / read as f64 };
+        (total > 0).then(|| (self.position.load(Ordering::Relaxed) as f64 / total as f64 * decided).min(1.0))
     }
 }
 
@@ -159,6 +163,45 @@ pub enum BacktestError {
     Panicked,
 }
 
+/// Why a backtest stops early. The event limit stops the reading only (what was read is
+/// decided); a cancellation or the time limit halts every thread.
+#[derive(Default)]
+struct StopReason {
+    halted: AtomicBool,
+    why: std::sync::Mutex<Option<Stopped>>,
+}
+
+impl StopReason {
+    fn set(&self, why: Stopped) {
+        let mut current = self.why.lock().unwrap_or_else(|p| p.into_inner());
+        // A halt says more than the event limit it may follow.
+        if current.is_none() || (*current == Some(Stopped::MaxEvents) && why != Stopped::MaxEvents) {
+            *current = Some(why);
+        }
+    }
+
+    fn get(&self) -> Option<Stopped> {
+        *self.why.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether every thread is to stop now: cancelled, or past the deadline.
+    fn halt(&self, progress: &Progress, deadline: Option<Instant>) -> bool {
+        if self.halted.load(Ordering::Relaxed) {
+            return true;
+        }
+        let why = if progress.is_cancelled() {
+            Stopped::Cancelled
+        } else if deadline.is_some_and(|d| Instant::now() >= d) {
+            Stopped::MaxSeconds
+        } else {
+            return false;
+        };
+        self.set(why);
+        self.halted.store(true, Ordering::Relaxed);
+        true
+    }
+}
+
 /// Runs the backtest on the calling thread (reading) and `spec.threads` evaluation threads.
 pub fn run(sandbox: &Sandbox, spec: &Spec, source: &Source, progress: &Progress) -> Result<Report, BacktestError> {
     let threads = spec.threads.max(1);
@@ -172,60 +215,48 @@ pub fn run(sandbox: &Sandbox, spec: &Spec, source: &Source, progress: &Progress)
     };
     let started = Instant::now();
     let deadline = spec.max_duration.map(|d| started + d);
-    let mut stopped = None;
+    let stop = StopReason::default();
     let (view, tally) = std::thread::scope(|scope| {
         let mut senders = Vec::with_capacity(threads);
         let mut handles = Vec::with_capacity(threads);
         for _ in 0..threads {
             let (tx, rx) = sync_channel::<Vec<Item>>(QUEUE_DEPTH);
             senders.push(tx);
-            let context = &context;
+            let (context, stop) = (&context, &stop);
             handles.push(scope.spawn(move || {
                 let mut tally = Tally::new(spec.samples);
+                // After a stop, the queue is drained without deciding anything more.
                 while let Ok(batch) = rx.recv() {
-                    if progress.is_cancelled() {
-                        continue;
-                    }
                     let tick = context.budget.tick();
+                    let mut decided = 0;
                     for item in &batch {
+                        if stop.halt(progress, deadline) {
+                            break;
+                        }
                         context.evaluate(&mut tally, item, tick);
+                        decided += 1;
                     }
+                    progress.events.fetch_add(decided, Ordering::Relaxed);
                 }
                 tally
             }));
         }
         let mut shards: Vec<Vec<Item>> = (0..threads).map(|_| Vec::with_capacity(BATCH)).collect();
         let mut read = 0u64;
-        let cancelled_or_late = || {
-            if progress.is_cancelled() {
-                Some(Stopped::Cancelled)
-            } else if deadline.is_some_and(|d| Instant::now() >= d) {
-                Some(Stopped::MaxSeconds)
-            } else {
-                None
-            }
-        };
         // Asked by the source while no record arrives.
-        let idle_stop = Cell::new(None);
-        let idle = || {
-            idle_stop.set(cancelled_or_late());
-            if idle_stop.get().is_some() { Flow::Stop } else { Flow::Continue }
-        };
+        let idle = || if stop.halt(progress, deadline) { Flow::Stop } else { Flow::Continue };
         let mut send_failed = false;
         let result = source.read(progress, &idle, &mut |raw: Raw<'_>| {
             if spec.max_events.is_some_and(|max| read >= max) {
-                stopped = Some(Stopped::MaxEvents);
+                stop.set(Stopped::MaxEvents);
                 return Flow::Stop;
             }
             // Reading the clock costs ~20 ns: every 64 records is often enough.
-            if read % 64 == 0 {
-                if let Some(why) = cancelled_or_late() {
-                    stopped = Some(why);
-                    return Flow::Stop;
-                }
+            if read % 64 == 0 && stop.halt(progress, deadline) {
+                return Flow::Stop;
             }
             read += 1;
-            progress.events.store(read, Ordering::Relaxed);
+            progress.read.store(read, Ordering::Relaxed);
             let event = raw.payload.and_then(|bytes| Event::parse(bytes.to_vec()).ok());
             let item = Item { partition: raw.partition, offset: raw.offset, timestamp_ms: raw.timestamp_ms, event };
             let shard = item.shard(raw.key, threads);
@@ -239,7 +270,6 @@ pub fn run(sandbox: &Sandbox, spec: &Spec, source: &Source, progress: &Progress)
             }
             Flow::Continue
         });
-        stopped = stopped.or(idle_stop.get());
         for (shard, batch) in shards.into_iter().enumerate() {
             if !batch.is_empty() && senders[shard].send(batch).is_err() {
                 send_failed = true;
@@ -257,12 +287,9 @@ pub fn run(sandbox: &Sandbox, spec: &Spec, source: &Source, progress: &Progress)
         (result.map_err(BacktestError::from).and_then(|view| if panicked { Err(BacktestError::Panicked) } else { Ok(view) }), total)
     });
     let view = view?;
-    if progress.is_cancelled() {
-        stopped = Some(Stopped::Cancelled);
-    }
     let clock = match spec.clock {
         Clock::Event => "event",
         Clock::Processing => "processing",
     };
-    Ok(report::build(spec.campaign.def.id, clock, view, tally, stopped, started.elapsed().as_secs_f64()))
+    Ok(report::build(spec.campaign.def.id, clock, view, tally, stop.get(), started.elapsed().as_secs_f64()))
 }

@@ -16,6 +16,7 @@ use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ClientErrors {
     last: Arc<Mutex<Option<String>>>,
     limiter: Arc<LogLimiter>,
+    /// A client reported that every broker is down (cleared by the next successful probe).
+    all_down: Arc<AtomicBool>,
 }
 
 impl ClientErrors {
@@ -39,8 +42,16 @@ impl ClientErrors {
         self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Whether a client reported every broker down since the last successful probe.
+    pub fn all_brokers_down(&self) -> bool {
+        self.all_down.load(Ordering::Relaxed)
+    }
+
     /// Records an error a client reported, logging it (rate-limited).
     pub fn record(&self, client: &str, error: &KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.all_down.store(true, Ordering::Relaxed);
+        }
         let text = if reason.is_empty() { error.to_string() } else { format!("{reason} ({error})") };
         if self.limiter.allow(client) {
             tracing::warn!(client, error = %text, "Kafka client error");
@@ -82,7 +93,9 @@ pub fn control_producer(settings: &Settings, errors: &ClientErrors) -> Result<Fu
         .set("enable.idempotence", "true")
         .set("linger.ms", "1")
         .set("message.timeout.ms", "60000")
-        .set("message.max.bytes", CAMPAIGN_MESSAGE_BYTES);
+        .set("message.max.bytes", CAMPAIGN_MESSAGE_BYTES)
+        // The health probe asks for metadata: that must never create a topic.
+        .set("allow.auto.create.topics", "false");
     c.create_with_context(KafkaContext { errors: errors.clone(), name: "control producer" })
         .context("creating the Kafka producer")
 }
@@ -130,8 +143,12 @@ pub fn campaign_consumer_config(settings: &Settings) -> ClientConfig {
 /// Waits until the cluster answers a metadata request, for at most `timeout`; the error names
 /// the address and librdkafka's reason.
 pub fn probe<C: ClientContext>(client: &Client<C>, settings: &Settings, errors: &ClientErrors, timeout: Duration) -> Result<()> {
-    match client.fetch_metadata(None, timeout) {
-        Ok(_) => Ok(()),
+    // One topic's metadata (not the whole cluster's, which can be large): rtcrm's campaigns topic.
+    match client.fetch_metadata(Some(&settings.campaign_topic), timeout) {
+        Ok(_) => {
+            errors.all_down.store(false, Ordering::Relaxed);
+            Ok(())
+        }
         Err(e) => {
             let reason = errors.last().map(|r| format!(": {r}")).unwrap_or_default();
             anyhow::bail!(

@@ -6,7 +6,9 @@
 //! target/release/e2e_bench [--events N] [--campaigns M] [--rate R] [--latency-seconds S]
 //!                          [--bootstrap ADDR] [--rtcrm PATH]
 //! ```
-//! (`scripts/bench-e2e.sh` does both.) One run prints one markdown table.
+//! (`scripts/bench-e2e.sh` does both.) One run prints one markdown table. With `--backtest`
+//! (`scripts/bench-backtest.sh`), the bench measures `rtcrm campaign backtest` against
+//! `rtcrm run` on the same events and campaign instead (see [`backtest_bench`]).
 //!
 //! What is measured, and why:
 //!
@@ -88,9 +90,9 @@ const WINDOW: (&str, &str) = ("2023-09-01T10:00:00.00Z", "2023-12-01T10:00:00.00
 #[derive(clap::Parser)]
 #[command(name = "e2e_bench")]
 struct Args {
-    /// Events pre-loaded for the throughput phase.
-    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
-    events: u64,
+    /// Events pre-loaded for the throughput phase [default: 50000; with --backtest, 1000000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    events: Option<u64>,
     /// Campaigns on (foe, fight).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     campaigns: u64,
@@ -106,6 +108,11 @@ struct Args {
     /// The rtcrm binary [default: target/release/rtcrm].
     #[arg(long)]
     rtcrm: Option<PathBuf>,
+    /// Measure `rtcrm campaign backtest` instead (scripts/bench-backtest.sh): one campaign (the
+    /// original filter) through `rtcrm run` on the pre-loaded events, then backtested over the
+    /// same topic; events/s of both, and the backtest's counts against the expected triggers.
+    #[arg(long)]
+    backtest: bool,
 }
 
 // =============================================================================================
@@ -1381,9 +1388,14 @@ fn bench(args: &Args, started: Instant) -> Result<()> {
 
     // The workload, the same bytes for rtcrm and the copier.
     let mut rng = Rng::new(42);
-    let events: Vec<Event> = (0..args.events).map(|_| make_event(&mut rng, false, None)).collect();
+    let n_events = args.events.unwrap_or(if args.backtest { 1_000_000 } else { 50_000 });
+    let events: Vec<Event> = (0..n_events).map(|_| make_event(&mut rng, false, None)).collect();
     let records: Vec<(String, String)> = events.iter().map(|e| (e.player_id.to_string(), e.json.clone())).collect();
     let campaigns: Vec<Campaign> = (0..args.campaigns as usize).map(make_campaign).collect();
+
+    if args.backtest {
+        return backtest_bench(started, &rt, &bootstrap, &rtcrm, &run, &work, &events, &records);
+    }
 
     // Warm-up (not reported): the broker's JVM compiles its produce and fetch paths.
     let warm = &records[..records.len().min(5_000)];
@@ -1415,7 +1427,7 @@ fn bench(args: &Args, started: Instant) -> Result<()> {
         out,
         "{} events ({} campaigns on foe/fight, {} triggers expected); latency at {} events/s for {} s; \
          {} cores; load average before {} / after {}\n",
-        args.events,
+        n_events,
         args.campaigns,
         rtcrm_tput.expected,
         args.rate,
@@ -1485,7 +1497,7 @@ fn bench(args: &Args, started: Instant) -> Result<()> {
          rtcrm_triggers_total {}; campaign statuses: {}",
         info.exit,
         info.metrics_events,
-        args.events,
+        n_events,
         info.metrics_triggers,
         statuses.join(", ")
     )?;
@@ -1516,6 +1528,100 @@ fn bench(args: &Args, started: Instant) -> Result<()> {
     drop(lat_proc);
     print!("{out}");
     std::io::stdout().flush()?;
+    Ok(())
+}
+
+// =============================================================================================
+// Backtest mode
+// =============================================================================================
+
+/// `rtcrm campaign backtest` against `rtcrm run` on the same events and the same campaign, in
+/// the same run: `rtcrm run`'s throughput is measured as in phase 1 (first trigger built to the
+/// last one acknowledged); the backtest then reads the same topic from its start and reports its
+/// own events/s (first record read to last evaluation; its process start-up, the sandbox and the
+/// offset lookups excluded, as rtcrm run's start-up is), and the wall time of the whole command.
+#[allow(clippy::too_many_arguments)]
+fn backtest_bench(
+    started: Instant,
+    rt: &tokio::runtime::Runtime,
+    bootstrap: &str,
+    bin: &Path,
+    run: &str,
+    work: &Path,
+    events: &[Event],
+    records: &[(String, String)],
+) -> Result<()> {
+    let campaign = make_campaign(0);
+    let expected = events.iter().filter(|e| campaign.matches(e)).count();
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let warm = &records[..records.len().min(5_000)];
+    progress(format!("warm-up: copying {} events", warm.len()));
+    copier_throughput(rt, bootstrap, run, "warmup", warm)?;
+
+    let (tput, info) = rtcrm_throughput(rt, bootstrap, bin, run, work, events, records, std::slice::from_ref(&campaign))?;
+    progress(format!("rtcrm run: {:.0} events/s over {:.2} s", tput.events_per_s, tput.seconds));
+
+    // The same topic, backtested from its start.
+    let topic = Topics::new(run, "tput").events;
+    let file = work.join("campaign.json");
+    std::fs::write(&file, &campaign.json)?;
+    let backtest_args: Vec<String> = [
+        "campaign", "backtest", &file.to_string_lossy(), "--from", "1970-01-01T00:00:00Z", "--bootstrap-servers", bootstrap,
+        "--event-topic", &topic, "--workers", "2", "--json", "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let command = shell_line(std::iter::once(bin.to_string_lossy().into_owned()).chain(backtest_args.iter().cloned()));
+    progress(format!("backtest: {command}"));
+    let t0 = Instant::now();
+    let out = Command::new(bin).args(&backtest_args).stdin(Stdio::null()).output().context("running rtcrm campaign backtest")?;
+    let wall = t0.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("the backtest failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    let report: Value = serde_json::from_slice(&out.stdout).context("the backtest's --json report")?;
+    let (read, triggers) = (report["events_read"].as_u64().unwrap_or(0), report["triggers"].as_u64().unwrap_or(0));
+    let (bt_rate, bt_seconds) = (report["events_per_second"].as_f64().unwrap_or(f64::NAN), report["seconds"].as_f64().unwrap_or(f64::NAN));
+    progress(format!("backtest: {bt_rate:.0} events/s over {bt_seconds:.2} s ({wall:.2} s with start-up)"));
+
+    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = |l: &str| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+    let ratio = |a: f64, b: f64| if a.is_finite() && b.is_finite() && b > 0.0 { format!("{:.2}", a / b) } else { "—".into() };
+    let mut out = String::new();
+    writeln!(out, "## rtcrm campaign backtest against rtcrm run
+")?;
+    writeln!(
+        out,
+        "{} events pre-loaded on a 1-partition topic; campaign {} (`{}`), {} triggers expected; 2 evaluation threads each;          {} cores; load average before {} / after {}
+",
+        events.len(),
+        campaign.id,
+        "function(event) { return event.getData().get('result') === 'loss' }",
+        expected,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        load(&load_before),
+        load(&load_after),
+    )?;
+    writeln!(out, "| figure | backtest | rtcrm run | ratio |")?;
+    writeln!(out, "| --- | ---: | ---: | ---: |")?;
+    writeln!(out, "| events/s | {bt_rate:.0} | {:.0} | {} |", tput.events_per_s, ratio(bt_rate, tput.events_per_s))?;
+    writeln!(out, "| measured interval, s | {bt_seconds:.2} | {:.2} | |", tput.seconds)?;
+    writeln!(out, "| events/s including start-up (whole command) | {:.0} | — | {} |", events.len() as f64 / wall, ratio(events.len() as f64 / wall, tput.events_per_s))?;
+    writeln!(out, "| events read / consumed | {read} | {} | |", info.metrics_events)?;
+    writeln!(out, "| triggers (expected {expected}) | {triggers} | {} | |", tput.expected - tput.missing)?;
+    writeln!(out, "| triggers missing / duplicated / unexpected (rtcrm run) | — | {} / {} / {} | |", tput.missing, tput.duplicates, tput.unexpected)?;
+    writeln!(out, "| evaluation errors | {} | {} | |", report["errors_total"], if info.metrics_errors.is_empty() { "none".into() } else { info.metrics_errors.join("; ") })?;
+    writeln!(out)?;
+    writeln!(out, "command: {}", shell_line(std::env::args()))?;
+    writeln!(out, "rtcrm run: {}", info.command)?;
+    writeln!(out, "backtest:  {command}")?;
+    writeln!(out, "wall time: {:.1} s", started.elapsed().as_secs_f64())?;
+    print!("{out}");
+    std::io::stdout().flush()?;
+    if read != events.len() as u64 || triggers != expected as u64 {
+        bail!("the backtest read {read} events (of {}) and counted {triggers} triggers (expected {expected})", events.len());
+    }
     Ok(())
 }
 

@@ -216,6 +216,8 @@ pub fn run(sandbox: &Sandbox, spec: &Spec, source: &Source, progress: &Progress)
     let started = Instant::now();
     let deadline = spec.max_duration.map(|d| started + d);
     let stop = StopReason::default();
+    // The rate is measured from the first record (connecting and looking offsets up excluded).
+    let mut first_record: Option<Instant> = None;
     let (view, tally) = std::thread::scope(|scope| {
         let mut senders = Vec::with_capacity(threads);
         let mut handles = Vec::with_capacity(threads);
@@ -247,6 +249,7 @@ pub fn run(sandbox: &Sandbox, spec: &Spec, source: &Source, progress: &Progress)
         let idle = || if stop.halt(progress, deadline) { Flow::Stop } else { Flow::Continue };
         let mut send_failed = false;
         let result = source.read(progress, &idle, &mut |raw: Raw<'_>| {
+            first_record.get_or_insert_with(Instant::now);
             if spec.max_events.is_some_and(|max| read >= max) {
                 stop.set(Stopped::MaxEvents);
                 return Flow::Stop;
@@ -291,5 +294,6 @@ pub fn run(sandbox: &Sandbox, spec: &Spec, source: &Source, progress: &Progress)
         Clock::Event => "event",
         Clock::Processing => "processing",
     };
-    Ok(report::build(spec.campaign.def.id, clock, view, tally, stop.get(), started.elapsed().as_secs_f64()))
+    let seconds = first_record.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    Ok(report::build(spec.campaign.def.id, clock, view, tally, stop.get(), seconds))
 }

@@ -400,3 +400,53 @@ fn a_missing_topic_and_an_unreachable_broker_are_named() {
     assert!(err.contains("Connection refused"), "librdkafka's reason is named: {err}");
     assert!(t0.elapsed() < Duration::from_secs(20), "reported within seconds: {:.1?}", t0.elapsed());
 }
+
+#[test]
+fn with_the_processing_clock_the_record_timestamp_is_the_time() {
+    let t = small_topic();
+    let bootstrap = broker();
+    // The ten lost fights were created in 4711's window (2023) and written in May 2024.
+    let seed = write_file("seed.json", SEED_CAMPAIGN);
+    let args = [seed.to_str().unwrap(), "--bootstrap-servers", &bootstrap, "--event-topic", &t.events, "--from", "2024-01-01", "--json"];
+    let by_event = report(&args);
+    assert_eq!((by_event["clock"].as_str(), by_event["triggers"].as_u64()), (Some("event"), Some(10)));
+    let by_record = report(&[&args[..], &["--clock", "processing"]].concat());
+    assert_eq!((by_record["clock"].as_str(), by_record["triggers"].as_u64()), (Some("processing"), Some(0)));
+    assert_eq!(by_record["skipped"]["after_end"], 10, "May 2024 is after the window: {}", by_record["skipped"]);
+}
+
+#[test]
+fn long_runs_show_progress_on_stderr() {
+    // About 2 ms of fuel per event, 1,500 events on one thread: 3 s or so.
+    let slow = write_file(
+        "slow.json",
+        r#"{"campaign_id":99,"enabled":true,"game":"foe","event_name":"login","filter":"e => { let x = 0; for (let i = 0; i < 20000; i++) { x += i % 7; } return x < 0; }"}"#,
+    );
+    let lines: String = (0..1500).map(|i| format!("{}\n", json!({"game": "foe", "event_name": "login", "player_id": i}))).collect();
+    let file = write_file("logins.jsonl", &lines);
+    let out = backtest(&[slow.to_str().unwrap(), "--events", file.to_str().unwrap(), "--workers", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    let progress: Vec<&str> = err.lines().filter(|l| l.starts_with("backtest: ")).collect();
+    assert!(!progress.is_empty(), "a progress line after a second:\n{err}");
+    // `N events, R events/s`, then `, P %, ETA S s` once the share decided is known.
+    let mut with_eta = 0;
+    for line in &progress {
+        let parts: Vec<&str> = line.strip_prefix("backtest: ").unwrap().split(", ").collect();
+        assert!(parts.len() == 2 || parts.len() == 4, "{line}");
+        assert!(parts[0].ends_with(" events") && parts[1].ends_with(" events/s"), "{line}");
+        if parts.len() == 4 {
+            assert!(parts[2].ends_with(" %") && parts[3].starts_with("ETA ") && parts[3].ends_with(" s"), "{line}");
+            with_eta += 1;
+        }
+    }
+    assert!(with_eta > 0, "{err}");
+    let human = text(&out.stdout);
+    assert!(human.lines().any(|l| l.trim_start().starts_with("events read") && l.trim_end().ends_with(" 1,500")), "{human}");
+    // A short run shows none, and --quiet none at all.
+    let out = backtest(&[slow.to_str().unwrap(), "--events", file.to_str().unwrap(), "--max-events", "10", "--json"]);
+    assert!(!text(&out.stderr).contains("backtest: "), "{}", text(&out.stderr));
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["stopped"], "max_events");
+    let out = backtest(&[slow.to_str().unwrap(), "--events", file.to_str().unwrap(), "--workers", "1", "--quiet", "--json"]);
+    assert!(!text(&out.stderr).contains("backtest: "), "{}", text(&out.stderr));
+}

@@ -124,12 +124,13 @@ pub fn run(args: BacktestArgs) -> Result<()> {
 }
 
 /// A progress line on stderr once the run takes more than a second: events decided, rate, how
-/// far, and the time left. Redrawn in place on a terminal, a line every 5 s otherwise.
+/// far, and the time left. Redrawn in place on a terminal; otherwise a line after 1 s, then every 5 s.
 fn show_progress(progress: &Progress, done: &std::sync::atomic::AtomicBool) {
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let every = if tty { Duration::from_millis(500) } else { Duration::from_secs(5) };
-    let mut next = started + Duration::from_secs(1).max(if tty { Duration::ZERO } else { every });
+    // The first line after a second, then every `every`.
+    let mut next = started + Duration::from_secs(1);
     let mut shown = false;
     while !done.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(50));

@@ -1593,8 +1593,8 @@ fn backtest_bench(
 ")?;
     writeln!(
         out,
-        "{} events pre-loaded on a 1-partition topic; campaign {} (`{}`), {} triggers expected; 2 evaluation threads each;          {} cores; load average before {} / after {}
-",
+        "{} events pre-loaded on a 1-partition topic; campaign {} (`{}`), {} triggers expected; 2 evaluation threads each; \
+         {} cores; load average before {} / after {}\n",
         events.len(),
         campaign.id,
         "function(event) { return event.getData().get('result') === 'loss' }",

@@ -230,15 +230,13 @@ pub fn run(sandbox: &Sandbox, spec: &Spec, source: &Source, progress: &Progress)
                 // After a stop, the queue is drained without deciding anything more.
                 while let Ok(batch) = rx.recv() {
                     let tick = context.budget.tick();
-                    let mut decided = 0;
                     for item in &batch {
                         if stop.halt(progress, deadline) {
                             break;
                         }
                         context.evaluate(&mut tally, item, tick);
-                        decided += 1;
+                        progress.events.fetch_add(1, Ordering::Relaxed);
                     }
-                    progress.events.fetch_add(decided, Ordering::Relaxed);
                 }
                 tally
             }));

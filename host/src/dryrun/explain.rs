@@ -243,6 +243,17 @@ mod tests {
         // The campaigns in force kept their counters.
         assert!(campaigns.iter().all(|c| c.telemetry.evaluations.get() == 0 && !c.is_quarantined()));
 
+        // A quarantined campaign says so, with the registry's reason.
+        assert!(campaigns[5].failed(1));
+        registry.quarantine(6, &rtcrm_sandbox::EvalError::Exception("TypeError: x".into()));
+        let q = explain(&sandbox, &registry, &event, Clock::Event);
+        let six = q.campaigns.iter().find(|c| c.campaign_id == 6).unwrap();
+        assert_eq!(six.decision, "quarantined");
+        assert_eq!(
+            six.reason,
+            "the campaign is quarantined after consecutive failed evaluations (last: exception: TypeError: x); a new version lifts it"
+        );
+
         let none = explain(&sandbox, &registry, &Event::parse(br#"{"event_name":"fight"}"#.to_vec()).unwrap(), Clock::Event);
         assert!(none.campaigns.is_empty());
         assert_eq!(none.note.as_deref(), Some("the event has no string `game`: no campaign can match it"));

@@ -84,9 +84,10 @@ pub async fn serve(settings: Settings, signal: watch::Receiver<bool>) -> Result<
         bootstrap = %settings.bootstrap_servers, group = %settings.group_id, events = %settings.event_topic,
         campaigns = %settings.campaign_topic, triggers = %settings.trigger_topic, workers = settings.workers,
         clock = ?settings.clock, delivery = ?settings.delivery, instance = %settings.instance_id,
-        static_member = settings.instance_id_explicit, kafka = ?settings.kafka, "starting rtcrm"
+        static_member = settings.instance_id_explicit, kafka = ?settings.kafka, limits = ?settings.limits.to_user_units(), "starting rtcrm"
     );
-    let sandbox = tokio::task::spawn_blocking(|| Sandbox::new(SandboxConfig::default()))
+    let sandbox_config = SandboxConfig::from_limits(&settings.limits);
+    let sandbox = tokio::task::spawn_blocking(move || Sandbox::new(sandbox_config))
         .await?
         .context("starting the filter sandbox")?;
     let kafka_errors = ClientErrors::default();

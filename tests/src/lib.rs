@@ -65,20 +65,49 @@ pub fn log_dir() -> PathBuf {
     d
 }
 
-/// Path of the `rtcrm` binary under test: `RTCRM_BIN`, else `<target>/release/rtcrm`.
+/// Path of the `rtcrm` binary under test: `RTCRM_BIN`, else `<target>/release/rtcrm`, which
+/// must be newer than every source it is built from (a stale binary left in `target/` fails the
+/// test with the reason, rather than testing old code).
 pub fn rtcrm_bin() -> PathBuf {
-    let p = match std::env::var_os("RTCRM_BIN") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => target_dir().join("release").join("rtcrm"),
-    };
-    if !p.is_file() {
-        panic!(
-            "the rtcrm binary {} is missing: build it with cargo build --release -p rtcrm \
-             (or point RTCRM_BIN at it)",
-            p.display()
-        );
+    static CHECKED: OnceLock<PathBuf> = OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            let (p, explicit) = match std::env::var_os("RTCRM_BIN") {
+                Some(p) if !p.is_empty() => (PathBuf::from(p), true),
+                _ => (target_dir().join("release").join("rtcrm"), false),
+            };
+            if !p.is_file() {
+                panic!(
+                    "the rtcrm binary {} is missing: build it with cargo build --release -p rtcrm \
+                     (scripts/test.sh does), or point RTCRM_BIN at it",
+                    p.display()
+                );
+            }
+            if !explicit {
+                let built = std::fs::metadata(&p).and_then(|m| m.modified()).expect("the binary's modification time");
+                let ws = workspace_dir();
+                let sources = ["host/src", "host/sandbox/src", "compiler/src", "compiler/runtime/src"];
+                if let Some(newer) = sources.iter().filter_map(|s| newest_file(&ws.join(s))).filter(|(t, _)| *t > built).max() {
+                    panic!(
+                        "the rtcrm binary {} is older than {}: it would test stale code. Rebuild it with \
+                         cargo build --release -p rtcrm (scripts/test.sh builds it), or point RTCRM_BIN at a binary",
+                        p.display(),
+                        newer.1.display()
+                    );
+                }
+            }
+            p
+        })
+        .clone()
+}
+
+/// The most recently modified file under `path` (or `path` itself), with its time.
+fn newest_file(path: &Path) -> Option<(SystemTime, PathBuf)> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_file() {
+        return Some((meta.modified().ok()?, path.to_path_buf()));
     }
-    p
+    std::fs::read_dir(path).ok()?.filter_map(|e| e.ok()).filter_map(|e| newest_file(&e.path())).max()
 }
 
 // ---------------------------------------------------------------------------------------------

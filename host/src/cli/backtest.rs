@@ -69,6 +69,9 @@ pub struct BacktestArgs {
     /// A librdkafka property, as KEY=VALUE (repeatable), as for `rtcrm run`.
     #[arg(long = "kafka-property", value_name = "KEY=VALUE")]
     pub kafka_property: Vec<String>,
+    /// The host's limits, as for `rtcrm run` (a campaign's `limits` lower them).
+    #[command(flatten)]
+    pub limits: crate::config::LimitFlags,
 }
 
 pub fn run(args: BacktestArgs) -> Result<()> {
@@ -79,6 +82,7 @@ pub fn run(args: BacktestArgs) -> Result<()> {
         clock: args.clock,
         workers: args.workers,
         kafka_property: args.kafka_property.clone(),
+        limits: args.limits.clone(),
         ..RunArgs::default()
     })?;
     let source = match (&args.events, args.from) {
@@ -89,7 +93,8 @@ pub fn run(args: BacktestArgs) -> Result<()> {
         }
         (None, None) => unreachable!("clap requires --from or --events"),
     };
-    let sandbox = rtcrm_sandbox::Sandbox::new(rtcrm_sandbox::SandboxConfig::default()).context("starting the filter sandbox")?;
+    // The processor's limits (config file, RTCRM_*): the verdicts are those rtcrm run would give.
+    let sandbox = rtcrm_sandbox::Sandbox::new(rtcrm_sandbox::SandboxConfig::from_limits(&settings.limits)).context("starting the filter sandbox")?;
     let (_, def, compiled) = crate::cli::campaign::load(&sandbox, &args.file, args.wasm.as_deref())?;
     let limits = sandbox.limits().lowered(def.fuel, def.memory_mb);
     let id = def.id;

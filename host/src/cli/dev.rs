@@ -52,6 +52,7 @@ pub fn run(args: DevArgs) -> Result<()> {
             instance_id_explicit: false,
             max_filter_instances: crate::campaigns::instances::DEFAULT_MAX_INSTANCES,
             kafka: Default::default(),
+            limits: Default::default(),
         };
         for topic in [&settings.event_topic, &settings.campaign_topic, &settings.trigger_topic, &settings.status_topic, &settings.dlq_topic] {
             cluster.create_topic(topic, 1, 1).with_context(|| format!("creating topic {topic} on the embedded broker"))?;

@@ -300,7 +300,7 @@ async fn cancel(State(http): State<Http>, Path(id): Path<String>) -> Result<Resp
 async fn explain(State(http): State<Http>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let body = read_body(&headers, body).await?;
     json_object(&body, "the event")?;
-    let event = rtcrm_sandbox::Event::parse(body.to_vec())
+    let event = http.processor.sandbox.parse_event(body.to_vec())
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the event is not valid: {e}")))?;
     if !http.processor.health.campaigns_loaded() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not ready: the campaigns topic is still being read (see /readyz); explain again in a moment"));

@@ -258,7 +258,8 @@ pub fn run(sandbox: &Sandbox, spec: &Spec, source: &Source, progress: &Progress)
             }
             read += 1;
             progress.read.store(read, Ordering::Relaxed);
-            let event = raw.payload.and_then(|bytes| Event::parse(bytes.to_vec()).ok());
+            // Under the host's event limits, as the processor parses (over them: a dead letter).
+            let event = raw.payload.and_then(|bytes| sandbox.parse_event(bytes.to_vec()).ok());
             let item = Item { partition: raw.partition, offset: raw.offset, timestamp_ms: raw.timestamp_ms, event };
             let shard = item.shard(raw.key, threads);
             shards[shard].push(item);

@@ -119,7 +119,7 @@ pub struct Tally {
     /// Would-be triggers of the control group (spec §12's holdout).
     pub control_matches: u64,
     /// Failed evaluations by kind, in [`ErrorKind::ALL`] order.
-    pub errors: [u64; 5],
+    pub errors: [u64; ErrorKind::ALL.len()],
     pub error_examples: BTreeMap<&'static str, ErrorExample>,
     pub fuel: FuelHistogram,
     /// Player ids (as trigger keys) of the triggers.

@@ -192,12 +192,12 @@ fn failed(processor: &Arc<Processor>, campaign: &LiveCampaign, err: &EvalError, 
 
 /// What a trigger carries besides spec §9's fields (spec §12).
 #[derive(Debug, Clone, Default)]
-struct Extras {
+pub struct Extras {
     /// A control-group player's would-be trigger: to the control topic, with `"group": "control"`.
-    control: bool,
-    variant: Option<String>,
+    pub control: bool,
+    pub variant: Option<String>,
     /// `"reason": "inactivity"` for an inactivity timer's trigger.
-    inactivity: bool,
+    pub inactivity: bool,
 }
 
 /// One worker's evaluation state: scratch buffers reused across events, and its shard (it
@@ -531,28 +531,7 @@ impl Evaluator {
     #[allow(clippy::too_many_arguments)]
     fn trigger(&mut self, campaign: &LiveCampaign, event: &[u8], id: &str, player: &str, extras: Extras, confirm: Option<(i32, String)>, batch: &Arc<Batch>, index: u32, sink: &dyn Sink) {
         let settings = &self.processor.settings;
-        let out = &mut self.payload;
-        out.clear();
-        out.extend_from_slice(b"{\"campaign\":");
-        out.extend_from_slice(campaign.trigger_json.get().as_bytes());
-        out.extend_from_slice(b",\"event\":");
-        out.extend_from_slice(event);
-        out.extend_from_slice(b",\"trigger_id\":");
-        out.extend_from_slice(serde_json::to_string(id).expect("a string serializes").as_bytes());
-        out.extend_from_slice(b",\"triggered_at\":\"");
-        out.extend_from_slice(self.triggered_at.as_bytes());
-        out.push(b'"');
-        if let Some(variant) = &extras.variant {
-            out.extend_from_slice(b",\"variant\":");
-            out.extend_from_slice(serde_json::to_string(variant).expect("a string serializes").as_bytes());
-        }
-        if extras.control {
-            out.extend_from_slice(b",\"group\":\"control\"");
-        }
-        if extras.inactivity {
-            out.extend_from_slice(b",\"reason\":\"inactivity\"");
-        }
-        out.push(b'}');
+        trigger_payload(&mut self.payload, campaign, event, id, &self.triggered_at, &extras);
         let topic = if extras.control {
             campaign.telemetry.control_matches.inc();
             &settings.control_topic
@@ -563,6 +542,33 @@ impl Evaluator {
         let record = Record { confirm, ..Record::new(RecordKind::Trigger { campaign: campaign.def.id }, topic, Some(player.as_bytes()), Some(&self.payload)) };
         sink.send(record, batch, index);
     }
+}
+
+/// A trigger's JSON (spec §9, plus spec §12's `variant`, `group` and `reason`) into `out`: the
+/// original's two fields first, unchanged in shape.
+pub fn trigger_payload(out: &mut Vec<u8>, campaign: &LiveCampaign, event: &[u8], trigger_id: &str, triggered_at: &str, extras: &Extras) {
+    out.clear();
+    out.extend_from_slice(b"{\"campaign\":");
+    out.extend_from_slice(campaign.trigger_json.get().as_bytes());
+    out.extend_from_slice(b",\"event\":");
+    out.extend_from_slice(event);
+    out.extend_from_slice(b",\"trigger_id\":");
+    out.extend_from_slice(serde_json::to_string(trigger_id).expect("a string serializes").as_bytes());
+    // RFC 3339 text needs no escaping.
+    out.extend_from_slice(b",\"triggered_at\":\"");
+    out.extend_from_slice(triggered_at.as_bytes());
+    out.push(b'"');
+    if let Some(variant) = &extras.variant {
+        out.extend_from_slice(b",\"variant\":");
+        out.extend_from_slice(serde_json::to_string(variant).expect("a string serializes").as_bytes());
+    }
+    if extras.control {
+        out.extend_from_slice(b",\"group\":\"control\"");
+    }
+    if extras.inactivity {
+        out.extend_from_slice(b",\"reason\":\"inactivity\"");
+    }
+    out.push(b'}');
 }
 
 /// Deterministic per (event, campaign) (spec §9): `<campaign id>:<event_id>`, or

@@ -615,6 +615,13 @@ pub struct Topics {
     pub status: String,
     pub dlq: String,
     pub group: String,
+    /// The control topic rtcrm derives from the triggers topic (`<triggers>-control`).
+    pub control: String,
+    /// The internal topics rtcrm derives from the group (`<group>-rtcrm-...`).
+    pub changelog: String,
+    pub repartition: String,
+    /// The per-player state directory of this test's processors.
+    pub state_dir: PathBuf,
 }
 
 impl Topics {
@@ -627,10 +634,15 @@ impl Topics {
             status: format!("{prefix}-status-{s}"),
             dlq: format!("{prefix}-dlq-{s}"),
             group: format!("{prefix}-group-{s}"),
+            control: format!("{prefix}-triggers-{s}-control"),
+            changelog: format!("{prefix}-group-{s}-rtcrm-state-changelog"),
+            repartition: format!("{prefix}-group-{s}-rtcrm-events-by-player"),
+            state_dir: target_dir().join("rtcrm-it-state").join(format!("{prefix}-{s}")),
         }
     }
 
-    /// `--group-id --event-topic --campaign-topic --trigger-topic --status-topic --dlq-topic`.
+    /// `--group-id --event-topic --campaign-topic --trigger-topic --status-topic --dlq-topic
+    /// --state-dir`.
     pub fn args(&self) -> Vec<String> {
         [
             ("--group-id", &self.group),
@@ -639,6 +651,7 @@ impl Topics {
             ("--trigger-topic", &self.triggers),
             ("--status-topic", &self.status),
             ("--dlq-topic", &self.dlq),
+            ("--state-dir", &self.state_dir.to_string_lossy().into_owned()),
         ]
         .iter()
         .flat_map(|(f, v)| [f.to_string(), v.to_string()])

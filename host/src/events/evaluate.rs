@@ -342,7 +342,22 @@ impl Evaluator {
         };
         let controls = &campaign.def.controls;
         let key = state_key(campaign.def.id, player);
-        let (prev, prev_bytes) = self.load(&store, &key);
+        let (stored, prev_bytes) = self.load(&store, &key);
+        let mut prev = stored.clone();
+        let now = meta.time.timestamp_millis();
+        // A timer due before this event fires first, as if the deadline scan had come in between
+        // (the outcome never depends on when the scan runs).
+        if controls.inactivity_ms.is_some() && !decide::is_replay(prev.as_ref(), controls, Position { source: job.source, offset: job.offset }) {
+            if let Some((outcome, armed, mut fired)) = prev.clone().and_then(|p| decide::fire(controls, campaign.def.id, player, p, now)) {
+                let two_phase = self.processor.settings.delivery != crate::config::Delivery::ExactlyOnce;
+                if !two_phase {
+                    fired.pending = None;
+                }
+                let confirm = (two_phase && fired.pending.is_some() && self.states.sending(partition, &key)).then(|| (partition, key.clone()));
+                self.trigger_or_count(campaign, outcome, armed.event.get().as_bytes(), &armed.id, player, confirm, batch, index, sink);
+                prev = Some(fired);
+            }
+        }
         let at = Position { source: job.source, offset: job.offset };
         let trigger_id = self.trigger_id(campaign.def.id, event, job);
         let (matched, js) = if decide::is_replay(prev.as_ref(), controls, at) {
@@ -354,16 +369,17 @@ impl Evaluator {
         let input = Input {
             campaign_id: campaign.def.id,
             player,
-            now: meta.time.timestamp_millis(),
+            now,
             at,
             matched,
             event: event.as_bytes(),
             trigger_id: &trigger_id,
             js,
         };
+        let fired_first = prev != stored;
         let (outcome, next) = decide::decide(controls, prev.clone(), &input);
-        if let Some(next) = next {
-            self.save(&store, campaign, &key, prev.as_ref(), prev_bytes, Some(&next), batch, index, sink);
+        if let Some(next) = next.or(fired_first.then_some(prev).flatten()) {
+            self.save(&store, campaign, &key, stored.as_ref(), prev_bytes, Some(&next), batch, index, sink);
         }
         self.trigger_or_count(campaign, outcome, event.as_bytes(), &trigger_id, player, None, batch, index, sink);
         Ok(())

@@ -70,6 +70,10 @@ pub struct RunArgs {
     /// Dead-letter topic for malformed events [default: events-dlq].
     #[arg(long, env = "RTCRM_DLQ_TOPIC")]
     pub dlq_topic: Option<String>,
+    /// Filter log topic: filters' `console.log` output and evaluation errors, keyed by campaign
+    /// id, rate-limited (`rtcrm campaign logs ID` reads it) [default: rtcrm-filter-logs].
+    #[arg(long, env = "RTCRM_FILTER_LOG_TOPIC")]
+    pub filter_log_topic: Option<String>,
     /// Time against which campaign windows are checked [default: event].
     #[arg(long, env = "RTCRM_CLOCK", value_enum)]
     pub clock: Option<Clock>,
@@ -121,6 +125,7 @@ struct FileConfig {
     trigger_topic: Option<String>,
     status_topic: Option<String>,
     dlq_topic: Option<String>,
+    filter_log_topic: Option<String>,
     clock: Option<Clock>,
     workers: Option<usize>,
     partitions: Option<i32>,
@@ -186,6 +191,8 @@ pub struct Settings {
     pub trigger_topic: String,
     pub status_topic: String,
     pub dlq_topic: String,
+    /// Filters' output and evaluation errors (`rtcrm campaign logs`).
+    pub filter_log_topic: String,
     pub clock: Clock,
     pub workers: usize,
     pub partitions: i32,
@@ -225,7 +232,7 @@ impl KafkaProperties {
 
     /// Merges the file's `[kafka]` table, `RTCRM_KAFKA_*` variables and `--kafka-property` flags
     /// (later ones win).
-    fn load(file: Option<BTreeMap<String, toml::Value>>, env: impl Iterator<Item = (String, String)>, flags: &[String]) -> Result<KafkaProperties> {
+    pub fn load(file: Option<BTreeMap<String, toml::Value>>, env: impl Iterator<Item = (String, String)>, flags: &[String]) -> Result<KafkaProperties> {
         let mut props = BTreeMap::new();
         for (key, value) in file.unwrap_or_default() {
             let value = match value {
@@ -317,6 +324,7 @@ impl Settings {
             trigger_topic: pick(&args.trigger_topic, file.trigger_topic, "crm-triggers".into()),
             status_topic: pick(&args.status_topic, file.status_topic, "crm-campaign-status".into()),
             dlq_topic: pick(&args.dlq_topic, file.dlq_topic, "events-dlq".into()),
+            filter_log_topic: pick(&args.filter_log_topic, file.filter_log_topic, "rtcrm-filter-logs".into()),
             clock: pick(&args.clock, file.clock, Clock::Event),
             workers: pick(&args.workers, file.workers, cores),
             partitions: pick(&args.partitions, file.partitions, 1),
@@ -357,6 +365,7 @@ impl Settings {
             ("trigger_topic", &self.trigger_topic),
             ("status_topic", &self.status_topic),
             ("dlq_topic", &self.dlq_topic),
+            ("filter_log_topic", &self.filter_log_topic),
         ];
         for (name, topic) in topics {
             let valid = !topic.is_empty()

@@ -13,6 +13,7 @@ use crate::config::Settings;
 use crate::health::Health;
 use crate::kafka::{ClientErrors, KafkaContext};
 use crate::supervisor::Supervisor;
+use crate::telemetry::filter_log::FilterLog;
 use crate::telemetry::logging::LogLimiter;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::stats::Stats;
@@ -47,6 +48,8 @@ pub struct Processor {
     pub max_record_bytes: AtomicUsize,
     /// Rate limit of the warnings for failed evaluations, per campaign.
     pub evaluation_errors_log: LogLimiter,
+    /// Filters' output and evaluation errors, to the filter log topic.
+    pub filter_log: Arc<FilterLog>,
     /// The tokio runtime, for work started from worker threads.
     pub runtime: tokio::runtime::Handle,
 }
@@ -87,11 +90,14 @@ pub async fn serve(settings: Settings, signal: watch::Receiver<bool>) -> Result<
         clock = ?settings.clock, delivery = ?settings.delivery, instance = %settings.instance_id,
         static_member = settings.instance_id_explicit, kafka = ?settings.kafka, "starting rtcrm"
     );
-    let sandbox = tokio::task::spawn_blocking(|| Sandbox::new(SandboxConfig::default()))
+    let filter_log = Arc::new(FilterLog::new(&settings.filter_log_topic, &settings.instance_id));
+    let log_sink = filter_log.clone();
+    let sandbox = tokio::task::spawn_blocking(move || Sandbox::new(SandboxConfig { log_sink, ..SandboxConfig::default() }))
         .await?
         .context("starting the filter sandbox")?;
     let kafka_errors = ClientErrors::default();
     let producer = crate::kafka::control_producer(&settings, &kafka_errors)?;
+    filter_log.connect(producer.clone());
     let health = Arc::new(Health::default());
     let processor = Arc::new(Processor {
         instances: InstanceBudget::new(settings.max_filter_instances),
@@ -105,6 +111,7 @@ pub async fn serve(settings: Settings, signal: watch::Receiver<bool>) -> Result<
         health: health.clone(),
         max_record_bytes: AtomicUsize::new(crate::kafka::DEFAULT_MAX_MESSAGE_BYTES - crate::events::sink::FRAMING_BYTES),
         evaluation_errors_log: LogLimiter::default(),
+        filter_log,
         runtime: tokio::runtime::Handle::current(),
     });
     processor.metrics.update_campaigns(&processor.registry);

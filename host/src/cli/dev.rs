@@ -37,6 +37,7 @@ pub fn run(args: DevArgs) -> Result<()> {
             trigger_topic: "crm-triggers".into(),
             status_topic: "crm-campaign-status".into(),
             dlq_topic: "events-dlq".into(),
+            filter_log_topic: "rtcrm-filter-logs".into(),
             clock: Clock::Event,
             workers: args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             partitions: 1,
@@ -53,7 +54,7 @@ pub fn run(args: DevArgs) -> Result<()> {
             max_filter_instances: crate::campaigns::instances::DEFAULT_MAX_INSTANCES,
             kafka: Default::default(),
         };
-        for topic in [&settings.event_topic, &settings.campaign_topic, &settings.trigger_topic, &settings.status_topic, &settings.dlq_topic] {
+        for topic in [&settings.event_topic, &settings.campaign_topic, &settings.trigger_topic, &settings.status_topic, &settings.dlq_topic, &settings.filter_log_topic] {
             cluster.create_topic(topic, 1, 1).with_context(|| format!("creating topic {topic} on the embedded broker"))?;
         }
         let producer = crate::kafka::control_producer(&settings, &Default::default())?;

@@ -31,7 +31,7 @@ use futures_util::{Stream, StreamExt};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use rtcrm_sandbox::CompileError;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -343,9 +343,11 @@ async fn info(State(http): State<Http>) -> Response {
             "version": env!("CARGO_PKG_VERSION"),
             "instance": s.instance_id,
             "bootstrap_servers": s.bootstrap_servers,
+            // Secrets (passwords, keys, JAAS and OAuth settings) as `***`.
+            "kafka_properties": s.kafka.redacted(),
             "topics": {
                 "events": s.event_topic, "campaigns": s.campaign_topic, "triggers": s.trigger_topic,
-                "status": s.status_topic, "dead_letters": s.dlq_topic,
+                "status": s.status_topic, "dead_letters": s.dlq_topic, "filter_logs": s.filter_log_topic,
             },
             "ready": ready_reason.is_none(),
             "ready_reason": ready_reason,
@@ -425,9 +427,7 @@ async fn tail_consumer(processor: &Processor) -> Result<StreamConsumer> {
     let settings = processor.settings.clone();
     tokio::task::spawn_blocking(move || -> Result<StreamConsumer> {
         let topic = settings.trigger_topic.as_str();
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &settings.bootstrap_servers)
-            .set("client.id", format!("rtcrm-{}-console", settings.instance_id))
+        let consumer: StreamConsumer = crate::kafka::client_config(&settings, "console")
             .set("group.id", format!("rtcrm-console-{}", settings.instance_id))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

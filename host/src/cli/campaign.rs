@@ -264,9 +264,11 @@ async fn publish(settings: &Settings, id: i64, value: Option<&str>, wait: Wait) 
         .create_with_context(KafkaContext { errors: errors.clone(), name: "command-line producer" })
         .context("creating the Kafka producer")?;
     let (s, e, p) = (settings.clone(), errors.clone(), producer.clone());
+    let size = value.map_or(0, str::len);
     // The status topic's end, taken before publishing: the verdict comes after it.
     let status_from = tokio::task::spawn_blocking(move || -> Result<Option<(BaseConsumer<KafkaContext>, BTreeMap<i32, i64>)>> {
         crate::kafka::probe(p.client(), &s, &e, crate::kafka::CONNECT_TIMEOUT)?;
+        refuse_over_embedded_limit(p.client(), &s, id, size)?;
         if wait.no_wait {
             return Ok(None);
         }
@@ -325,6 +327,30 @@ async fn publish(settings: &Settings, id: i64, value: Option<&str>, wait: Wait) 
             Err(Exit { code: 2, message: String::new() }.into())
         }
     }
+}
+
+/// Against `rtcrm dev` (its marker topic exists), a campaign record over what the embedded broker
+/// can hold is refused here: published, it would push the records before it out of the topic.
+fn refuse_over_embedded_limit<C: rdkafka::client::ClientContext>(client: &rdkafka::client::Client<C>, settings: &Settings, id: i64, size: usize) -> Result<()> {
+    let max = crate::cli::dev::LIMITS.campaign_bytes;
+    if size <= max {
+        return Ok(());
+    }
+    let metadata = client.fetch_metadata(None, Duration::from_secs(5)).context("reading the cluster's topics")?;
+    if metadata.topics().iter().any(|t| t.name() == crate::cli::dev::MARKER_TOPIC) {
+        return Err(Exit {
+            code: 2,
+            message: format!(
+                "campaign {id} is {size} bytes, over the {max} bytes a campaign may have on rtcrm dev's embedded broker at {} \
+                 (each of its partitions keeps only its latest {} MiB); nothing was published. Use a smaller filter module, \
+                 or a real Kafka cluster (rtcrm run)",
+                settings.bootstrap_servers,
+                crate::cli::dev::LIMITS.partition_bytes >> 20
+            ),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Reads the status topic from `from` until a status of campaign `id` arrives: for a campaign,

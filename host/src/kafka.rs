@@ -16,6 +16,7 @@ use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +33,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
 pub struct ClientErrors {
     last: Arc<Mutex<Option<Reported>>>,
     limiter: Arc<LogLimiter>,
+    /// A client reported that every broker is down (cleared by the next successful probe).
+    all_down: Arc<AtomicBool>,
 }
 
 /// One error as librdkafka reported it.
@@ -54,8 +57,16 @@ impl ClientErrors {
         self.last.lock().unwrap_or_else(|p| p.into_inner()).as_ref().filter(|r| r.settings).map(|r| r.text.clone())
     }
 
+    /// Whether a client reported every broker down since the last successful probe.
+    pub fn all_brokers_down(&self) -> bool {
+        self.all_down.load(Ordering::Relaxed)
+    }
+
     /// Records an error a client reported, logging it (rate-limited).
     pub fn record(&self, client: &str, error: &KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.all_down.store(true, Ordering::Relaxed);
+        }
         let text = if reason.is_empty() { error.to_string() } else { format!("{reason} ({error})") };
         if self.limiter.allow(client) {
             tracing::warn!(client, error = %text, "Kafka client error");
@@ -110,7 +121,9 @@ pub fn control_producer(settings: &Settings, errors: &ClientErrors) -> Result<Fu
         .set("enable.idempotence", "true")
         .set("linger.ms", "1")
         .set("message.timeout.ms", "60000")
-        .set("message.max.bytes", CAMPAIGN_MESSAGE_BYTES);
+        .set("message.max.bytes", CAMPAIGN_MESSAGE_BYTES)
+        // The health probe asks for metadata: that must never create a topic.
+        .set("allow.auto.create.topics", "false");
     c.create_with_context(KafkaContext { errors: errors.clone(), name: "control producer" })
         .context("creating the Kafka producer")
 }
@@ -159,17 +172,27 @@ pub fn campaign_consumer_config(settings: &Settings) -> ClientConfig {
 /// the address and librdkafka's reason. A failed SASL authentication or TLS handshake fails at
 /// once: retrying with the same settings cannot succeed.
 pub fn probe<C: ClientContext>(client: &Client<C>, settings: &Settings, errors: &ClientErrors, timeout: Duration) -> Result<()> {
-    probe_cluster(client, &settings.bootstrap_servers, errors, timeout)
+    // One topic's metadata (not the whole cluster's, which can be large): rtcrm's campaigns topic.
+    probe_cluster(client, &settings.bootstrap_servers, Some(&settings.campaign_topic), errors, timeout)
 }
 
-/// [`probe`] for a client that has no [`Settings`] (the command line's).
-pub fn probe_cluster<C: ClientContext>(client: &Client<C>, bootstrap_servers: &str, errors: &ClientErrors, timeout: Duration) -> Result<()> {
+/// [`probe`] for any client: the metadata of `topic` (None: of the whole cluster).
+pub fn probe_cluster<C: ClientContext>(
+    client: &Client<C>,
+    bootstrap_servers: &str,
+    topic: Option<&str>,
+    errors: &ClientErrors,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = std::time::Instant::now() + timeout;
     let mut last_error;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match client.fetch_metadata(None, left.min(Duration::from_millis(500))) {
-            Ok(_) => return Ok(()),
+        match client.fetch_metadata(topic, left.min(Duration::from_millis(500))) {
+            Ok(_) => {
+                errors.all_down.store(false, Ordering::Relaxed);
+                return Ok(());
+            }
             Err(e) => last_error = e,
         }
         if errors.settings_error().is_some() || std::time::Instant::now() >= deadline {

@@ -10,6 +10,7 @@
 use crate::campaigns::instances::InstanceBudget;
 use crate::campaigns::registry::Registry;
 use crate::config::Settings;
+use crate::events::sink::RecordLimits;
 use crate::health::Health;
 use crate::kafka::{ClientErrors, KafkaContext};
 use crate::supervisor::Supervisor;
@@ -20,7 +21,6 @@ use crate::telemetry::stats::Stats;
 use anyhow::{Context, Result};
 use rdkafka::producer::{FutureProducer, Producer};
 use rtcrm_sandbox::{Sandbox, SandboxConfig};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -43,9 +43,8 @@ pub struct Processor {
     /// The last error each Kafka client reported.
     pub kafka_errors: ClientErrors,
     pub health: Arc<Health>,
-    /// Largest trigger or dead letter the event path sends (the triggers topic's
-    /// `max.message.bytes`, less framing).
-    pub max_record_bytes: AtomicUsize,
+    /// Largest trigger and dead letter the event path sends (read from the topics at start).
+    pub record_limits: std::sync::Mutex<RecordLimits>,
     /// Rate limit of the warnings for failed evaluations, per campaign.
     pub evaluation_errors_log: LogLimiter,
     /// Filters' output and evaluation errors, to the filter log topic.
@@ -109,7 +108,7 @@ pub async fn serve(settings: Settings, signal: watch::Receiver<bool>) -> Result<
         producer,
         kafka_errors,
         health: health.clone(),
-        max_record_bytes: AtomicUsize::new(crate::kafka::DEFAULT_MAX_MESSAGE_BYTES - crate::events::sink::FRAMING_BYTES),
+        record_limits: Default::default(),
         evaluation_errors_log: LogLimiter::default(),
         filter_log,
         runtime: tokio::runtime::Handle::current(),
@@ -129,8 +128,13 @@ pub async fn serve(settings: Settings, signal: watch::Receiver<bool>) -> Result<
     if processor.settings.create_topics {
         crate::kafka::create_topics(&processor.settings, &processor.kafka_errors).await?;
     }
-    let limit = crate::kafka::max_message_bytes(&processor.settings, &processor.kafka_errors, &processor.settings.trigger_topic).await;
-    processor.max_record_bytes.store(limit.saturating_sub(crate::events::sink::FRAMING_BYTES).max(1024), Ordering::Relaxed);
+    let (s, errors) = (&processor.settings, &processor.kafka_errors);
+    let limits = RecordLimits::from_topics(
+        crate::kafka::max_message_bytes(s, errors, &s.trigger_topic).await,
+        crate::kafka::max_message_bytes(s, errors, &s.dlq_topic).await,
+    );
+    tracing::debug!(?limits, "record size limits of the output topics");
+    *processor.record_limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
 
     supervisor.spawn("campaigns reader", crate::campaigns::loader::run(processor.clone(), stop.clone()));
     supervisor.spawn("Kafka health probe", probe_forever(processor.clone(), stop.clone()));
@@ -146,24 +150,39 @@ pub async fn serve(settings: Settings, signal: watch::Receiver<bool>) -> Result<
     result
 }
 
-/// Probes the cluster every [`PROBE_INTERVAL`]: `/healthz` answers 503 with the reason while it
-/// does not answer (an instance that cannot reach Kafka consumes nothing).
+/// Watches the cluster: `/healthz` answers 503 with the reason while it does not answer (an
+/// instance that cannot reach Kafka consumes nothing). A client's "all brokers down" report
+/// turns it unhealthy at once; a metadata request every [`PROBE_INTERVAL`] confirms either way.
 async fn probe_forever(processor: Arc<Processor>, mut stop: watch::Receiver<bool>) -> Result<()> {
+    let mut last_probe = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = crate::supervisor::stopped(&mut stop) => return Ok(()),
-            _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
+        if processor.kafka_errors.all_brokers_down() && processor.health.unhealthy().is_none() {
+            let reason = processor.kafka_errors.last().unwrap_or_else(|| "all brokers are down".into());
+            tracing::warn!(error = %reason, "the Kafka cluster does not answer");
+            processor.health.set_kafka_unreachable(Some(format!("the Kafka cluster at {} does not answer: {reason}", processor.settings.bootstrap_servers)));
+        }
+        if last_probe.elapsed() < PROBE_INTERVAL {
+            continue;
+        }
+        last_probe = std::time::Instant::now();
         let p = processor.clone();
         let verdict = tokio::task::spawn_blocking(move || {
             crate::kafka::probe(p.producer.client(), &p.settings, &p.kafka_errors, Duration::from_secs(3))
         })
         .await?;
-        let was = processor.health.unhealthy();
         match verdict {
-            Ok(()) => processor.health.set_kafka_unreachable(None),
+            Ok(()) => {
+                if processor.health.unhealthy().is_some() {
+                    tracing::info!("the Kafka cluster answers again");
+                }
+                processor.health.set_kafka_unreachable(None);
+            }
             Err(e) => {
-                if was.is_none() {
+                if processor.health.unhealthy().is_none() {
                     tracing::warn!(error = format!("{e:#}"), "the Kafka cluster does not answer");
                 }
                 processor.health.set_kafka_unreachable(Some(format!("{e:#}")));

@@ -15,6 +15,8 @@
 #                         each --scram-user is created (both mechanisms) when
 #                         the storage is formatted
 #   broker.sh stop DIR    stop it (SIGTERM, up to 20 s, then SIGKILL); idempotent
+#   broker.sh resume DIR  start a stopped broker again on the same ports and data
+#                         (fault tests: the cluster comes back); prints its address
 #   broker.sh fetch       only download the jars (CI warm-up)
 #
 # Environment:
@@ -216,6 +218,41 @@ probe() { # DIR ADDR
   fi
 }
 
+# Start the broker JVM of DIR (its server.properties and data); print its pid.
+launch() { # DIR
+  local dir=$1 pid
+  # setsid: the broker outlives this shell and ignores its terminal's signals.
+  setsid java -Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$dir/log4j2.xml" -Dkafka.logs.dir="$dir" \
+    -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" \
+    </dev/null >>"$dir/broker.out" 2>&1 &
+  pid=$!
+  disown "$pid" 2>/dev/null || true   # no "Killed" notice if we must kill it
+  echo "$pid" >"$dir/broker.pid"
+  echo "$pid"
+}
+
+resume() { # DIR
+  local dir=$1 t0=$SECONDS pid port
+  need_java
+  [[ -f $dir/server.properties && -f $dir/bootstrap ]] || die "$dir holds no broker started by 'broker.sh start'"
+  if [[ -f $dir/broker.pid ]] && is_our_broker "$(cat "$dir/broker.pid")"; then
+    die "the broker of $dir is running (pid $(cat "$dir/broker.pid"))"
+  fi
+  port=$(sed -n 's/^127\.0\.0\.1:\([0-9]*\)$/\1/p' "$dir/bootstrap")
+  pid=$(launch "$dir")
+  while ((SECONDS < t0 + START_TIMEOUT)); do
+    pid_alive "$pid" || fail_start "$dir" "$pid" "the broker exited while resuming"
+    if probe "$dir" "127.0.0.1:$port"; then
+      log "broker pid $pid resumed on 127.0.0.1:$port in $((SECONDS - t0))s"
+      echo "127.0.0.1:$port"
+      return 0
+    fi
+    sleep 0.5
+  done
+  fail_start "$dir" "$pid" "the resumed broker did not answer on 127.0.0.1:$port within ${START_TIMEOUT}s"
+}
+
 start() { # DIR [--sasl-ssl PEM] [--scram-user NAME:PASSWORD]...
   local dir=$1 pem="" scram=() user
   shift
@@ -272,14 +309,7 @@ start() { # DIR [--sasl-ssl PEM] [--scram-user NAME:PASSWORD]...
       >"$dir/format.out" 2>&1 ||
       { cat "$dir/format.out" >&2; die "formatting $dir/data failed"; }
 
-    # setsid: the broker outlives this shell and ignores its terminal's signals.
-    setsid java -Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true \
-      -Dlog4j2.configurationFile="$dir/log4j2.xml" -Dkafka.logs.dir="$dir" \
-      -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" \
-      </dev/null >"$dir/broker.out" 2>&1 &
-    pid=$!
-    disown "$pid" 2>/dev/null || true   # no "Killed" notice if we must kill it
-    echo "$pid" >"$dir/broker.pid"
+    pid=$(launch "$dir")
 
     # A port picked above can be taken by someone else before the broker binds
     # it: the JVM then exits at once, and we retry with new ports.
@@ -341,6 +371,7 @@ cmd=${1:-}
 case $cmd in
   start) [[ $# -ge 2 ]] || usage; shift; start "$@" ;;
   stop) [[ $# -eq 2 ]] || usage; stop "$2" ;;
+  resume) [[ $# -eq 2 ]] || usage; resume "$(cd "$2" && pwd)" ;;
   fetch) [[ $# -eq 1 ]] || usage; need_java; fetch; echo "$LIBS" ;;
   -h | --help | help) usage 0 ;;
   *) usage ;;

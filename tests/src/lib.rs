@@ -32,6 +32,8 @@ use serde_json::Value;
 
 pub use serde_json::json;
 
+pub mod faults;
+
 // ---------------------------------------------------------------------------------------------
 // Paths
 // ---------------------------------------------------------------------------------------------
@@ -63,20 +65,49 @@ pub fn log_dir() -> PathBuf {
     d
 }
 
-/// Path of the `rtcrm` binary under test: `RTCRM_BIN`, else `<target>/release/rtcrm`.
+/// Path of the `rtcrm` binary under test: `RTCRM_BIN`, else `<target>/release/rtcrm`, which
+/// must be newer than every source it is built from (a stale binary left in `target/` fails the
+/// test with the reason, rather than testing old code).
 pub fn rtcrm_bin() -> PathBuf {
-    let p = match std::env::var_os("RTCRM_BIN") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => target_dir().join("release").join("rtcrm"),
-    };
-    if !p.is_file() {
-        panic!(
-            "the rtcrm binary {} is missing: build it with cargo build --release -p rtcrm \
-             (or point RTCRM_BIN at it)",
-            p.display()
-        );
+    static CHECKED: OnceLock<PathBuf> = OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            let (p, explicit) = match std::env::var_os("RTCRM_BIN") {
+                Some(p) if !p.is_empty() => (PathBuf::from(p), true),
+                _ => (target_dir().join("release").join("rtcrm"), false),
+            };
+            if !p.is_file() {
+                panic!(
+                    "the rtcrm binary {} is missing: build it with cargo build --release -p rtcrm \
+                     (scripts/test.sh does), or point RTCRM_BIN at it",
+                    p.display()
+                );
+            }
+            if !explicit {
+                let built = std::fs::metadata(&p).and_then(|m| m.modified()).expect("the binary's modification time");
+                let ws = workspace_dir();
+                let sources = ["host/src", "host/sandbox/src", "compiler/src", "compiler/runtime/src", "host/Cargo.toml", "Cargo.lock"];
+                if let Some(newer) = sources.iter().filter_map(|s| newest_file(&ws.join(s))).filter(|(t, _)| *t > built).max() {
+                    panic!(
+                        "the rtcrm binary {} is older than {}: it would test stale code. Rebuild it with \
+                         cargo build --release -p rtcrm (scripts/test.sh builds it), or point RTCRM_BIN at a binary",
+                        p.display(),
+                        newer.1.display()
+                    );
+                }
+            }
+            p
+        })
+        .clone()
+}
+
+/// The most recently modified file under `path` (or `path` itself), with its time.
+fn newest_file(path: &Path) -> Option<(SystemTime, PathBuf)> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_file() {
+        return Some((meta.modified().ok()?, path.to_path_buf()));
     }
-    p
+    std::fs::read_dir(path).ok()?.filter_map(|e| e.ok()).filter_map(|e| newest_file(&e.path())).max()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -379,6 +410,8 @@ pub struct ProcessorBuilder {
     args: Vec<String>,
     envs: Vec<(String, String)>,
     bootstrap_flag: bool,
+    /// The broker to use instead of the shared test broker.
+    bootstrap: Option<String>,
     wait_ready: bool,
     ready_timeout: Duration,
     name: String,
@@ -392,6 +425,7 @@ impl ProcessorBuilder {
             args: Vec::new(),
             envs: Vec::new(),
             bootstrap_flag: subcommand == "run",
+            bootstrap: None,
             wait_ready: true,
             ready_timeout: Duration::from_secs(60),
             name,
@@ -418,6 +452,11 @@ impl ProcessorBuilder {
         self.bootstrap_flag = false;
         self
     }
+    /// Run against the broker at `addr` (e.g. a [`faults::PrivateBroker`]) instead of the shared one.
+    pub fn bootstrap(mut self, addr: &str) -> Self {
+        self.bootstrap = Some(addr.to_owned());
+        self
+    }
     pub fn wait_ready(mut self, yes: bool) -> Self {
         self.wait_ready = yes;
         self
@@ -437,7 +476,7 @@ impl ProcessorBuilder {
         let mut cmd = Command::new(&bin);
         cmd.arg(&self.subcommand);
         if self.bootstrap_flag {
-            cmd.arg("--bootstrap-servers").arg(broker());
+            cmd.arg("--bootstrap-servers").arg(self.bootstrap.clone().unwrap_or_else(broker));
         }
         cmd.arg("--http-addr").arg(&http);
         cmd.args(&self.args);
@@ -527,6 +566,19 @@ impl Processor {
             self.log.display(),
             self.log_tail(60)
         )
+    }
+
+    /// The exit status, if the process has exited (it is then reaped).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        eprintln!("[harness] pid {} exited: {status}", self.pid());
+        self.child = None;
+        Some(status)
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.is_some() && self.try_wait().is_none()
     }
 
     /// Panics if the process has exited.
@@ -834,14 +886,57 @@ pub fn produce_json(topic: &str, v: &Value) -> Delivered {
 
 /// Creates `topic` with `partitions` partitions (replication 1) and waits until its metadata shows them.
 pub fn create_topic(topic: &str, partitions: i32) {
+    create_topic_with(topic, partitions, &[]);
+}
+
+fn admin_client() -> (AdminClient<DefaultClientContext>, tokio::runtime::Runtime) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", broker())
         .create()
         .expect("create a Kafka admin client");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    (admin, tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap())
+}
+
+/// Sets topic-level configs of `topic` (e.g. `max.message.bytes`), replacing its other overrides.
+pub fn alter_topic(topic: &str, configs: &[(&str, &str)]) {
+    let (admin, rt) = admin_client();
+    let mut alter = rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(topic));
+    for (k, v) in configs {
+        alter = alter.set(k, v);
+    }
+    let res = rt
+        .block_on(admin.alter_configs(&[alter], &AdminOptions::new().request_timeout(Some(Duration::from_secs(30)))))
+        .unwrap_or_else(|e| panic!("AlterConfigs {topic}: {e}"));
+    for r in res {
+        if let Err((_, code)) = r {
+            panic!("AlterConfigs {topic} {configs:?} failed: {code}");
+        }
+    }
+}
+
+/// Deletes `topic`.
+pub fn delete_topic(topic: &str) {
+    let (admin, rt) = admin_client();
+    let res = rt
+        .block_on(admin.delete_topics(&[topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))))
+        .unwrap_or_else(|e| panic!("DeleteTopics {topic}: {e}"));
+    for r in res {
+        if let Err((t, code)) = r {
+            panic!("DeleteTopics {t} failed: {code}");
+        }
+    }
+}
+
+/// [`create_topic`] with topic-level configs.
+pub fn create_topic_with(topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+    let (admin, rt) = admin_client();
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        new = new.set(k, v);
+    }
     let res = rt
         .block_on(admin.create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &[new],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
         ))
         .unwrap_or_else(|e| panic!("CreateTopics {topic}: {e}"));
@@ -968,6 +1063,11 @@ impl Reader {
     /// readers of an exactly-once processor's triggers must be.
     pub fn read_committed(topic: &str) -> Reader {
         Reader::build(&broker(), topic, "read_committed")
+    }
+
+    /// [`Reader::read_committed`] on the broker at `bootstrap`.
+    pub fn read_committed_on(bootstrap: &str, topic: &str) -> Reader {
+        Reader::build(bootstrap, topic, "read_committed")
     }
 
     fn build(bootstrap: &str, topic: &str, isolation: &str) -> Reader {

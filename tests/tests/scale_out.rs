@@ -1,10 +1,12 @@
 //! Two processes in one consumer group share a 4-partition events topic: Kafka splits the
 //! partitions between them (each reports its share in `rtcrm_assigned_partitions`), and all
-//! expected triggers are produced.
+//! expected triggers are produced; a third one joining and leaving under load takes partitions
+//! and hands them back, drained and committed each time: nothing lost, nothing processed twice.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use rtcrm_integration_tests::faults::{expected_4711, Load, Tally};
 use rtcrm_integration_tests::*;
 
 const EVENTS: usize = 2_000;
@@ -66,10 +68,47 @@ fn two_processes_share_four_partitions() {
     let diff = diff_pairs(&expected, &got);
     assert!(diff.is_empty(), "with two processes the triggers differ from the expected set:\n{diff}");
 
-    let (e1, e2) = (p1.metric("rtcrm_events_total").unwrap_or(0.0), p2.metric("rtcrm_events_total").unwrap_or(0.0));
-    println!("rtcrm_events_total: {e1} + {e2}");
-    assert!(e1 > 0.0 && e2 > 0.0, "both processes must have processed events: {e1} and {e2}");
-    assert!(e1 + e2 >= EVENTS as f64, "together they processed {} of {EVENTS} events", e1 + e2);
+    // Evaluation outcomes, not a count taken at consumption.
+    let (e1, e2) = (p1.metric("rtcrm_evaluations_total").unwrap_or(0.0), p2.metric("rtcrm_evaluations_total").unwrap_or(0.0));
+    println!("rtcrm_evaluations_total: {e1} + {e2}");
+    assert!(e1 > 0.0 && e2 > 0.0, "both processes must have evaluated events: {e1} and {e2}");
+    assert_eq!(e1 + e2, EVENTS as f64, "together they evaluated every event once");
     let (a2, b2) = (assigned(&p1), assigned(&p2));
     assert!(a2 >= 1.0 && b2 >= 1.0 && a2 + b2 == 4.0, "assignment at the end: {a2} + {b2}");
+}
+
+#[test]
+fn a_third_instance_joining_and_leaving_under_load_loses_nothing_and_repeats_nothing() {
+    let t = Topics::new("join");
+    create_topic(&t.events, 4);
+    produce(&t.campaigns, &[Msg::keyless(SEED_CAMPAIGN)]);
+    let mut a = Processor::builder("run").args(t.args()).name("a").start();
+    let mut b = Processor::builder("run").args(t.args()).name("b").start();
+    let load = Load::start(&broker(), &t.events, 400, 2_000, 3);
+    let mut triggers = Reader::new(&t.triggers);
+    assert!(triggers.read_until(|r| r.len() >= 200, Duration::ZERO, Duration::from_secs(60)), "triggers before the join");
+
+    // A third member joins: partitions move to it, after the others drained and committed them.
+    let mut c = Processor::builder("run").args(t.args()).name("c").start();
+    wait_until("the new member to own partitions", Duration::from_secs(60), || (assigned(&c) >= 1.0).then_some(()));
+    wait_until("the new member to evaluate events", Duration::from_secs(60), || {
+        (c.metric("rtcrm_evaluations_total").unwrap_or(0.0) > 50.0).then_some(())
+    });
+    println!("the third member owns {} partitions", assigned(&c));
+    // ... and leaves: its partitions go back, drained and committed.
+    assert_eq!(c.sigterm().code(), Some(0), "the leaving member exits cleanly");
+    wait_until("the remaining members to own every partition", Duration::from_secs(60), || {
+        (assigned(&a) + assigned(&b) == 4.0).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let produced = load.finish();
+    let expected = expected_4711(&produced);
+    triggers.read_until(|r| Tally::complete(r, &expected), Duration::from_secs(3), Duration::from_secs(120));
+    a.assert_running();
+    b.assert_running();
+    let tally = Tally::of(&triggers.records, &expected);
+    println!("a member joined and left under load: {tally}");
+    assert!(tally.lost.is_empty(), "triggers lost: {tally}");
+    assert!(tally.unexpected.is_empty(), "unexpected triggers: {tally}");
+    assert_eq!(tally.duplicates, 0, "revoked partitions are drained and committed before they move: nothing is processed twice ({tally})");
 }

@@ -10,20 +10,23 @@ pub enum ErrorKind {
     Fuel,
     /// The filter tried to grow its memory past its cap.
     Memory,
-    /// The filter ran past its wall-clock deadline.
+    /// The filter ran past its deadline of CPU time.
     Deadline,
     /// The filter trapped (stack overflow, unreachable, out-of-bounds access, ...).
     Trap,
-    /// The JavaScript filter threw.
+    /// The JavaScript filter threw, or a Wasm filter returned a negative status.
     Exception,
+    /// The event, not the filter, is at fault (over the host's size or nesting limits): the
+    /// event goes to the dead-letter topic and the failure never counts toward quarantine.
+    Event,
 }
 
 impl ErrorKind {
     /// Every kind, in a stable order.
-    pub const ALL: [ErrorKind; 5] =
-        [ErrorKind::Fuel, ErrorKind::Memory, ErrorKind::Deadline, ErrorKind::Trap, ErrorKind::Exception];
+    pub const ALL: [ErrorKind; 6] =
+        [ErrorKind::Fuel, ErrorKind::Memory, ErrorKind::Deadline, ErrorKind::Trap, ErrorKind::Exception, ErrorKind::Event];
 
-    /// The kind's name: `fuel`, `memory`, `deadline`, `trap` or `exception`.
+    /// The kind's name: `fuel`, `memory`, `deadline`, `trap`, `exception` or `event`.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Fuel => "fuel",
@@ -31,6 +34,7 @@ impl ErrorKind {
             ErrorKind::Deadline => "deadline",
             ErrorKind::Trap => "trap",
             ErrorKind::Exception => "exception",
+            ErrorKind::Event => "event",
         }
     }
 }
@@ -41,8 +45,9 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// A failed evaluation. It counts as "no match"; after any kind but `exception` the instance
-/// has been discarded and rebuilt.
+/// A failed evaluation. It counts as "no match"; after any kind but `exception` and `event` the
+/// instance has been discarded and rebuilt. Every text in it that a filter controls is at most
+/// [`MAX_ERROR_TEXT_BYTES`](crate::limits::MAX_ERROR_TEXT_BYTES) plus a truncation marker.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EvalError {
     /// See [`ErrorKind::Fuel`].
@@ -60,7 +65,7 @@ pub enum EvalError {
         limit: usize,
     },
     /// See [`ErrorKind::Deadline`].
-    #[error("the filter ran past its wall-clock deadline of {} ms", limit.as_millis())]
+    #[error("the filter ran past its deadline of {} ms of CPU time", limit.as_millis())]
     Deadline {
         /// The deadline.
         limit: Duration,
@@ -68,9 +73,21 @@ pub enum EvalError {
     /// See [`ErrorKind::Trap`]; holds the trap's description.
     #[error("{0}")]
     Trap(String),
+    /// The filter called WASI `proc_exit` (kind [`ErrorKind::Trap`]).
+    #[error("the filter exited (WASI proc_exit) with code {code}")]
+    Exit {
+        /// The exit code it passed.
+        code: i32,
+    },
     /// See [`ErrorKind::Exception`]; holds the thrown value as text (`Error: message`).
     #[error("{0}")]
     Exception(String),
+    /// See [`ErrorKind::Event`]: the event is over the sandbox's limits; the filter did not run.
+    #[error("the event is not evaluated: {reason}")]
+    Event {
+        /// Why (the [`EventError`](crate::EventError)'s text).
+        reason: String,
+    },
 }
 
 impl EvalError {
@@ -80,9 +97,16 @@ impl EvalError {
             EvalError::Fuel { .. } => ErrorKind::Fuel,
             EvalError::Memory { .. } => ErrorKind::Memory,
             EvalError::Deadline { .. } => ErrorKind::Deadline,
-            EvalError::Trap(_) => ErrorKind::Trap,
+            EvalError::Trap(_) | EvalError::Exit { .. } => ErrorKind::Trap,
             EvalError::Exception(_) => ErrorKind::Exception,
+            EvalError::Event { .. } => ErrorKind::Event,
         }
+    }
+
+    /// Whether the event, not the filter, caused this failure (spec §7): such a failure sends the
+    /// event to the dead-letter topic and must never count toward the campaign's quarantine.
+    pub fn caused_by_event(&self) -> bool {
+        matches!(self, EvalError::Event { .. })
     }
 }
 
@@ -106,8 +130,8 @@ pub enum SandboxError {
         /// The cap.
         limit: usize,
     },
-    /// Reading or writing the compiled-runtime cache failed.
-    #[error("runtime cache {path}: {source}")]
+    /// Reading or writing the compiled-module cache failed.
+    #[error("module cache {path}: {source}")]
     Cache {
         /// The file or directory.
         path: std::path::PathBuf,

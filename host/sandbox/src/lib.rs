@@ -1,5 +1,5 @@
 //! rtcrm's filter sandbox: campaign filters (untrusted JavaScript compiled to WebAssembly) run
-//! in wasmtime under fuel, memory and wall-clock limits, so no filter can stall, crash or read
+//! in wasmtime under fuel, memory and CPU-time limits, so no filter can stall, crash or read
 //! the processor. No Kafka here: this crate builds and tests on its own.
 //!
 //! ```no_run
@@ -15,17 +15,23 @@
 //!
 //! # Core concepts
 //! - [`Sandbox`]: one per process. It owns the wasmtime [`wasmtime::Engine`] (fuel metering and
-//!   epoch interruption on), the JS runtime — a Javy plugin pre-initialised with wasmtime-wizer
-//!   and compiled once, cached on disk by content digest and engine configuration — and the epoch
-//!   ticker thread that enforces deadlines.
+//!   epoch interruption on, proposals outside the filter ABI off), the JS runtime — a Javy plugin
+//!   pre-initialised with wasmtime-wizer and compiled once — the module cache (compiled modules
+//!   on disk in a private directory, keyed by content digest and engine configuration, each file
+//!   verified before it is loaded; see `cache.rs`), the compiler pool for Wasm filter modules,
+//!   and the epoch ticker thread that drives the CPU-time deadline checks.
+//! - [`SandboxConfig::from_limits`]: the operator's [`HostLimits`] (spec §7, user units,
+//!   validated) applied to the sandbox.
 //! - [`Sandbox::compile_js`]: JavaScript source → [`CompiledJs`], a few-hundred-byte campaign module
 //!   carrying QuickJS bytecode (a fresh runtime instance compiles it in well under a millisecond).
 //! - [`JsFilter`]: a campaign's own runtime instance (own linear memory, ~200 KiB resident),
 //!   reused across events. Rebuilt after any trap.
 //! - [`Event`]: parsed once per event; every campaign's filter reads the fields it touches
 //!   through host calls, so an event is never rebuilt as a JS object per campaign.
-//! - [`Limits`] (see its module for the defaults and their known gaps) and [`EvalError`], whose
-//!   [`ErrorKind`] is one of `fuel`, `memory`, `deadline`, `trap`, `exception`.
+//! - [`Limits`] (see its module, `limits.rs`, for every limit, its default and its known gaps)
+//!   and [`EvalError`], whose [`ErrorKind`] is one of `fuel`, `memory`, `deadline`, `trap`,
+//!   `exception` — the filter's failures — or `event`, a failure the event caused
+//!   ([`EvalError::caused_by_event`]), which must not count toward quarantine.
 //!
 //! # Fresh instance per event, the alternative
 //! Building a new instance for each event (instantiate, load the bytecode, evaluate) makes every
@@ -35,20 +41,28 @@
 //! and documents that filters must not rely on state between calls (spec §5); isolation between
 //! campaigns does not depend on the choice, since each campaign has its own instance.
 
+mod cache;
+mod compile;
 mod error;
 mod event;
 mod limits;
 mod log;
-mod output;
 mod runtime;
 mod sandbox;
+mod text;
+mod wasi;
 mod wasm_filter;
 
+pub use cache::{default_cache_dir, CacheStats};
 pub use error::{ErrorKind, EvalError, SandboxError};
 pub use event::{Event, EventError};
-pub use limits::Limits;
+pub use limits::{
+    EventLimits, HostLimits, Limits, LimitsError, ModuleCaps, UserLimits, HOST_BYTE_FUEL, HOST_CALL_FUEL,
+    MAX_ERROR_TEXT_BYTES, MAX_SUPPORTED_EVENT_DEPTH, TABLE_ELEMENT_BYTES,
+};
 pub use log::{LogCaps, LogSink, LogStream, MemorySink, TracingSink};
 pub use rtcrm_compiler::{CompileError, ModuleError, SourceForm, RUNTIME_NAMESPACE};
-pub use runtime::default_cache_dir;
 pub use sandbox::{CompiledFilter, CompiledJs, Filter, JsFilter, ModuleLoadError, Sandbox, SandboxConfig, Verdict};
-pub use wasm_filter::{CompiledWasm, WasmError, WasmFilter, DEFAULT_MAX_MODULE_BYTES, SUPPORTED_ABI_VERSION, WASI_MODULE};
+pub use wasm_filter::{
+    CompiledWasm, WasmError, WasmFilter, ALLOWED_FEATURES, DEFAULT_MAX_MODULE_BYTES, SUPPORTED_ABI_VERSION, WASI_MODULE,
+};

@@ -1,12 +1,16 @@
 //! The sandbox: one wasmtime [`Engine`] per process, the pre-initialised JS runtime compiled once,
-//! and one runtime instance per campaign, each evaluation bounded by fuel, memory and a deadline.
+//! and one runtime instance per campaign, each evaluation bounded by fuel, memory and a CPU-time
+//! deadline (see `limits.rs` for every limit and its gaps).
 
+use crate::cache::{CacheStats, ModuleCache};
+use crate::compile::CompilePool;
 use crate::error::{EvalError, MemoryLimitExceeded, SandboxError};
 use crate::event::Event;
-use crate::limits::Limits;
+use crate::limits::{EventLimits, HostLimits, Limits, ModuleCaps, TABLE_ELEMENT_BYTES};
 use crate::log::{FilterLog, LogCaps, LogSink, LogStream, TracingSink};
-use crate::output::CapturedOutput;
-use crate::wasm_filter::{CompiledWasm, WasmError, WasmFilter, DEFAULT_MAX_MODULE_BYTES};
+use crate::text;
+use crate::wasi::{charge, guest_range, CapturedOutput};
+use crate::wasm_filter::{CompiledWasm, WasmError, WasmFilter, FORBIDDEN_FEATURES};
 use rtcrm_compiler::{build_module, read_module, CompileError, ModuleError, SourceForm, RUNTIME_NAMESPACE};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use wasmtime::{
-    Caller, Config, Engine, InstancePre, Linker, Memory, OptLevel, ResourceLimiter, Store, Trap, TypedFunc,
+    Caller, Config, Engine, InstancePre, Linker, Memory, OptLevel, ResourceLimiter, Store, Trap, TypedFunc, UpdateDeadline,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::WasiCtxBuilder;
@@ -23,57 +27,100 @@ use wasmtime_wasi::WasiCtxBuilder;
 const HOST_MODULE: &str = "rtcrm:host";
 /// Bytes of a filter's stdout/stderr kept until forwarded to the log.
 const CAPTURED_OUTPUT_BYTES: usize = 16 * 1024;
-/// Longest text read back from the runtime (an error message, or bytecode).
+/// Longest bytecode read back from the runtime.
 const MAX_RESULT_BYTES: usize = 4 * 1024 * 1024;
 
-/// How the sandbox is set up. [`SandboxConfig::default`] is what `rtcrm run` uses.
+/// How the sandbox is set up. [`SandboxConfig::default`] is what `rtcrm run` uses without
+/// configuration; [`SandboxConfig::from_limits`] applies the operator's [`HostLimits`].
 #[derive(Clone)]
 pub struct SandboxConfig {
-    /// Host limits; campaigns may only lower them.
+    /// Host limits per evaluation and instance; campaigns may only lower them.
     pub limits: Limits,
+    /// What an event may be (size, nesting); see [`Sandbox::parse_event`].
+    pub event_limits: EventLimits,
+    /// Largest JavaScript source accepted.
+    pub max_source_bytes: usize,
+    /// Largest Wasm filter module accepted.
+    pub max_module_bytes: usize,
+    /// Largest per-player state (spec §12; enforced by the state store, carried here so every
+    /// limit comes from one place).
+    pub state_max_bytes: usize,
+    /// Caps on a Wasm module's shape, checked before compiling.
+    pub module_caps: ModuleCaps,
     /// Count fuel (the CPU budget). Off only for measurements: the deadline is then the only
-    /// CPU bound.
+    /// CPU bound and host work is not charged.
     pub fuel_metering: bool,
     /// Largest wasm stack of one evaluation, in bytes.
     pub max_wasm_stack: usize,
-    /// Period of the epoch ticker that enforces deadlines.
+    /// Period of the epoch ticker that drives the CPU-time deadline checks.
     pub epoch_tick: Duration,
-    /// Where the compiled runtime is cached; `None` compiles it in memory at every start.
+    /// The private directory where compiled modules are cached (spec §8); `None`, or a directory
+    /// that cannot be made private, compiles in memory at every start.
     pub cache_dir: Option<PathBuf>,
+    /// Wasm modules compiled at once (each compile may use every core).
+    pub compile_threads: usize,
+    /// Longest compilation of one Wasm module before it is rejected.
+    pub compile_timeout: Duration,
     /// Caps on each filter's log output.
     pub log_caps: LogCaps,
     /// Where filter output goes.
     pub log_sink: Arc<dyn LogSink>,
-    /// Largest JavaScript source accepted.
-    pub max_source_bytes: usize,
 }
 
 impl Default for SandboxConfig {
     fn default() -> Self {
+        let limits = HostLimits::default();
         SandboxConfig {
-            limits: Limits::default(),
+            limits: limits.limits(),
+            event_limits: limits.event_limits(),
+            max_source_bytes: limits.max_source_bytes(),
+            max_module_bytes: limits.max_module_bytes(),
+            state_max_bytes: limits.state_max_bytes(),
+            module_caps: ModuleCaps::default(),
             fuel_metering: true,
             max_wasm_stack: 512 * 1024,
             epoch_tick: Duration::from_millis(1),
-            cache_dir: Some(crate::runtime::default_cache_dir()),
+            cache_dir: crate::cache::default_cache_dir(),
+            compile_threads: 2,
+            compile_timeout: Duration::from_secs(30),
             log_caps: LogCaps::default(),
             log_sink: Arc::new(TracingSink),
-            max_source_bytes: rtcrm_compiler::DEFAULT_MAX_SOURCE_BYTES,
         }
+    }
+}
+
+impl SandboxConfig {
+    /// The default configuration under the operator's `limits`.
+    pub fn from_limits(limits: &HostLimits) -> SandboxConfig {
+        SandboxConfig::default().with_limits(limits)
+    }
+
+    /// This configuration with every limit taken from `limits`.
+    pub fn with_limits(mut self, limits: &HostLimits) -> SandboxConfig {
+        self.limits = limits.limits();
+        self.event_limits = limits.event_limits();
+        self.max_source_bytes = limits.max_source_bytes();
+        self.max_module_bytes = limits.max_module_bytes();
+        self.state_max_bytes = limits.state_max_bytes();
+        self
     }
 }
 
 /// The filter sandbox. Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct Sandbox {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) core: Arc<SandboxCore>,
 }
 
-pub(crate) struct Shared {
+/// What every filter instance of a sandbox shares: the engine, the linker, the compiled JS
+/// runtime, the module cache and compiler pool, the configuration.
+pub(crate) struct SandboxCore {
     pub(crate) engine: Engine,
     js_runtime: InstancePre<FilterState>,
     pub(crate) linker: Linker<FilterState>,
     pub(crate) config: SandboxConfig,
+    pub(crate) cache: Option<ModuleCache>,
+    pub(crate) compiler: CompilePool,
     _ticker: EpochTicker,
 }
 
@@ -116,13 +163,13 @@ pub enum ModuleLoadError {
 pub struct Verdict {
     /// The filter returned boolean `true`.
     pub matched: bool,
-    /// Fuel the evaluation used (0 without fuel metering).
+    /// Fuel the evaluation used, host work included (0 without fuel metering).
     pub fuel_used: u64,
 }
 
 impl Sandbox {
-    /// Creates the engine, loads the runtime (from the cache when present) and starts the epoch
-    /// ticker.
+    /// Creates the engine, opens the module cache, loads the runtime (from the cache when
+    /// present) and starts the epoch ticker.
     pub fn new(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
         let mut wasm_config = Config::new();
         wasm_config
@@ -130,42 +177,72 @@ impl Sandbox {
             .epoch_interruption(true)
             .max_wasm_stack(config.max_wasm_stack)
             .memory_init_cow(true)
-            .cranelift_opt_level(OptLevel::Speed);
+            .cranelift_opt_level(OptLevel::Speed)
+            // What the filter ABI does not need is off in the engine too, not only at submission.
+            .wasm_features(FORBIDDEN_FEATURES, false);
         let engine = Engine::new(&wasm_config).map_err(|e| SandboxError::wasmtime("creating the wasmtime engine", e))?;
-        let module = crate::runtime::load(&engine, config.cache_dir.as_deref())?;
+        let cache = config.cache_dir.as_deref().and_then(|dir| match ModuleCache::open(dir, &engine) {
+            Ok(cache) => Some(cache),
+            Err(e) => {
+                tracing::warn!(error = %e, "not using the module cache; compiled modules are kept in memory only");
+                None
+            }
+        });
+        let module = crate::runtime::load(&engine, cache.as_ref())?;
         let linker = filter_linker(&engine)?;
         let js_runtime = linker
             .instantiate_pre(&module)
             .map_err(|e| SandboxError::wasmtime("linking the JS runtime", e))?;
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick);
-        Ok(Sandbox { shared: Arc::new(Shared { engine, js_runtime, linker, config, _ticker: ticker }) })
+        let compiler = CompilePool::new(config.compile_threads, config.compile_timeout);
+        Ok(Sandbox { core: Arc::new(SandboxCore { engine, js_runtime, linker, config, cache, compiler, _ticker: ticker }) })
     }
 
     /// The engine every filter runs in.
     pub fn engine(&self) -> &Engine {
-        &self.shared.engine
+        &self.core.engine
     }
 
     /// The host limits.
     pub fn limits(&self) -> Limits {
-        self.shared.config.limits
+        self.core.config.limits
+    }
+
+    /// What the sandbox accepts as an event.
+    pub fn event_limits(&self) -> EventLimits {
+        self.core.config.event_limits
+    }
+
+    /// Parses `bytes` as an event under this sandbox's [`EventLimits`].
+    pub fn parse_event(&self, bytes: impl Into<Vec<u8>>) -> Result<Event, crate::EventError> {
+        Event::parse_with(bytes, &self.core.config.event_limits)
+    }
+
+    /// The module cache's counters; `None` when the sandbox runs without a cache.
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.core.cache.as_ref().map(ModuleCache::stats)
+    }
+
+    /// The directory of the module cache in use, if any.
+    pub fn cache_dir(&self) -> Option<&std::path::Path> {
+        self.core.cache.as_ref().map(ModuleCache::path)
     }
 
     /// Compiles JavaScript `source` (any form of spec §5) into a campaign module, and checks
     /// that it yields a function. Syntax errors carry the line and column in `source`.
     pub fn compile_js(&self, source: &str) -> Result<CompiledJs, CompileError> {
-        let max = self.shared.config.max_source_bytes;
+        let max = self.core.config.max_source_bytes;
         if source.len() > max {
             return Err(CompileError::TooLarge { size: source.len(), max });
         }
-        let mut live = self
-            .shared
+        let mut instance = self
+            .core
             .instantiate("compiler".into(), self.limits())
             .map_err(|e| CompileError::TopLevelFailed(format!("starting the compiler: {e}")))?;
         let mut reports: Vec<(SourceForm, String)> = Vec::new();
         for form in SourceForm::ALL {
             let text = form.wrap(source);
-            match live.compile(&self.shared, text.as_bytes(), form.is_module()) {
+            match instance.compile(&self.core, text.as_bytes(), form.is_module()) {
                 Ok(Ok(bytecode)) => {
                     let compiled = CompiledJs {
                         module: build_module(RUNTIME_NAMESPACE, &bytecode),
@@ -216,9 +293,9 @@ impl Sandbox {
         let line_start = text.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum::<usize>();
         let line_text = text[line_start..].split('\n').next().unwrap_or("");
         let line_end = line_start + line_text.len();
-        let mut live = self.shared.instantiate("compiler".into(), self.limits()).ok()?;
+        let mut instance = self.core.instantiate("compiler".into(), self.limits()).ok()?;
         let mut same_error = |cut: usize| -> bool {
-            match live.compile(&self.shared, text[..cut].as_bytes(), form.is_module()) {
+            match instance.compile(&self.core, &text.as_bytes()[..cut], form.is_module()) {
                 Ok(Err(r)) => {
                     let mut p = r.splitn(3, ':');
                     p.next().and_then(|l| l.parse::<usize>().ok()) == Some(line) && p.nth(1) == Some(message.as_str())
@@ -267,11 +344,11 @@ impl Sandbox {
 
     /// Evaluates the module's top-level code once in a fresh instance: it must yield a function.
     fn verify(&self, compiled: &CompiledJs) -> Result<(), CompileError> {
-        let mut live = self
-            .shared
+        let mut instance = self
+            .core
             .instantiate("compiler".into(), self.limits())
             .map_err(|e| CompileError::TopLevelFailed(format!("starting the runtime: {e}")))?;
-        match live.load(&self.shared, &compiled.bytecode) {
+        match instance.load(&self.core, &compiled.bytecode) {
             Ok(LoadOutcome::Loaded) => Ok(()),
             Ok(LoadOutcome::Threw(message)) => Err(CompileError::TopLevelThrew { message }),
             Ok(LoadOutcome::NotAFunction(found)) => Err(CompileError::NotAFunction { found }),
@@ -283,14 +360,14 @@ impl Sandbox {
     /// by the campaign; see [`Limits::lowered`]).
     pub fn js_filter(&self, compiled: &CompiledJs, name: &str, limits: Limits) -> Result<JsFilter, EvalError> {
         let mut filter = JsFilter {
-            shared: self.shared.clone(),
+            core: self.core.clone(),
             bytecode: compiled.bytecode.clone(),
             name: name.into(),
             limits,
-            live: None,
+            instance: None,
             rebuilds: 0,
         };
-        filter.live = Some(filter.build()?);
+        filter.instance = Some(filter.build()?);
         Ok(filter)
     }
 }
@@ -305,6 +382,8 @@ pub enum CompiledFilter {
 }
 
 /// A campaign's filter instance, either kind.
+// Not boxed: a filter is built once per campaign and worker, and evaluated on the hot path.
+#[allow(clippy::large_enum_variant)]
 pub enum Filter {
     /// See [`JsFilter`].
     Js(JsFilter),
@@ -331,9 +410,11 @@ impl Filter {
 }
 
 impl Sandbox {
-    /// Validates and compiles a module of the filter ABI (a `filter_wasm` campaign).
+    /// Validates and compiles a module of the filter ABI (a `filter_wasm` campaign): size and
+    /// shape caps and allowed proposals first, then the cache or the compiler pool, then one
+    /// instantiation (`_initialize`, `rtcrm_abi_version`).
     pub fn load_wasm(&self, module: &[u8]) -> Result<CompiledWasm, WasmError> {
-        crate::wasm_filter::load(&self.shared, module, DEFAULT_MAX_MODULE_BYTES)
+        crate::wasm_filter::load(&self.core, module)
     }
 
     /// Loads a `.wasm` file of either kind: a JavaScript campaign module (it imports the JS
@@ -356,7 +437,7 @@ impl Sandbox {
     pub fn filter(&self, compiled: &CompiledFilter, name: &str, limits: Limits) -> Result<Filter, EvalError> {
         match compiled {
             CompiledFilter::Js(js) => self.js_filter(js, name, limits).map(Filter::Js),
-            CompiledFilter::Wasm(wasm) => WasmFilter::new(self.shared.clone(), wasm, name, limits).map(Filter::Wasm),
+            CompiledFilter::Wasm(wasm) => WasmFilter::new(self.core.clone(), wasm, name, limits).map(Filter::Wasm),
         }
     }
 }
@@ -367,31 +448,32 @@ impl Sandbox {
 /// new one is built from the bytecode (QuickJS's state is not trustworthy after a trap in the
 /// middle of a call). An `exception` leaves the instance as it is.
 pub struct JsFilter {
-    shared: Arc<Shared>,
+    core: Arc<SandboxCore>,
     bytecode: Arc<[u8]>,
     name: Arc<str>,
     limits: Limits,
-    live: Option<Live>,
+    instance: Option<RuntimeInstance>,
     rebuilds: u64,
 }
 
 impl JsFilter {
     /// Evaluates the filter against `event`.
     pub fn eval(&mut self, event: &Event) -> Result<Verdict, EvalError> {
-        if self.live.is_none() {
-            let live = self.build()?;
-            self.live = Some(live);
+        self.core.admit(event)?;
+        if self.instance.is_none() {
+            let instance = self.build()?;
+            self.instance = Some(instance);
         }
-        let live = self.live.as_mut().expect("built above");
-        let outcome = live.eval(&self.shared, &self.limits, event);
+        let instance = self.instance.as_mut().expect("built above");
+        let outcome = instance.eval(&self.core, &self.limits, event);
         if let Err(e) = &outcome {
             if e.kind() != crate::ErrorKind::Exception {
-                self.live = None;
+                self.instance = None;
                 self.rebuilds += 1;
                 // Rebuild now so the next event does not pay for it; if this fails, the next
                 // evaluation retries and reports the failure.
-                if let Ok(live) = self.build() {
-                    self.live = Some(live);
+                if let Ok(instance) = self.build() {
+                    self.instance = Some(instance);
                 }
             }
         }
@@ -413,13 +495,13 @@ impl JsFilter {
         self.rebuilds
     }
 
-    fn build(&self) -> Result<Live, EvalError> {
-        let mut live = self.shared.instantiate(self.name.clone(), self.limits).map_err(|e| match e {
+    fn build(&self) -> Result<RuntimeInstance, EvalError> {
+        let mut instance = self.core.instantiate(self.name.clone(), self.limits).map_err(|e| match e {
             SandboxError::MemoryLimit { requested, limit } => EvalError::Memory { requested, limit },
-            other => EvalError::Trap(format!("instantiating the filter: {other}")),
+            other => EvalError::Trap(text::bound(format!("instantiating the filter: {other}"))),
         })?;
-        match live.load(&self.shared, &self.bytecode)? {
-            LoadOutcome::Loaded => Ok(live),
+        match instance.load(&self.core, &self.bytecode)? {
+            LoadOutcome::Loaded => Ok(instance),
             LoadOutcome::Threw(message) => Err(EvalError::Exception(message)),
             LoadOutcome::NotAFunction(found) => Err(EvalError::Trap(format!("the filter evaluates to {found}, not a function"))),
         }
@@ -431,31 +513,34 @@ pub(crate) struct FilterState {
     wasi: WasiP1Ctx,
     pub(crate) memory: Option<Memory>,
     event: EventRef,
-    memory_limit: usize,
-    pub(crate) memory_exceeded: Option<usize>,
+    pub(crate) fuel_metering: bool,
+    pub(crate) budget: InstanceBudget,
+    deadline: CpuDeadline,
     log: FilterLog,
-    stdout: CapturedOutput,
-    stderr: CapturedOutput,
+    pub(crate) stdout: CapturedOutput,
+    pub(crate) stderr: CapturedOutput,
 }
 
 /// The event under evaluation, set only for the duration of a call into the filter.
 #[derive(Clone, Copy)]
 struct EventRef(*const Event);
 
-// SAFETY: the pointer is only dereferenced by host functions during `Live::eval`, on the thread
-// that holds `&Event` for that whole call, and is reset before `eval` returns.
+// SAFETY: the pointer is only dereferenced by host functions during `RuntimeInstance::eval`, on
+// the thread that holds `&Event` for that whole call, and is reset before `eval` returns.
 unsafe impl Send for EventRef {}
+// SAFETY: as for `Send`: no dereference outside the call that set it.
 unsafe impl Sync for EventRef {}
 
 impl FilterState {
     fn event(&self) -> Option<&Event> {
-        // SAFETY: see `EventRef`.
+        // SAFETY: see `EventRef`: non-null only while the `&Event` it came from is borrowed by
+        // the evaluation that set it.
         unsafe { self.event.0.as_ref() }
     }
 
     pub(crate) fn forward_output(&mut self, flush_all: bool) {
         for stream in [LogStream::Out, LogStream::Err] {
-            let out = if stream == LogStream::Out { &self.stdout } else { &self.stderr };
+            let out = if stream == LogStream::Out { &mut self.stdout } else { &mut self.stderr };
             if !out.has_pending() {
                 continue;
             }
@@ -472,25 +557,140 @@ impl Drop for FilterState {
     }
 }
 
-impl ResourceLimiter for FilterState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.memory_limit {
-            self.memory_exceeded = Some(desired);
-            return Err(wasmtime::Error::new(MemoryLimitExceeded { requested: desired, limit: self.memory_limit }));
+/// One instance's memory budget: all its linear memories and tables count against one cap,
+/// initial sizes included (wasmtime asks the limiter for those at instantiation as well).
+pub(crate) struct InstanceBudget {
+    /// The cap, in bytes.
+    limit: usize,
+    /// Bytes granted so far (memories, plus [`TABLE_ELEMENT_BYTES`] per table element).
+    used: usize,
+    /// Table elements granted so far.
+    table_elements: u64,
+    max_table_elements: u64,
+    /// The last grant, taken back if the growth then fails for another reason.
+    last_memory_grant: usize,
+    last_table_grant: (usize, u64),
+    /// The total an instance asked for when it went over the cap (read by [`classify`]).
+    pub(crate) exceeded: Option<usize>,
+}
+
+impl InstanceBudget {
+    fn new(limit: usize, max_table_elements: u64) -> InstanceBudget {
+        InstanceBudget {
+            limit,
+            used: 0,
+            table_elements: 0,
+            max_table_elements,
+            last_memory_grant: 0,
+            last_table_grant: (0, 0),
+            exceeded: None,
         }
-        Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+    fn over(&mut self, requested: usize) -> wasmtime::Result<bool> {
+        self.exceeded = Some(requested);
+        Err(wasmtime::Error::new(MemoryLimitExceeded { requested, limit: self.limit }))
     }
 }
 
-/// The linker every filter instance is built from: WASI preview 1 without capabilities, and the
-/// JS runtime's host imports.
+impl ResourceLimiter for FilterState {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|max| desired > max) {
+            // Past the memory's own declared maximum: `memory.grow` returns -1, as the spec says.
+            return Ok(false);
+        }
+        let b = &mut self.budget;
+        let grant = desired.saturating_sub(current);
+        let total = b.used.saturating_add(grant);
+        if total > b.limit {
+            return b.over(total);
+        }
+        b.used = total;
+        b.last_memory_grant = grant;
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        let b = &mut self.budget;
+        b.used -= std::mem::take(&mut b.last_memory_grant);
+        Ok(())
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        let b = &mut self.budget;
+        let elements = desired.saturating_sub(current) as u64;
+        let bytes = (elements as usize).saturating_mul(TABLE_ELEMENT_BYTES);
+        let total = b.used.saturating_add(bytes);
+        if total > b.limit || b.table_elements + elements > b.max_table_elements {
+            return b.over(total);
+        }
+        b.used = total;
+        b.table_elements += elements;
+        b.last_table_grant = (bytes, elements);
+        Ok(true)
+    }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        let b = &mut self.budget;
+        let (bytes, elements) = std::mem::take(&mut b.last_table_grant);
+        b.used -= bytes;
+        b.table_elements -= elements;
+        Ok(())
+    }
+
+    fn instances(&self) -> usize {
+        1
+    }
+
+    fn tables(&self) -> usize {
+        1
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+}
+
+/// The CPU-time deadline of the current call (see [`on_epoch_deadline`]).
+struct CpuDeadline {
+    budget: Duration,
+    /// The thread's CPU clock at the first check of this call.
+    first_check: Option<Duration>,
+}
+
+/// The evaluating thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`).
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+fn ticks(d: Duration, tick: Duration) -> u64 {
+    (d.as_nanos().div_ceil(tick.as_nanos().max(1)) as u64).max(1)
+}
+
+/// Runs when a call reaches its epoch deadline. The first time in a call (one tick after it
+/// started) it reads the thread's CPU clock; later it continues the call for as many ticks as
+/// CPU budget is left, since CPU time cannot pass faster than the ticks. So a healthy call that
+/// is descheduled (an overloaded host) is never stopped for the time it did not run, and the
+/// clock is read about once per `budget` of wall-clock time, not per call.
+fn on_epoch_deadline(deadline: &mut CpuDeadline, tick: Duration) -> UpdateDeadline {
+    let now = thread_cpu_time();
+    let used = now.saturating_sub(*deadline.first_check.get_or_insert(now));
+    if used >= deadline.budget {
+        return UpdateDeadline::Interrupt;
+    }
+    UpdateDeadline::Continue(ticks(deadline.budget - used, tick))
+}
+
+/// The linker every filter instance is built from: WASI preview 1 without capabilities and with
+/// nothing that can block (`wasi.rs`), and the JS runtime's host imports.
 fn filter_linker(engine: &Engine) -> Result<Linker<FilterState>, SandboxError> {
     let mut linker: Linker<FilterState> = Linker::new(engine);
     wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi)
+        .and_then(|()| crate::wasi::shadow(&mut linker))
         .map_err(|e| SandboxError::wasmtime("linking WASI", e))?;
     linker
         .func_wrap(HOST_MODULE, "event_field", host_event_field)
@@ -500,17 +700,10 @@ fn filter_linker(engine: &Engine) -> Result<Linker<FilterState>, SandboxError> {
     Ok(linker)
 }
 
-/// `[ptr, ptr + len)` of guest memory, if it is in bounds.
-fn guest_range(data: &[u8], ptr: i32, len: i32) -> Option<std::ops::Range<usize>> {
-    let start = ptr as u32 as usize;
-    let end = start.checked_add(len as u32 as usize)?;
-    (end <= data.len()).then_some(start..end)
-}
-
 /// Writes `bytes` and a NUL into `buf` when they fit; returns `bytes.len()` either way.
 fn write_with_nul(data: &mut [u8], buf_ptr: i32, buf_cap: i32, bytes: &[u8]) -> i32 {
     if bytes.len() < buf_cap as u32 as usize {
-        if let Some(range) = guest_range(data, buf_ptr, bytes.len() as i32 + 1) {
+        if let Some(range) = guest_range(data, buf_ptr as u32, bytes.len() + 1) {
             let dst = &mut data[range];
             dst[..bytes.len()].copy_from_slice(bytes);
             dst[bytes.len()] = 0;
@@ -519,68 +712,98 @@ fn write_with_nul(data: &mut [u8], buf_ptr: i32, buf_cap: i32, bytes: &[u8]) -> 
     bytes.len() as i32
 }
 
-fn host_event_field(mut caller: Caller<'_, FilterState>, key_ptr: i32, key_len: i32, buf_ptr: i32, buf_cap: i32) -> i32 {
-    let Some(memory) = caller.data().memory else { return -1 };
+/// Whether `len` bytes would be copied into a buffer of `cap` (see [`write_with_nul`]).
+fn fits(len: usize, cap: i32) -> bool {
+    len < cap as u32 as usize
+}
+
+/// `event_field(key, key_len, buf, cap) -> len | -1`: the raw JSON of a top-level field.
+/// Charged after the lookup: the key's bytes, plus the value's when it was copied (so the work
+/// done past the budget is at most one field).
+fn host_event_field(mut caller: Caller<'_, FilterState>, key_ptr: i32, key_len: i32, buf_ptr: i32, buf_cap: i32) -> wasmtime::Result<i32> {
+    let Some(memory) = caller.data().memory else { return Ok(-1) };
     let (data, state) = memory.data_and_store_mut(&mut caller);
-    let Some(event) = state.event() else { return -1 };
+    let Some(event) = state.event() else { return Ok(-1) };
     let raw = {
-        let Some(range) = guest_range(data, key_ptr, key_len) else { return -1 };
-        let Ok(key) = std::str::from_utf8(&data[range]) else { return -1 };
-        match event.field(key) {
-            Some(raw) => raw,
-            None => return -1,
-        }
+        let Some(range) = guest_range(data, key_ptr as u32, key_len as u32 as usize) else { return Ok(-1) };
+        let Ok(key) = std::str::from_utf8(&data[range]) else { return Ok(-1) };
+        event.field(key)
     };
-    write_with_nul(data, buf_ptr, buf_cap, raw)
+    let (result, copied) = match raw {
+        Some(raw) => (write_with_nul(data, buf_ptr, buf_cap, raw), if fits(raw.len(), buf_cap) { raw.len() } else { 0 }),
+        None => (-1, 0),
+    };
+    charge(&mut caller, key_len as u32 as u64 + copied as u64)?;
+    Ok(result)
 }
 
-fn host_event_keys(mut caller: Caller<'_, FilterState>, buf_ptr: i32, buf_cap: i32) -> i32 {
-    let Some(memory) = caller.data().memory else { return -1 };
+/// `event_keys(buf, cap) -> len`: the top-level keys as a JSON array. Charged: the list's bytes
+/// (it is built once per event and shared by every campaign).
+fn host_event_keys(mut caller: Caller<'_, FilterState>, buf_ptr: i32, buf_cap: i32) -> wasmtime::Result<i32> {
+    let Some(memory) = caller.data().memory else { return Ok(-1) };
     let (data, state) = memory.data_and_store_mut(&mut caller);
-    let Some(event) = state.event() else { return -1 };
-    let keys = event.keys_json();
-    write_with_nul(data, buf_ptr, buf_cap, keys.as_bytes())
+    let Some(event) = state.event() else { return Ok(-1) };
+    let keys = event.keys_json().as_bytes();
+    let len = write_with_nul(data, buf_ptr, buf_cap, keys);
+    charge(&mut caller, len as u64)?;
+    Ok(len)
 }
 
-fn host_log(mut caller: Caller<'_, FilterState>, level: i32, ptr: i32, len: i32) {
-    let Some(memory) = caller.data().memory else { return };
+/// `log(level, ptr, len)`: one line of `console` output, cut to the log's line cap. Charged: the
+/// bytes copied.
+fn host_log(mut caller: Caller<'_, FilterState>, level: i32, ptr: i32, len: i32) -> wasmtime::Result<()> {
+    let Some(memory) = caller.data().memory else { return Ok(()) };
+    let len = (len as u32 as usize).min(caller.data().log.max_line_bytes());
+    charge(&mut caller, len as u64)?;
     let (data, state) = memory.data_and_store_mut(&mut caller);
-    let len = (len as u32 as usize).min(state.log.max_line_bytes()) as i32;
-    let Some(range) = guest_range(data, ptr, len) else { return };
+    let Some(range) = guest_range(data, ptr as u32, len) else { return Ok(()) };
     let stream = if level == 0 { LogStream::Out } else { LogStream::Err };
     state.log.line(stream, &data[range]);
+    Ok(())
 }
 
-impl Shared {
+impl SandboxCore {
     /// A store for one filter instance: WASI without capabilities (output captured for the log),
-    /// the memory cap, the deadline armed.
+    /// the memory budget, the CPU-time deadline.
     pub(crate) fn new_store(&self, name: Arc<str>, limits: Limits) -> Store<FilterState> {
-        let stdout = CapturedOutput::new(CAPTURED_OUTPUT_BYTES);
-        let stderr = CapturedOutput::new(CAPTURED_OUTPUT_BYTES);
-        // No preopened directories, no environment, no arguments, no network.
-        let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build_p1();
+        // No preopened directories, no environment, no arguments, no network; stdin closed.
+        // stdout/stderr are served by `wasi.rs`'s `fd_write`, never by wasmtime-wasi's streams.
+        let wasi = WasiCtxBuilder::new().build_p1();
         let state = FilterState {
             wasi,
             memory: None,
             event: EventRef(std::ptr::null()),
-            memory_limit: limits.memory_bytes,
-            memory_exceeded: None,
+            fuel_metering: self.config.fuel_metering,
+            budget: InstanceBudget::new(limits.memory_bytes, self.config.module_caps.max_table_elements),
+            deadline: CpuDeadline { budget: limits.deadline, first_check: None },
             log: FilterLog::new(name, self.config.log_sink.clone(), self.config.log_caps),
-            stdout,
-            stderr,
+            stdout: CapturedOutput::new(CAPTURED_OUTPUT_BYTES),
+            stderr: CapturedOutput::new(CAPTURED_OUTPUT_BYTES),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s as &mut dyn ResourceLimiter);
-        store.set_epoch_deadline(self.deadline_ticks(&limits));
+        let tick = self.config.epoch_tick;
+        store.epoch_deadline_callback(move |mut cx| Ok(on_epoch_deadline(&mut cx.data_mut().deadline, tick)));
+        arm(&mut store, &limits);
         store
     }
 
-    fn instantiate(&self, name: Arc<str>, limits: Limits) -> Result<Live, SandboxError> {
+    /// Refuses an event that is over this sandbox's event limits (only possible when it was
+    /// parsed under laxer ones): the event's fault, not the filter's.
+    pub(crate) fn admit(&self, event: &Event) -> Result<(), EvalError> {
+        let (parsed, mine) = (event.parsed_under(), &self.config.event_limits);
+        if parsed.max_bytes > mine.max_bytes || parsed.max_depth > mine.max_depth {
+            event.is_within(mine).map_err(|e| EvalError::Event { reason: e.to_string() })?;
+        }
+        Ok(())
+    }
+
+    fn instantiate(&self, name: Arc<str>, limits: Limits) -> Result<RuntimeInstance, SandboxError> {
         let mut store = self.new_store(name, limits);
         let instance = match self.js_runtime.instantiate(&mut store) {
             Ok(instance) => instance,
             Err(e) => {
-                return Err(match store.data().memory_exceeded {
+                return Err(match store.data().budget.exceeded {
                     Some(requested) => SandboxError::MemoryLimit { requested, limit: limits.memory_bytes },
                     None => SandboxError::wasmtime("instantiating the JS runtime", e),
                 })
@@ -598,7 +821,7 @@ impl Shared {
             message: "the runtime exports no memory".into(),
         })?;
         store.data_mut().memory = Some(memory);
-        Ok(Live {
+        Ok(RuntimeInstance {
             realloc: get(&mut store, "cabi_realloc")?.typed(&store).map_err(typed_err)?,
             compile: get(&mut store, "rtcrm_compile")?.typed(&store).map_err(typed_err)?,
             load: get(&mut store, "rtcrm_load")?.typed(&store).map_err(typed_err)?,
@@ -609,16 +832,10 @@ impl Shared {
             store,
         })
     }
-
-    pub(crate) fn deadline_ticks(&self, limits: &Limits) -> u64 {
-        let tick = self.config.epoch_tick.as_nanos().max(1);
-        // +1: the current tick may be about to end.
-        (limits.deadline.as_nanos().div_ceil(tick) as u64).max(1) + 1
-    }
 }
 
-/// A live runtime instance.
-struct Live {
+/// A live instance of the JS runtime.
+struct RuntimeInstance {
     store: Store<FilterState>,
     memory: Memory,
     realloc: TypedFunc<(i32, i32, i32, i32), i32>,
@@ -635,45 +852,62 @@ enum LoadOutcome {
     NotAFunction(String),
 }
 
-/// Resets a store's per-call budgets: fuel and the deadline.
-pub(crate) fn arm(store: &mut Store<FilterState>, shared: &Shared, limits: &Limits) {
-    if shared.config.fuel_metering {
+/// Resets a store's per-call budgets: fuel and the CPU-time deadline (its first check one tick
+/// from now). No system call: the CPU clock is read only when a tick passes during the call.
+pub(crate) fn arm(store: &mut Store<FilterState>, limits: &Limits) {
+    let state = store.data_mut();
+    state.deadline = CpuDeadline { budget: limits.deadline, first_check: None };
+    if state.fuel_metering {
         store.set_fuel(limits.fuel).expect("fuel metering is on");
     }
-    store.set_epoch_deadline(shared.deadline_ticks(limits));
+    store.set_epoch_deadline(1);
 }
 
-/// Classifies a failed call by trap type, never by text. A memory-cap error is known from the
+/// Subtracts fuel for host work done outside a host call (a Wasm filter's event copy), before
+/// the work.
+pub(crate) fn charge_store(store: &mut Store<FilterState>, bytes: u64, limits: &Limits) -> Result<(), EvalError> {
+    if !store.data().fuel_metering {
+        return Ok(());
+    }
+    let cost = crate::limits::HOST_CALL_FUEL.saturating_add(bytes.saturating_mul(crate::limits::HOST_BYTE_FUEL));
+    let left = store.get_fuel().unwrap_or(0);
+    store.set_fuel(left.saturating_sub(cost)).expect("fuel metering is on");
+    if left < cost {
+        return Err(EvalError::Fuel { limit: limits.fuel });
+    }
+    Ok(())
+}
+
+/// Classifies a failed call by error type, never by text. A memory-cap error is known from the
 /// limiter's record (it is set before the limiter fails the growth).
 pub(crate) fn classify(store: &mut Store<FilterState>, err: wasmtime::Error, limits: &Limits) -> EvalError {
-    if let Some(requested) = store.data_mut().memory_exceeded.take() {
+    if let Some(requested) = store.data_mut().budget.exceeded.take() {
         return EvalError::Memory { requested, limit: limits.memory_bytes };
+    }
+    if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return EvalError::Exit { code: exit.0 };
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => EvalError::Fuel { limit: limits.fuel },
         Some(Trap::Interrupt) => EvalError::Deadline { limit: limits.deadline },
         Some(trap) => EvalError::Trap(trap.to_string()),
-        None => EvalError::Trap(format!("{err}")),
+        // A host function's own error: its message, not the backtrace wrapped around it.
+        None => EvalError::Trap(text::bounded(&err.root_cause().to_string())),
     }
 }
 
 /// The fuel a call used, after [`arm`].
-pub(crate) fn fuel_used(store: &Store<FilterState>, shared: &Shared, limits: &Limits) -> u64 {
-    if shared.config.fuel_metering {
+pub(crate) fn fuel_used(store: &Store<FilterState>, limits: &Limits) -> u64 {
+    if store.data().fuel_metering {
         limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0))
     } else {
         0
     }
 }
 
-impl Live {
-    fn call<R>(
-        &mut self,
-        shared: &Shared,
-        limits: &Limits,
-        f: impl FnOnce(&mut Self) -> wasmtime::Result<R>,
-    ) -> Result<R, EvalError> {
-        arm(&mut self.store, shared, limits);
+impl RuntimeInstance {
+    fn call<R>(&mut self, limits: &Limits, f: impl FnOnce(&mut Self) -> wasmtime::Result<R>) -> Result<R, EvalError> {
+        arm(&mut self.store, limits);
         let result = f(self);
         self.store.data_mut().forward_output(false);
         result.map_err(|e| classify(&mut self.store, e, limits))
@@ -687,51 +921,54 @@ impl Live {
         Ok((ptr, len))
     }
 
-    fn result_bytes(&mut self) -> wasmtime::Result<Vec<u8>> {
+    /// The runtime's result buffer: at most `max` of its bytes, and its whole length.
+    fn result_bytes(&mut self, max: usize) -> wasmtime::Result<(Vec<u8>, usize)> {
         let ptr = self.result_ptr.call(&mut self.store, ())? as u32 as usize;
-        let len = (self.result_len.call(&mut self.store, ())? as u32 as usize).min(MAX_RESULT_BYTES);
-        let mut out = vec![0; len];
+        let len = self.result_len.call(&mut self.store, ())? as u32 as usize;
+        let mut out = vec![0; len.min(max)];
         self.memory.read(&self.store, ptr, &mut out)?;
-        Ok(out)
+        Ok((out, len))
     }
 
-    /// Compiles `source`; the inner result is the bytecode or the runtime's error report.
-    fn compile(&mut self, shared: &Shared, source: &[u8], module: bool) -> Result<Result<Vec<u8>, String>, EvalError> {
-        let limits = shared.config.limits;
-        self.call(shared, &limits, |live| {
-            let (ptr, len) = live.write_input(source)?;
-            let status = live.compile.call(&mut live.store, (ptr, len, i32::from(module)))?;
-            let out = live.result_bytes()?;
-            Ok(if status == 0 { Ok(out) } else { Err(String::from_utf8_lossy(&out).into_owned()) })
+    /// The runtime's result buffer as a bounded text (an error message the filter controls).
+    fn result_text(&mut self) -> wasmtime::Result<String> {
+        let (head, len) = self.result_bytes(crate::limits::MAX_ERROR_TEXT_BYTES + 4)?;
+        Ok(text::bounded_bytes(&head, len))
+    }
+
+    /// Compiles `source`; the inner result is the bytecode or the runtime's (bounded) report.
+    fn compile(&mut self, core: &SandboxCore, source: &[u8], module: bool) -> Result<Result<Vec<u8>, String>, EvalError> {
+        let limits = core.config.limits;
+        self.call(&limits, |instance| {
+            let (ptr, len) = instance.write_input(source)?;
+            let status = instance.compile.call(&mut instance.store, (ptr, len, i32::from(module)))?;
+            Ok(if status == 0 { Ok(instance.result_bytes(MAX_RESULT_BYTES)?.0) } else { Err(instance.result_text()?) })
         })
     }
 
-    fn load(&mut self, shared: &Shared, bytecode: &[u8]) -> Result<LoadOutcome, EvalError> {
-        let limits = shared.config.limits;
-        self.call(shared, &limits, |live| {
-            let (ptr, len) = live.write_input(bytecode)?;
-            let status = live.load.call(&mut live.store, (ptr, len))?;
+    fn load(&mut self, core: &SandboxCore, bytecode: &[u8]) -> Result<LoadOutcome, EvalError> {
+        let limits = core.config.limits;
+        self.call(&limits, |instance| {
+            let (ptr, len) = instance.write_input(bytecode)?;
+            let status = instance.load.call(&mut instance.store, (ptr, len))?;
             if status == 0 {
                 return Ok(LoadOutcome::Loaded);
             }
-            let text = String::from_utf8_lossy(&live.result_bytes()?).into_owned();
+            let text = instance.result_text()?;
             Ok(if status == 2 { LoadOutcome::NotAFunction(text) } else { LoadOutcome::Threw(text) })
         })
     }
 
-    fn eval(&mut self, shared: &Shared, limits: &Limits, event: &Event) -> Result<Verdict, EvalError> {
+    fn eval(&mut self, _core: &SandboxCore, limits: &Limits, event: &Event) -> Result<Verdict, EvalError> {
         self.store.data_mut().event = EventRef(event);
-        let status = self.call(shared, limits, |live| live.eval.call(&mut live.store, ()));
+        let status = self.call(limits, |instance| instance.eval.call(&mut instance.store, ()));
         self.store.data_mut().event = EventRef(std::ptr::null());
-        let fuel_used = fuel_used(&self.store, shared, limits);
+        let fuel_used = fuel_used(&self.store, limits);
         match status? {
             1 => Ok(Verdict { matched: true, fuel_used }),
             0 => Ok(Verdict { matched: false, fuel_used }),
             -1 => {
-                let message = self
-                    .result_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_else(|e| format!("(message unreadable: {e})"));
+                let message = self.result_text().unwrap_or_else(|e| format!("(message unreadable: {e})"));
                 Err(EvalError::Exception(message))
             }
             other => Err(EvalError::Trap(format!("the JS runtime returned status {other}"))),
@@ -739,7 +976,7 @@ impl Live {
     }
 }
 
-/// Advances the engine's epoch every tick, so deadlines fire; stops when dropped.
+/// Advances the engine's epoch every tick, so deadlines are checked; stops when dropped.
 struct EpochTicker {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,

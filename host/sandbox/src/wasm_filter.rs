@@ -1,14 +1,18 @@
 //! Filters written in any language that targets core WebAssembly, through the filter ABI
-//! (`filter-sdk/ABI.md`, version 1): validation at submission, and evaluation under the same
-//! limits as JavaScript filters.
+//! (`filter-sdk/ABI.md`, version 1): validation at submission, bounded compilation (caps, then a
+//! pool with a time limit, then the verified disk cache), and evaluation under the same limits as
+//! JavaScript filters.
 
 use crate::error::EvalError;
 use crate::event::Event;
-use crate::limits::Limits;
-use crate::sandbox::{arm, classify, fuel_used, FilterState, Shared, Verdict};
+use crate::limits::{Limits, ModuleCaps};
+use crate::sandbox::{arm, charge_store, classify, fuel_used, FilterState, SandboxCore, Verdict};
+use crate::text;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use wasmtime::{ExternType, InstancePre, Memory, Module, Store, TypedFunc, ValType};
+use std::time::Duration;
+use wasmparser::{CompositeInnerType, ExternalKind, FuncType, Parser, Payload, TypeRef, Validator, WasmFeatures};
+use wasmtime::{InstancePre, Memory, Store, TypedFunc};
 
 /// The ABI versions this host implements.
 pub const SUPPORTED_ABI_VERSION: i32 = 1;
@@ -17,7 +21,53 @@ pub const WASI_MODULE: &str = "wasi_snapshot_preview1";
 /// Largest module accepted by default (ABI.md §1). A Go filter is about 3.3 MB.
 pub const DEFAULT_MAX_MODULE_BYTES: usize = 8 * 1024 * 1024;
 
-/// Why a module was rejected at submission; each names the cause.
+/// The WebAssembly proposals a filter may use: the MVP and what current Rust, C, Go and TinyGo
+/// toolchains emit by default.
+pub const ALLOWED_FEATURES: WasmFeatures = WasmFeatures::MUTABLE_GLOBAL
+    .union(WasmFeatures::SATURATING_FLOAT_TO_INT)
+    .union(WasmFeatures::SIGN_EXTENSION)
+    .union(WasmFeatures::REFERENCE_TYPES)
+    .union(WasmFeatures::MULTI_VALUE)
+    .union(WasmFeatures::BULK_MEMORY)
+    .union(WasmFeatures::SIMD)
+    .union(WasmFeatures::FLOATS);
+
+/// Proposals the filter ABI does not need, each with the name a rejection gives.
+const FORBIDDEN: [(WasmFeatures, &str); 19] = [
+    (WasmFeatures::MULTI_MEMORY, "multi-memory"),
+    (WasmFeatures::THREADS, "threads"),
+    (WasmFeatures::SHARED_EVERYTHING_THREADS, "shared-everything-threads"),
+    (WasmFeatures::MEMORY64, "memory64"),
+    (WasmFeatures::EXCEPTIONS, "exception-handling"),
+    (WasmFeatures::LEGACY_EXCEPTIONS, "legacy exception-handling"),
+    (WasmFeatures::GC, "gc"),
+    (WasmFeatures::GC_TYPES, "gc (reference types other than funcref)"),
+    (WasmFeatures::FUNCTION_REFERENCES, "function-references"),
+    (WasmFeatures::TAIL_CALL, "tail-call"),
+    (WasmFeatures::RELAXED_SIMD, "relaxed-simd"),
+    (WasmFeatures::EXTENDED_CONST, "extended-const"),
+    (WasmFeatures::CUSTOM_PAGE_SIZES, "custom-page-sizes"),
+    (WasmFeatures::WIDE_ARITHMETIC, "wide-arithmetic"),
+    (WasmFeatures::STACK_SWITCHING, "stack-switching"),
+    (WasmFeatures::COMPONENT_MODEL, "component-model"),
+    (WasmFeatures::MEMORY_CONTROL, "memory-control"),
+    (WasmFeatures::CUSTOM_DESCRIPTORS, "custom-descriptors"),
+    (WasmFeatures::COMPACT_IMPORTS, "compact-imports"),
+];
+
+/// Every proposal in [`FORBIDDEN`], for the engine's configuration (as wasmtime's type).
+pub(crate) const FORBIDDEN_FEATURES: wasmtime::WasmFeatures = {
+    let mut bits = 0;
+    let mut i = 0;
+    while i < FORBIDDEN.len() {
+        bits |= FORBIDDEN[i].0.bits();
+        i += 1;
+    }
+    wasmtime::WasmFeatures::from_bits_truncate(bits)
+};
+
+/// Why a module was rejected at submission; each names the cause. Names and messages taken from
+/// the module are cut to [`MAX_ERROR_TEXT_BYTES`](crate::limits::MAX_ERROR_TEXT_BYTES).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WasmError {
     /// Over the size cap.
@@ -27,6 +77,24 @@ pub enum WasmError {
         size: usize,
         /// The cap.
         max: usize,
+    },
+    /// Over one of the [`ModuleCaps`], checked before compiling.
+    #[error("the module has {found} {what}, over the limit of {max} (filter-sdk/ABI.md §1)")]
+    TooComplex {
+        /// What was counted (`functions`, `bytes in one function body`, ...).
+        what: &'static str,
+        /// The module's count.
+        found: u64,
+        /// The cap.
+        max: u64,
+    },
+    /// Uses a WebAssembly proposal the ABI does not allow.
+    #[error("the module uses the WebAssembly {feature} proposal, which filter ABI version 1 does not allow (filter-sdk/ABI.md §1): {detail}")]
+    UnsupportedFeature {
+        /// The proposal(s), e.g. `multi-memory`.
+        feature: String,
+        /// The validator's message.
+        detail: String,
     },
     /// Not a valid WebAssembly module.
     #[error("not a valid WebAssembly module: {0}")]
@@ -65,6 +133,12 @@ pub enum WasmError {
         /// What the host implements.
         supported: i32,
     },
+    /// Compiling took longer than the sandbox's `compile_timeout`.
+    #[error("compiling the module took longer than {} s, the limit (filter-sdk/ABI.md §1); make it smaller or simpler", limit.as_secs_f64())]
+    CompileTimeout {
+        /// The limit.
+        limit: Duration,
+    },
     /// Instantiating the module or running `_initialize` failed.
     #[error("initialising the module failed: {0}")]
     Init(String),
@@ -77,6 +151,7 @@ pub struct CompiledWasm {
     sha256: String,
     has_initialize: bool,
     size: usize,
+    from_cache: bool,
 }
 
 impl CompiledWasm {
@@ -89,6 +164,11 @@ impl CompiledWasm {
     pub fn size(&self) -> usize {
         self.size
     }
+
+    /// Whether the compiled code came from the disk cache (no compilation this time).
+    pub fn loaded_from_cache(&self) -> bool {
+        self.from_cache
+    }
 }
 
 impl std::fmt::Debug for CompiledWasm {
@@ -97,88 +177,248 @@ impl std::fmt::Debug for CompiledWasm {
     }
 }
 
-fn describe(ty: &ExternType) -> String {
-    match ty {
-        ExternType::Func(f) => {
-            let list = |it: &mut dyn Iterator<Item = ValType>| it.map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
-            format!("a function ({}) -> ({})", list(&mut f.params()), list(&mut f.results()))
+/// What the submission scan learns about a module's exports.
+struct ModuleShape {
+    /// Function types by function index (imports first); `None` for a non-function type.
+    func_types: Vec<Option<FuncType>>,
+    exports: Vec<(String, ExternalKind, u32)>,
+}
+
+fn too_complex(what: &'static str, found: u64, max: u64) -> Result<(), WasmError> {
+    if found > max {
+        Err(WasmError::TooComplex { what, found, max })
+    } else {
+        Ok(())
+    }
+}
+
+fn invalid(e: wasmparser::BinaryReaderError) -> WasmError {
+    WasmError::Invalid(text::bounded(&e.to_string()))
+}
+
+/// Reads the module's sections without compiling or validating code: checks the [`ModuleCaps`]
+/// and the imports (ABI.md §4), and collects what the export check needs. Linear in the module's
+/// size, and stops at the first cap exceeded (a module of 200,000 functions is refused at its
+/// function section).
+fn scan(bytes: &[u8], caps: &ModuleCaps) -> Result<ModuleShape, WasmError> {
+    let mut types: Vec<Option<FuncType>> = Vec::new();
+    let mut shape = ModuleShape { func_types: Vec::new(), exports: Vec::new() };
+    let mut imported_funcs = 0u64;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(invalid)? {
+            Payload::Version { encoding: wasmparser::Encoding::Component, .. } => {
+                return Err(WasmError::UnsupportedFeature {
+                    feature: "component-model".into(),
+                    detail: "the bytes are a component, not a core module".into(),
+                })
+            }
+            Payload::TypeSection(reader) => {
+                too_complex("types", reader.count().into(), caps.max_types.into())?;
+                for group in reader {
+                    for sub in group.map_err(invalid)?.into_types() {
+                        types.push(match sub.composite_type.inner {
+                            CompositeInnerType::Func(f) => Some(f),
+                            _ => None,
+                        });
+                    }
+                }
+            }
+            Payload::ImportSection(reader) => {
+                let mut count = 0u64;
+                for import in reader.into_imports() {
+                    let import = import.map_err(invalid)?;
+                    count += 1;
+                    too_complex("imports", count, caps.max_imports.into())?;
+                    let socket = import.name.starts_with("sock_");
+                    let TypeRef::Func(ty) = import.ty else {
+                        return Err(forbidden(import.module, import.name));
+                    };
+                    if import.module != WASI_MODULE || socket {
+                        return Err(forbidden(import.module, import.name));
+                    }
+                    imported_funcs += 1;
+                    shape.func_types.push(types.get(ty as usize).cloned().flatten());
+                }
+            }
+            Payload::FunctionSection(reader) => {
+                too_complex("functions", imported_funcs + u64::from(reader.count()), caps.max_functions.into())?;
+                for ty in reader {
+                    shape.func_types.push(types.get(ty.map_err(invalid)? as usize).cloned().flatten());
+                }
+            }
+            Payload::TableSection(reader) => {
+                too_complex("tables", reader.count().into(), caps.max_tables.into())?;
+                let mut elements = 0u64;
+                for table in reader {
+                    elements = elements.saturating_add(table.map_err(invalid)?.ty.initial);
+                    too_complex("table elements", elements, caps.max_table_elements)?;
+                }
+            }
+            Payload::GlobalSection(reader) => too_complex("globals", reader.count().into(), caps.max_globals.into())?,
+            Payload::ExportSection(reader) => {
+                too_complex("exports", reader.count().into(), caps.max_exports.into())?;
+                for export in reader {
+                    let export = export.map_err(invalid)?;
+                    shape.exports.push((export.name.to_owned(), export.kind, export.index));
+                }
+            }
+            Payload::ElementSection(reader) => {
+                too_complex("element segments", reader.count().into(), caps.max_element_segments.into())?
+            }
+            Payload::DataSection(reader) => too_complex("data segments", reader.count().into(), caps.max_data_segments.into())?,
+            Payload::CodeSectionStart { range, .. } => {
+                too_complex("bytes of code", range.len() as u64, caps.max_code_bytes.into())?
+            }
+            Payload::CodeSectionEntry(body) => {
+                too_complex("bytes in one function body", body.range().len() as u64, caps.max_function_body_bytes.into())?;
+                let mut locals = 0u64;
+                let mut reader = body.get_locals_reader().map_err(invalid)?;
+                for _ in 0..reader.get_count() {
+                    let (count, _) = reader.read().map_err(invalid)?;
+                    locals += u64::from(count);
+                }
+                too_complex("locals in one function", locals, caps.max_locals_per_function.into())?;
+            }
+            _ => {}
         }
-        ExternType::Memory(_) => "a memory".into(),
-        ExternType::Table(_) => "a table".into(),
-        ExternType::Global(_) => "a global".into(),
+    }
+    Ok(shape)
+}
+
+fn forbidden(module: &str, name: &str) -> WasmError {
+    WasmError::ForbiddenImport { module: text::bounded(module), name: text::bounded(name) }
+}
+
+/// Validates `bytes` with only [`ALLOWED_FEATURES`]; when that fails but the module is valid
+/// WebAssembly, names the proposal it needs.
+fn check_features(bytes: &[u8]) -> Result<(), WasmError> {
+    let validate = |features: WasmFeatures| Validator::new_with_features(features).validate_all(bytes).map(drop);
+    let Err(err) = validate(ALLOWED_FEATURES) else { return Ok(()) };
+    let detail = text::bounded(&err.to_string());
+    if validate(WasmFeatures::all()).is_err() {
+        return Err(WasmError::Invalid(detail));
+    }
+    // Most modules need one proposal: the first that makes it valid names it. Otherwise name
+    // every proposal without which it is invalid.
+    let single = FORBIDDEN.iter().find(|(flag, _)| validate(ALLOWED_FEATURES | *flag).is_ok());
+    let feature = match single {
+        Some((_, name)) => (*name).to_owned(),
+        None => {
+            let needed: Vec<&str> = FORBIDDEN
+                .iter()
+                .filter(|(flag, _)| validate(WasmFeatures::all().difference(*flag)).is_err())
+                .map(|(_, name)| *name)
+                .collect();
+            if needed.is_empty() {
+                "(unidentified)".to_owned()
+            } else {
+                needed.join(", ")
+            }
+        }
+    };
+    Err(WasmError::UnsupportedFeature { feature, detail })
+}
+
+fn describe(kind: ExternalKind, ty: Option<&FuncType>) -> String {
+    match (kind, ty) {
+        (ExternalKind::Func, Some(f)) => {
+            let list = |types: &[wasmparser::ValType]| types.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
+            format!("a function ({}) -> ({})", list(f.params()), list(f.results()))
+        }
+        (ExternalKind::Func, None) => "a function of an unknown type".into(),
+        (ExternalKind::Memory, _) => "a memory".into(),
+        (ExternalKind::Table, _) => "a table".into(),
+        (ExternalKind::Global, _) => "a global".into(),
         _ => "another kind of export".into(),
     }
 }
 
-fn is_func(ty: &ExternType, params: &[ValType], results: &[ValType]) -> bool {
-    match ty {
-        ExternType::Func(f) => {
-            f.params().len() == params.len()
-                && f.results().len() == results.len()
-                && f.params().zip(params).all(|(a, b)| ValType::eq(&a, b))
-                && f.results().zip(results).all(|(a, b)| ValType::eq(&a, b))
+/// Checks the exports of ABI.md §1; returns whether `_initialize` is exported.
+fn check_exports(shape: &ModuleShape) -> Result<bool, WasmError> {
+    use wasmparser::ValType::I32;
+    let export = |name: &str| shape.exports.iter().find(|(n, _, _)| n == name);
+    let func_type = |index: u32| shape.func_types.get(index as usize).and_then(Option::as_ref);
+    let is_func = |kind: ExternalKind, index: u32, params: &[wasmparser::ValType], results: &[wasmparser::ValType]| {
+        kind == ExternalKind::Func && func_type(index).is_some_and(|f| f.params() == params && f.results() == results)
+    };
+    type Signature<'a> = (&'a [wasmparser::ValType], &'a [wasmparser::ValType]);
+    let required: [(&'static str, &'static str, Option<Signature>); 3] = [
+        ("memory", "a memory", None),
+        ("rtcrm_alloc", "a function (i32) -> (i32)", Some((&[I32], &[I32]))),
+        ("rtcrm_filter", "a function (i32, i32) -> (i32)", Some((&[I32, I32], &[I32]))),
+    ];
+    for (name, expected, func) in required {
+        let &(_, kind, index) = export(name).ok_or(WasmError::MissingExport { name, expected })?;
+        let ok = match func {
+            None => kind == ExternalKind::Memory,
+            Some((params, results)) => is_func(kind, index, params, results),
+        };
+        if !ok {
+            return Err(WasmError::WrongExport { name, found: describe(kind, func_type(index)), expected });
         }
-        _ => false,
     }
+    let optional: [(&'static str, &'static str, &[wasmparser::ValType], &[wasmparser::ValType]); 2] =
+        [("rtcrm_abi_version", "a function () -> (i32)", &[], &[I32]), ("_initialize", "a function () -> ()", &[], &[])];
+    for (name, expected, params, results) in optional {
+        if let Some(&(_, kind, index)) = export(name) {
+            if !is_func(kind, index, params, results) {
+                return Err(WasmError::WrongExport { name, found: describe(kind, func_type(index)), expected });
+            }
+        }
+    }
+    Ok(export("_initialize").is_some())
 }
 
-/// Validates and compiles a filter module (ABI.md §7).
-pub(crate) fn load(shared: &Arc<Shared>, bytes: &[u8], max: usize) -> Result<CompiledWasm, WasmError> {
+/// Validates and compiles a filter module (ABI.md §7): size, shape caps and imports, exports,
+/// proposals — all before any compilation — then the cache or the compiler pool, then one
+/// instantiation that runs `_initialize` and reads the declared version.
+pub(crate) fn load(core: &Arc<SandboxCore>, bytes: &[u8]) -> Result<CompiledWasm, WasmError> {
+    let max = core.config.max_module_bytes;
     if bytes.len() > max {
         return Err(WasmError::TooLarge { size: bytes.len(), max });
     }
     if !bytes.starts_with(b"\0asm") {
         return Err(WasmError::Invalid("it does not start with the WebAssembly magic number `\\0asm`".into()));
     }
-    let module = Module::new(&shared.engine, bytes).map_err(|e| WasmError::Invalid(format!("{e:#}")))?;
-    for import in module.imports() {
-        // Sockets are part of WASI preview 1 but no capability a filter may have.
-        let socket = import.name().starts_with("sock_");
-        if import.module() != WASI_MODULE || !matches!(import.ty(), ExternType::Func(_)) || socket {
-            return Err(WasmError::ForbiddenImport { module: import.module().into(), name: import.name().into() });
-        }
-    }
-    let i32 = ValType::I32;
-    let required: [(&'static str, &'static str, Option<(&[ValType], &[ValType])>); 3] = [
-        ("memory", "a memory", None),
-        ("rtcrm_alloc", "a function (i32) -> (i32)", Some((&[i32.clone()], &[i32.clone()]))),
-        ("rtcrm_filter", "a function (i32, i32) -> (i32)", Some((&[i32.clone(), i32.clone()], &[i32.clone()]))),
-    ];
-    for (name, expected, func) in required {
-        let ty = module.get_export(name).ok_or(WasmError::MissingExport { name, expected })?;
-        let ok = match func {
-            None => matches!(ty, ExternType::Memory(_)),
-            Some((params, results)) => is_func(&ty, params, results),
-        };
-        if !ok {
-            return Err(WasmError::WrongExport { name, found: describe(&ty), expected });
-        }
-    }
-    let optional: [(&'static str, &'static str, &[ValType], &[ValType]); 2] =
-        [("rtcrm_abi_version", "a function () -> (i32)", &[], &[i32.clone()]), ("_initialize", "a function () -> ()", &[], &[])];
-    for (name, expected, params, results) in optional {
-        if let Some(ty) = module.get_export(name) {
-            if !is_func(&ty, params, results) {
-                return Err(WasmError::WrongExport { name, found: describe(&ty), expected });
+    let shape = scan(bytes, &core.config.module_caps)?;
+    let has_initialize = check_exports(&shape)?;
+    check_features(bytes)?;
+    let sha256 = hex::encode(Sha256::digest(bytes));
+    let cache_name = core.cache.as_ref().map(|c| c.file_name("wasm", &sha256));
+    let cached = core.cache.as_ref().zip(cache_name.as_deref()).and_then(|(c, name)| c.load(&core.engine, name));
+    let from_cache = cached.is_some();
+    let module = match cached {
+        Some(module) => module,
+        None => {
+            let module = core.compiler.compile(&core.engine, bytes.into()).map_err(|e| match e {
+                crate::compile::CompileFailure::TimedOut(limit) => WasmError::CompileTimeout { limit },
+                crate::compile::CompileFailure::Failed(message) => WasmError::Invalid(text::bound(message)),
+            })?;
+            if let (Some(cache), Some(name)) = (&core.cache, &cache_name) {
+                match module.serialize() {
+                    Ok(artifact) => {
+                        if let Err(e) = cache.store(name, &artifact) {
+                            tracing::warn!(error = %e, "caching a compiled filter module failed");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "serializing a compiled filter module failed"),
+                }
             }
+            module
         }
-    }
-    let pre = shared.linker.instantiate_pre(&module).map_err(|e| WasmError::Init(format!("{e:#}")))?;
-    let compiled = CompiledWasm {
-        pre,
-        sha256: hex::encode(Sha256::digest(bytes)),
-        has_initialize: module.get_export("_initialize").is_some(),
-        size: bytes.len(),
     };
+    let pre = core.linker.instantiate_pre(&module).map_err(|e| WasmError::Init(text::bound(format!("{e:#}"))))?;
+    let compiled = CompiledWasm { pre, sha256, has_initialize, size: bytes.len(), from_cache };
     // Instantiate once: runs `_initialize` and reads the declared version.
-    let limits = shared.config.limits;
-    let mut live = Live::new(shared, &compiled, "validation".into(), limits).map_err(|e| WasmError::Init(format!("{}: {e}", e.kind())))?;
-    if module.get_export("rtcrm_abi_version").is_some() {
-        let version = live.instance_func::<(), i32>("rtcrm_abi_version").map_err(WasmError::Init)?;
-        arm(&mut live.store, shared, &limits);
+    let limits = core.config.limits;
+    let mut instance = ModuleInstance::new(core, &compiled, "validation".into(), limits)
+        .map_err(|e| WasmError::Init(format!("{}: {e}", e.kind())))?;
+    if shape.exports.iter().any(|(n, _, _)| n == "rtcrm_abi_version") {
+        let version = instance.instance_func::<(), i32>("rtcrm_abi_version").map_err(WasmError::Init)?;
+        arm(&mut instance.store, &limits);
         let declared = version
-            .call(&mut live.store, ())
-            .map_err(|e| WasmError::Init(format!("rtcrm_abi_version: {}", classify(&mut live.store, e, &limits))))?;
+            .call(&mut instance.store, ())
+            .map_err(|e| WasmError::Init(format!("rtcrm_abi_version: {}", classify(&mut instance.store, e, &limits))))?;
         if declared != SUPPORTED_ABI_VERSION {
             return Err(WasmError::UnsupportedAbiVersion { declared, supported: SUPPORTED_ABI_VERSION });
         }
@@ -187,7 +427,7 @@ pub(crate) fn load(shared: &Arc<Shared>, bytes: &[u8], max: usize) -> Result<Com
 }
 
 /// A live instance of a filter module.
-struct Live {
+struct ModuleInstance {
     store: Store<FilterState>,
     instance: wasmtime::Instance,
     memory: Memory,
@@ -195,12 +435,12 @@ struct Live {
     filter: TypedFunc<(i32, i32), i32>,
 }
 
-impl Live {
-    fn new(shared: &Shared, compiled: &CompiledWasm, name: Arc<str>, limits: Limits) -> Result<Live, EvalError> {
-        let mut store = shared.new_store(name, limits);
-        let instance = compiled.pre.instantiate(&mut store).map_err(|e| match store.data().memory_exceeded {
+impl ModuleInstance {
+    fn new(core: &SandboxCore, compiled: &CompiledWasm, name: Arc<str>, limits: Limits) -> Result<ModuleInstance, EvalError> {
+        let mut store = core.new_store(name, limits);
+        let instance = compiled.pre.instantiate(&mut store).map_err(|e| match store.data().budget.exceeded {
             Some(requested) => EvalError::Memory { requested, limit: limits.memory_bytes },
-            None => EvalError::Trap(format!("instantiating the filter: {e}")),
+            None => classify(&mut store, e, &limits),
         })?;
         let memory = instance
             .get_memory(&mut store, "memory")
@@ -209,27 +449,29 @@ impl Live {
         let typed = |store: &mut Store<FilterState>, name: &str| {
             instance.get_func(&mut *store, name).ok_or_else(|| EvalError::Trap(format!("the module does not export `{name}`")))
         };
-        let alloc = typed(&mut store, "rtcrm_alloc")?.typed(&store).map_err(|e| EvalError::Trap(e.to_string()))?;
-        let filter = typed(&mut store, "rtcrm_filter")?.typed(&store).map_err(|e| EvalError::Trap(e.to_string()))?;
-        let mut live = Live { store, instance, memory, alloc, filter };
+        let alloc = typed(&mut store, "rtcrm_alloc")?.typed(&store).map_err(|e| EvalError::Trap(text::bound(e.to_string())))?;
+        let filter = typed(&mut store, "rtcrm_filter")?.typed(&store).map_err(|e| EvalError::Trap(text::bound(e.to_string())))?;
+        let mut instance = ModuleInstance { store, instance, memory, alloc, filter };
         if compiled.has_initialize {
-            let init = live.instance_func::<(), ()>("_initialize").map_err(EvalError::Trap)?;
-            arm(&mut live.store, shared, &limits);
-            let result = init.call(&mut live.store, ());
-            live.store.data_mut().forward_output(false);
-            result.map_err(|e| classify(&mut live.store, e, &limits))?;
+            let init = instance.instance_func::<(), ()>("_initialize").map_err(EvalError::Trap)?;
+            arm(&mut instance.store, &limits);
+            let result = init.call(&mut instance.store, ());
+            instance.store.data_mut().forward_output(false);
+            result.map_err(|e| classify(&mut instance.store, e, &limits))?;
         }
-        Ok(live)
+        Ok(instance)
     }
 
     fn instance_func<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(&mut self, name: &str) -> Result<TypedFunc<P, R>, String> {
-        self.instance.get_typed_func::<P, R>(&mut self.store, name).map_err(|e| format!("{name}: {e}"))
+        self.instance.get_typed_func::<P, R>(&mut self.store, name).map_err(|e| text::bound(format!("{name}: {e}")))
     }
 
-    fn eval(&mut self, shared: &Shared, limits: &Limits, event: &Event) -> Result<Verdict, EvalError> {
+    fn eval(&mut self, limits: &Limits, event: &Event) -> Result<Verdict, EvalError> {
         let bytes = event.as_bytes();
-        let len = i32::try_from(bytes.len()).map_err(|_| EvalError::Trap("event over 2 GiB".into()))?;
-        arm(&mut self.store, shared, limits);
+        let len = i32::try_from(bytes.len()).map_err(|_| EvalError::Event { reason: "the event is over 2 GiB".into() })?;
+        arm(&mut self.store, limits);
+        // The copy into the filter's memory is host work on its behalf: charged first.
+        charge_store(&mut self.store, bytes.len() as u64, limits)?;
         let result = (|| -> wasmtime::Result<i32> {
             let ptr = self.alloc.call(&mut self.store, len)?;
             if ptr <= 0 {
@@ -240,7 +482,7 @@ impl Live {
         })();
         self.store.data_mut().forward_output(false);
         let code = result.map_err(|e| classify(&mut self.store, e, limits))?;
-        let fuel_used = fuel_used(&self.store, shared, limits);
+        let fuel_used = fuel_used(&self.store, limits);
         match code {
             1 => Ok(Verdict { matched: true, fuel_used }),
             0 => Ok(Verdict { matched: false, fuel_used }),
@@ -253,30 +495,31 @@ impl Live {
 /// One campaign's WebAssembly filter: an instance of its own, reused across events, rebuilt
 /// after any trap.
 pub struct WasmFilter {
-    shared: Arc<Shared>,
+    core: Arc<SandboxCore>,
     compiled: CompiledWasm,
     name: Arc<str>,
     limits: Limits,
-    live: Option<Live>,
+    instance: Option<ModuleInstance>,
     rebuilds: u64,
 }
 
 impl WasmFilter {
-    pub(crate) fn new(shared: Arc<Shared>, compiled: &CompiledWasm, name: &str, limits: Limits) -> Result<WasmFilter, EvalError> {
-        let live = Live::new(&shared, compiled, name.into(), limits)?;
-        Ok(WasmFilter { shared, compiled: compiled.clone(), name: name.into(), limits, live: Some(live), rebuilds: 0 })
+    pub(crate) fn new(core: Arc<SandboxCore>, compiled: &CompiledWasm, name: &str, limits: Limits) -> Result<WasmFilter, EvalError> {
+        let instance = ModuleInstance::new(&core, compiled, name.into(), limits)?;
+        Ok(WasmFilter { core, compiled: compiled.clone(), name: name.into(), limits, instance: Some(instance), rebuilds: 0 })
     }
 
     /// Evaluates the filter against `event`.
     pub fn eval(&mut self, event: &Event) -> Result<Verdict, EvalError> {
-        if self.live.is_none() {
-            self.live = Some(Live::new(&self.shared, &self.compiled, self.name.clone(), self.limits)?);
+        self.core.admit(event)?;
+        if self.instance.is_none() {
+            self.instance = Some(ModuleInstance::new(&self.core, &self.compiled, self.name.clone(), self.limits)?);
         }
-        let outcome = self.live.as_mut().expect("built above").eval(&self.shared, &self.limits, event);
-        if matches!(&outcome, Err(e) if e.kind() != crate::ErrorKind::Exception) {
-            self.live = None;
+        let outcome = self.instance.as_mut().expect("built above").eval(&self.limits, event);
+        if matches!(&outcome, Err(e) if !matches!(e.kind(), crate::ErrorKind::Exception | crate::ErrorKind::Event)) {
+            self.instance = None;
             self.rebuilds += 1;
-            self.live = Live::new(&self.shared, &self.compiled, self.name.clone(), self.limits).ok();
+            self.instance = ModuleInstance::new(&self.core, &self.compiled, self.name.clone(), self.limits).ok();
         }
         outcome
     }
@@ -284,5 +527,17 @@ impl WasmFilter {
     /// How many times its instance was discarded after a trap and rebuilt.
     pub fn rebuilds(&self) -> u64 {
         self.rebuilds
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_forbidden_and_allowed_proposals_do_not_overlap() {
+        let forbidden = WasmFeatures::from_bits_truncate(FORBIDDEN_FEATURES.bits());
+        assert!(ALLOWED_FEATURES.intersection(forbidden).is_empty());
+        assert!(forbidden.contains(WasmFeatures::MULTI_MEMORY | WasmFeatures::THREADS | WasmFeatures::MEMORY64));
     }
 }

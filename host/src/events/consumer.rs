@@ -151,11 +151,11 @@ pub fn run(processor: Arc<Processor>, stop: watch::Receiver<bool>) -> Result<()>
     let settings = &processor.settings;
     let exactly_once = settings.delivery == crate::config::Delivery::ExactlyOnce;
     let tracker = Arc::new(Tracker::default());
-    let max_record = processor.max_record_bytes.load(Ordering::Relaxed);
+    let limits = *processor.record_limits.lock().unwrap_or_else(|p| p.into_inner());
     let sink: Arc<dyn Sink> = if exactly_once {
-        Arc::new(ExactlyOnce::new(processor.clone(), tracker.clone(), max_record, stop.clone())?)
+        Arc::new(ExactlyOnce::new(processor.clone(), tracker.clone(), limits, stop.clone())?)
     } else {
-        Arc::new(AtLeastOnce::new(processor.clone(), tracker.clone(), max_record)?)
+        Arc::new(AtLeastOnce::new(processor.clone(), tracker.clone(), limits)?)
     };
     let context = EventsContext {
         processor: processor.clone(),

@@ -88,9 +88,18 @@ const WINDOW: (&str, &str) = ("2023-09-01T10:00:00.00Z", "2023-12-01T10:00:00.00
 #[derive(clap::Parser)]
 #[command(name = "e2e_bench")]
 struct Args {
-    /// Events pre-loaded for the throughput phase.
-    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Events pre-loaded for each throughput run.
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
     events: u64,
+    /// Runs of each throughput configuration (figures are their medians).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    runs: usize,
+    /// Events of the 10,000-campaign run.
+    #[arg(long, default_value_t = 20_000)]
+    many_events: usize,
+    /// Only these phases (repeatable): throughput, many, restart, latency [default: all].
+    #[arg(long)]
+    only: Vec<String>,
     /// Campaigns on (foe, fight).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     campaigns: u64,
@@ -295,10 +304,11 @@ fn producer(bootstrap: &str, linger_ms: u32) -> Result<FutureProducer> {
         .context("creating a Kafka producer")
 }
 
-/// Creates one-partition topics; `append_time` topics get broker (LogAppendTime) timestamps.
-fn create_topics(rt: &tokio::runtime::Runtime, bootstrap: &str, plain: &[&str], append_time: &[&str]) -> Result<()> {
+/// Creates `plain` topics with `partitions` partitions and one-partition `append_time` topics
+/// with broker (LogAppendTime) timestamps.
+fn create_topics(rt: &tokio::runtime::Runtime, bootstrap: &str, plain: &[&str], partitions: i32, append_time: &[&str]) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
-    let mut new: Vec<NewTopic> = plain.iter().map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1))).collect();
+    let mut new: Vec<NewTopic> = plain.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
     new.extend(
         append_time
             .iter()
@@ -373,9 +383,17 @@ struct Output {
     payload: Vec<u8>,
 }
 
-/// Reads partition 0 of `topic` from offset `from` up to (excluding) `to`.
+/// Reads partition 0 of `topic` from offset `from` up to (excluding) `to` (read_committed:
+/// aborted records and transaction markers take offsets but are never returned, so the end of
+/// the partition also ends the read).
 fn read_range(bootstrap: &str, topic: &str, from: i64, to: i64) -> Result<Vec<Output>> {
-    let c = reader(bootstrap)?;
+    let c: BaseConsumer = client_config(bootstrap)
+        .set("group.id", "e2e-bench-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .context("creating a Kafka reader")?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Offset(from))?;
     c.assign(&tpl)?;
@@ -393,6 +411,12 @@ fn read_range(bootstrap: &str, topic: &str, from: i64, to: i64) -> Result<Vec<Ou
                     key: m.key().map(<[u8]>::to_vec),
                     payload: m.payload().unwrap_or_default().to_vec(),
                 });
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {
+                let position = c.position()?.find_partition(topic, 0).and_then(|e| e.offset().to_raw()).unwrap_or(next);
+                if position >= to {
+                    break;
+                }
             }
             Some(Err(e)) => bail!("reading {topic}: {e}"),
             None if last_progress.elapsed() > STALL_TIMEOUT => {
@@ -594,9 +618,9 @@ struct Rtcrm {
 }
 
 impl Rtcrm {
-    fn start(bin: &Path, bootstrap: &str, t: &Topics, log: PathBuf) -> Result<Rtcrm> {
+    fn start(bin: &Path, bootstrap: &str, t: &Topics, log: PathBuf, extra: &[String]) -> Result<Rtcrm> {
         let port = free_port();
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "run",
             "--bootstrap-servers",
             bootstrap,
@@ -624,6 +648,7 @@ impl Rtcrm {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.extend(extra.iter().cloned());
         let file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(bin)
             .args(&args)
@@ -659,6 +684,30 @@ impl Rtcrm {
 
     fn metrics(&self) -> String {
         http_get(&format!("127.0.0.1:{}", self.port), "/metrics").map(|(_, body)| body).unwrap_or_default()
+    }
+
+    /// CPU time the process has used so far (user + system), from /proc.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+        let fields: Vec<&str> = stat.rsplit_once(") ").map_or(vec![], |(_, rest)| rest.split(' ').collect());
+        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        let ticks = field(11) + field(12);
+        Duration::from_millis(ticks * 10)
+    }
+
+    /// Resident memory now (VmRSS) and proportional set size (Pss), in MiB.
+    fn memory_mib(&self) -> (f64, f64) {
+        let read = |file: &str, key: &str| -> f64 {
+            std::fs::read_to_string(format!("/proc/{}/{file}", self.child.id()))
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+                .map_or(f64::NAN, |kb| kb / 1024.0)
+        };
+        (read("status", "VmRSS:"), read("smaps_rollup", "Pss:"))
     }
 
     /// SIGTERM, then up to 30 s for a clean exit (SIGKILL after that).
@@ -856,8 +905,6 @@ async fn copy(
 struct Throughput {
     events_per_s: f64,
     outputs_per_s: f64,
-    seconds: f64,
-    expected: usize,
     missing: usize,
     unexpected: usize,
     duplicates: usize,
@@ -930,8 +977,6 @@ impl Tally {
         Throughput {
             events_per_s: events as f64 / seconds,
             outputs_per_s: self.distinct as f64 / seconds,
-            seconds,
-            expected: self.expected,
             missing: self.expected - self.distinct,
             unexpected: self.unexpected,
             duplicates: self.duplicates,
@@ -1000,6 +1045,8 @@ fn collect_rest(bootstrap: &str, topic: &str, from: i64, tally: &mut Tally, pars
 /// Everything phase 1 reports about rtcrm besides the figures.
 struct RtcrmRun {
     ready: Duration,
+    /// CPU time rtcrm used from ready to the last trigger.
+    cpu: Duration,
     exit: ExitStatus,
     command: String,
     log: PathBuf,
@@ -1013,6 +1060,15 @@ struct RtcrmRun {
     missing: Vec<String>,
 }
 
+/// One throughput configuration of rtcrm.
+struct Config<'a> {
+    /// Names the run's topics and log.
+    phase: String,
+    partitions: i32,
+    /// `at-least-once` or `exactly-once`.
+    delivery: &'a str,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn rtcrm_throughput(
     rt: &tokio::runtime::Runtime,
@@ -1023,9 +1079,11 @@ fn rtcrm_throughput(
     events: &[Event],
     records: &[(String, String)],
     campaigns: &[Campaign],
+    config: &Config<'_>,
 ) -> Result<(Throughput, RtcrmRun)> {
-    let t = Topics::new(run, "tput");
-    create_topics(rt, bootstrap, &[&t.events], &[&t.triggers])?;
+    let t = Topics::new(run, &config.phase);
+    let partitions = config.partitions;
+    create_topics(rt, bootstrap, &[&t.events], partitions, &[&t.triggers])?;
     produce_all(rt, bootstrap, &t.events, records)?;
     let campaign_records: Vec<(String, String)> =
         campaigns.iter().map(|c| (c.id.to_string(), c.json.clone())).collect();
@@ -1047,8 +1105,10 @@ fn rtcrm_throughput(
         expected.len()
     ));
 
-    let mut proc = Rtcrm::start(bin, bootstrap, &t, work.join("rtcrm-throughput.log"))?;
+    let extra = ["--delivery".to_string(), config.delivery.to_string()];
+    let mut proc = Rtcrm::start(bin, bootstrap, &t, work.join(format!("rtcrm-{}.log", config.phase)), &extra)?;
     let ready = proc.wait_ready()?;
+    let cpu_at_ready = proc.cpu();
     progress(format!("rtcrm ready in {ready:.2?}; waiting for the triggers"));
 
     let mut tally = Tally::new(expected);
@@ -1075,6 +1135,7 @@ fn rtcrm_throughput(
             && metric_sum(&m, "rtcrm_triggers_total") <= high as f64
     };
     let read_to = collect(bootstrap, &t.triggers, &mut tally, &mut parse, &mut finished)?;
+    let cpu = proc.cpu().saturating_sub(cpu_at_ready);
     let metrics = proc.metrics();
     let exit = proc.stop()?;
     // Triggers that arrived after the set was complete (duplicates from the shutdown, if any).
@@ -1089,6 +1150,7 @@ fn rtcrm_throughput(
     }
     let info = RtcrmRun {
         ready,
+        cpu,
         exit,
         command: proc.command.clone(),
         log: proc.log.clone(),
@@ -1114,9 +1176,10 @@ fn copier_throughput(
     run: &str,
     phase: &str,
     records: &[(String, String)],
+    partitions: i32,
 ) -> Result<Throughput> {
     let t = Topics::new(run, phase);
-    create_topics(rt, bootstrap, &[&t.events], &[&t.triggers])?;
+    create_topics(rt, bootstrap, &[&t.events], partitions, &[&t.triggers])?;
     produce_all(rt, bootstrap, &t.events, records)?;
     // The copies carry the events' ids: the identity of a copy is its event's index.
     let index: HashMap<String, u32> = records
@@ -1281,14 +1344,14 @@ fn rtcrm_latency(
     args: &Args,
 ) -> Result<(LatencyRun, Rtcrm, Vec<String>)> {
     let t = Topics::new(run, "lat");
-    create_topics(rt, bootstrap, &[&t.events, &t.triggers], &[])?;
+    create_topics(rt, bootstrap, &[&t.events, &t.triggers], 1, &[])?;
     let campaign = json!({
         "campaign_id": 1, "enabled": true, "game": "foe", "event_name": "fight",
         "start_date": WINDOW.0, "end_date": WINDOW.1,
         "filter": "function(event) { return true }",
     });
     produce_all(rt, bootstrap, &t.campaigns, &[("1".into(), campaign.to_string())])?;
-    let mut proc = Rtcrm::start(bin, bootstrap, &t, work.join("rtcrm-latency.log"))?;
+    let mut proc = Rtcrm::start(bin, bootstrap, &t, work.join("rtcrm-latency.log"), &[])?;
     let ready = proc.wait_ready()?;
     progress(format!("rtcrm latency: ready in {ready:.2?}; {} events/s for {} s", args.rate, args.latency_seconds));
     let dump = work.join("latency-rtcrm.txt");
@@ -1306,7 +1369,7 @@ fn copier_latency(
     args: &Args,
 ) -> Result<LatencyRun> {
     let t = Topics::new(run, "lat-copier");
-    create_topics(rt, bootstrap, &[&t.events, &t.triggers], &[])?;
+    create_topics(rt, bootstrap, &[&t.events, &t.triggers], 1, &[])?;
     let mut copier = Copier::start(bootstrap, &t.group, &t.events, &t.triggers)?;
     copier.wait_ready()?;
     progress(format!("copier latency: {} events/s for {} s", args.rate, args.latency_seconds));
@@ -1340,6 +1403,246 @@ fn main() {
         eprintln!("e2e_bench: error: {e:#}");
         std::process::exit(if INTERRUPTED.load(Ordering::SeqCst) { 130 } else { 1 });
     }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.retain(|x| x.is_finite());
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    let n = xs.len();
+    if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 }
+}
+
+/// The medians of one configuration's runs.
+struct Row {
+    label: String,
+    events_per_s: f64,
+    outputs_per_s: f64,
+    cpu_us_per_event: f64,
+    /// Missing / duplicated / unexpected outputs, summed over the runs.
+    missing: usize,
+    duplicates: usize,
+    unexpected: usize,
+    notes: Vec<String>,
+}
+
+/// The original system's campaign 4711 (its filter, window and pair).
+fn original_campaign() -> Campaign {
+    let mut c = make_campaign(0);
+    let mut v: Value = serde_json::from_str(&c.json).expect("campaign JSON");
+    v["campaign_id"] = json!(4711);
+    c.id = 4711;
+    c.json = v.to_string();
+    c
+}
+
+#[allow(clippy::too_many_arguments)]
+fn throughput_row(
+    rt: &tokio::runtime::Runtime,
+    bootstrap: &str,
+    bin: &Path,
+    run: &str,
+    work: &Path,
+    events: &[Event],
+    records: &[(String, String)],
+    campaigns: &[Campaign],
+    label: &str,
+    partitions: i32,
+    delivery: &str,
+    runs: usize,
+) -> Result<Row> {
+    let mut row = Row { label: label.into(), events_per_s: 0.0, outputs_per_s: 0.0, cpu_us_per_event: 0.0, missing: 0, duplicates: 0, unexpected: 0, notes: vec![] };
+    let (mut eps, mut ops, mut cpu) = (vec![], vec![], vec![]);
+    for r in 0..runs {
+        let slug: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+        let config = Config { phase: format!("{slug}-{r}"), partitions, delivery };
+        let (tput, info) = rtcrm_throughput(rt, bootstrap, bin, run, work, events, records, campaigns, &config)?;
+        progress(format!("{label}, run {}: {:.0} events/s, {:.1} µs CPU per event", r + 1, tput.events_per_s, info.cpu.as_secs_f64() * 1e6 / events.len() as f64));
+        eps.push(tput.events_per_s);
+        ops.push(tput.outputs_per_s);
+        cpu.push(info.cpu.as_secs_f64() * 1e6 / events.len() as f64);
+        row.missing += tput.missing;
+        row.duplicates += tput.duplicates;
+        row.unexpected += tput.unexpected + tput.malformed;
+        if !info.exit.success() || !info.metrics_errors.is_empty() || !info.problems.is_empty() || !info.missing.is_empty() {
+            row.notes.push(format!(
+                "{}: exit {}, ready in {:.2?}, /metrics events {} triggers {}, statuses {:?}, evaluation errors {:?}, \
+                 {} WARN/ERROR lines (log {}), missing e.g. {:?}; command: {}",
+                config.phase,
+                info.exit,
+                info.ready,
+                info.metrics_events,
+                info.metrics_triggers,
+                info.statuses,
+                info.metrics_errors,
+                info.problems.len(),
+                info.log.display(),
+                info.missing.first(),
+                info.command
+            ));
+        }
+    }
+    row.events_per_s = median(eps);
+    row.outputs_per_s = median(ops);
+    row.cpu_us_per_event = median(cpu);
+    Ok(row)
+}
+
+fn copier_row(rt: &tokio::runtime::Runtime, bootstrap: &str, run: &str, records: &[(String, String)], partitions: i32, runs: usize) -> Result<Row> {
+    let (mut eps, mut missing, mut dups) = (vec![], 0, 0);
+    for r in 0..runs {
+        let t = copier_throughput(rt, bootstrap, run, &format!("copier-p{partitions}-{r}"), records, partitions)?;
+        progress(format!("copier, {partitions} partition(s), run {}: {:.0} events/s", r + 1, t.events_per_s));
+        eps.push(t.events_per_s);
+        missing += t.missing;
+        dups += t.duplicates;
+    }
+    let e = median(eps);
+    Ok(Row { label: format!("copier (baseline), {partitions} partition(s)"), events_per_s: e, outputs_per_s: e, cpu_us_per_event: f64::NAN, missing, duplicates: dups, unexpected: 0, notes: vec![] })
+}
+
+/// What the 10,000-campaign run measured.
+struct ManyCampaigns {
+    campaigns: usize,
+    per_event: usize,
+    ready_s: f64,
+    events: usize,
+    events_per_s: f64,
+    rss_mib: f64,
+    pss_mib: f64,
+    triggers: f64,
+    expected: usize,
+    instances: f64,
+}
+
+/// 10,000 campaigns over 100 (game, event_name) pairs (100 per pair), pre-loaded; then events
+/// spread over every pair. Measures start → /readyz, events/s with 100 campaigns evaluated per
+/// event, and the memory held once every campaign has been evaluated.
+fn many_campaigns(rt: &tokio::runtime::Runtime, bootstrap: &str, bin: &Path, run: &str, work: &Path, n_events: usize) -> Result<ManyCampaigns> {
+    const CAMPAIGNS: usize = 10_000;
+    const PAIRS: usize = 100;
+    let t = Topics::new(run, "many");
+    create_topics(rt, bootstrap, &[&t.events], 1, &[&t.triggers])?;
+    let pair = |i: usize| (format!("game{}", i % 10), format!("event{}", (i / 10) % 10));
+    let campaigns: Vec<(String, String)> = (0..CAMPAIGNS)
+        .map(|i| {
+            let (game, name) = pair(i % PAIRS);
+            let c = json!({"campaign_id": 100_000 + i, "enabled": true, "game": game, "event_name": name,
+                           "filter": format!("e => e.data.score > {}", 990 + i % 10)});
+            ((100_000 + i).to_string(), c.to_string())
+        })
+        .collect();
+    progress(format!("{CAMPAIGNS} campaigns over {PAIRS} pairs: producing them"));
+    produce_all(rt, bootstrap, &t.campaigns, &campaigns)?;
+    let mut rng = Rng::new(10_000);
+    let mut expected = 0usize;
+    let records: Vec<(String, String)> = (0..n_events)
+        .map(|k| {
+            // Every pair in turn first (so that every campaign is evaluated), then at random.
+            let p = if k < PAIRS { k } else { rng.below(PAIRS as u64) as usize };
+            let (game, name) = pair(p);
+            let score = rng.range(0, 1000);
+            // Campaign i of pair p matches when score > 990 + i % 10.
+            expected += (0..CAMPAIGNS / PAIRS).filter(|j| score > 990 + ((p + PAIRS * j) % 10) as i64).count();
+            let player = rng.range(1, 1_000_000);
+            let e = json!({"event_id": format!("many-{k:06}"), "game": game, "event_name": name, "player_id": player,
+                           "created_at": "2023-11-20T11:00:00.00Z", "data": {"score": score}});
+            (player.to_string(), e.to_string())
+        })
+        .collect();
+    produce_all(rt, bootstrap, &t.events, &records)?;
+    let mut proc = Rtcrm::start(bin, bootstrap, &t, work.join("rtcrm-many.log"), &[])?;
+    let ready = proc.wait_ready()?;
+    progress(format!("{CAMPAIGNS} campaigns: ready in {ready:.2?}; {n_events} events"));
+    let t0 = Instant::now();
+    loop {
+        check_interrupted()?;
+        let m = proc.metrics();
+        if metric_sum(&m, "rtcrm_events_total") >= n_events as f64 && metric_sum(&m, "rtcrm_in_flight_events") == 0.0 {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(600) {
+            bail!("the 10,000-campaign run did not finish within 10 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let (rss, pss) = proc.memory_mib();
+    let m = proc.metrics();
+    proc.stop()?;
+    Ok(ManyCampaigns {
+        campaigns: CAMPAIGNS,
+        per_event: CAMPAIGNS / PAIRS,
+        ready_s: ready.as_secs_f64(),
+        events: n_events,
+        events_per_s: n_events as f64 / seconds,
+        rss_mib: rss,
+        pss_mib: pss,
+        triggers: metric_sum(&m, "rtcrm_triggers_total"),
+        expected,
+        instances: metric_sum(&m, "rtcrm_filter_instances"),
+    })
+}
+
+/// Restart → first trigger: an instance with a stable `--instance-id` (static membership) is
+/// SIGKILLed and started again; the time from the new process's start to the first trigger of
+/// an event produced while it was down (median of `runs`).
+fn restart_to_first_trigger(rt: &tokio::runtime::Runtime, bootstrap: &str, bin: &Path, run: &str, work: &Path, runs: usize) -> Result<f64> {
+    let t = Topics::new(run, "restart");
+    create_topics(rt, bootstrap, &[&t.events], 4, &[&t.triggers])?;
+    produce_all(rt, bootstrap, &t.campaigns, &[("4711".into(), original_campaign().json)])?;
+    let extra = ["--instance-id".to_string(), format!("bench-restart-{run}")];
+    let loss = |id: String| {
+        let mut rng = Rng::new(7);
+        let mut e = make_event(&mut rng, true, None);
+        let mut v: Value = serde_json::from_str(&e.json).expect("event JSON");
+        v["event_id"] = json!(id);
+        v["data"]["result"] = json!("loss");
+        e.json = v.to_string();
+        (e.player_id.to_string(), e.json)
+    };
+    let wm = reader(bootstrap)?;
+    let mut proc = Rtcrm::start(bin, bootstrap, &t, work.join("rtcrm-restart-0.log"), &extra)?;
+    proc.wait_ready()?;
+    produce_all(rt, bootstrap, &t.events, &[loss("warm".into())])?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while high_watermark(&wm, &t.triggers)? < 1 {
+        check_interrupted()?;
+        if Instant::now() > deadline {
+            bail!("no trigger from the first instance within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut times = vec![];
+    for r in 0..runs {
+        let _ = Command::new("kill").args(["-KILL", &proc.child.id().to_string()]).status();
+        let _ = proc.child.wait();
+        proc.exit = Some(proc.child.wait()?);
+        let before = high_watermark(&wm, &t.triggers)?;
+        // Events of every partition, produced while the instance is down.
+        let downtime: Vec<(String, String)> = (0..8).map(|k| loss(format!("down-{r}-{k}"))).collect();
+        produce_all(rt, bootstrap, &t.events, &downtime)?;
+        let started = Instant::now();
+        proc = Rtcrm::start(bin, bootstrap, &t, work.join(format!("rtcrm-restart-{}.log", r + 1)), &extra)?;
+        loop {
+            check_interrupted()?;
+            if high_watermark(&wm, &t.triggers)? > before {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("no trigger within 60 s of a restart");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let s = started.elapsed().as_secs_f64();
+        progress(format!("restart {}: first trigger {s:.2} s after the process started", r + 1));
+        times.push(s);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    proc.stop()?;
+    Ok(median(times))
 }
 
 fn bench(args: &Args, started: Instant) -> Result<()> {
@@ -1383,137 +1686,121 @@ fn bench(args: &Args, started: Instant) -> Result<()> {
     let mut rng = Rng::new(42);
     let events: Vec<Event> = (0..args.events).map(|_| make_event(&mut rng, false, None)).collect();
     let records: Vec<(String, String)> = events.iter().map(|e| (e.player_id.to_string(), e.json.clone())).collect();
-    let campaigns: Vec<Campaign> = (0..args.campaigns as usize).map(make_campaign).collect();
+    let ten: Vec<Campaign> = (0..args.campaigns as usize).map(make_campaign).collect();
+    let original = vec![original_campaign()];
 
     // Warm-up (not reported): the broker's JVM compiles its produce and fetch paths.
-    let warm = &records[..records.len().min(5_000)];
+    let warm = &records[..records.len().min(20_000)];
     progress(format!("warm-up: copying {} events", warm.len()));
-    copier_throughput(&rt, &bootstrap, &run, "warmup", warm)?;
+    copier_throughput(&rt, &bootstrap, &run, "warmup", warm, 1)?;
 
-    // 1. rtcrm throughput.
-    let (rtcrm_tput, info) =
-        rtcrm_throughput(&rt, &bootstrap, &rtcrm, &run, &work, &events, &records, &campaigns)?;
-    progress(format!("rtcrm: {:.0} events/s over {:.2} s", rtcrm_tput.events_per_s, rtcrm_tput.seconds));
+    let wants = |phase: &str| args.only.is_empty() || args.only.iter().any(|o| o == phase);
+    let mut rows: Vec<(Row, f64)> = Vec::new();
+    let mut copier_by_partitions: HashMap<i32, f64> = HashMap::new();
+    let mut alo_by_config: HashMap<String, f64> = HashMap::new();
+    if wants("throughput") {
+        for partitions in [1, 4] {
+            let copier = copier_row(&rt, &bootstrap, &run, &records, partitions, args.runs)?;
+            copier_by_partitions.insert(partitions, copier.events_per_s);
+            rows.push((copier, 1.0));
+            for (name, campaigns) in [("campaign 4711", &original), (&*format!("{} campaigns", ten.len()), &ten)] {
+                for delivery in ["at-least-once", "exactly-once"] {
+                    let label = format!("rtcrm, {name}, {partitions} partition(s), {delivery}");
+                    let row = throughput_row(&rt, &bootstrap, &rtcrm, &run, &work, &events, &records, campaigns, &label, partitions, delivery, args.runs)?;
+                    let ratio = row.events_per_s / copier_by_partitions[&partitions];
+                    if delivery == "at-least-once" {
+                        alo_by_config.insert(format!("{name}-{partitions}"), row.events_per_s);
+                    }
+                    rows.push((row, ratio));
+                }
+            }
+        }
+    }
+    let many = if wants("many") { Some(many_campaigns(&rt, &bootstrap, &rtcrm, &run, &work, args.many_events)?) } else { None };
+    let restart = if wants("restart") { Some(restart_to_first_trigger(&rt, &bootstrap, &rtcrm, &run, &work, args.runs)?) } else { None };
+    let latency = if wants("latency") {
+        settle()?;
+        let (rtcrm_lat, lat_proc, _) = rtcrm_latency(&rt, &bootstrap, &rtcrm, &run, &work, args)?;
+        drop(lat_proc);
+        settle()?;
+        let base_lat = copier_latency(&rt, &bootstrap, &run, &work, args)?;
+        Some((rtcrm_lat, base_lat))
+    } else {
+        None
+    };
 
-    // 2. Baseline throughput.
-    progress(format!("copier throughput: {} events", records.len()));
-    let base_tput = copier_throughput(&rt, &bootstrap, &run, "tput-copier", &records)?;
-    progress(format!("copier: {:.0} events/s over {:.2} s", base_tput.events_per_s, base_tput.seconds));
-
-    // 3. Latency at a fixed rate.
-    settle()?;
-    let (rtcrm_lat, lat_proc, lat_errors) = rtcrm_latency(&rt, &bootstrap, &rtcrm, &run, &work, args)?;
-    settle()?;
-    let base_lat = copier_latency(&rt, &bootstrap, &run, &work, args)?;
-
-    // 4. The report.
+    // The report.
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut out = String::new();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     writeln!(out, "## rtcrm end-to-end benchmark\n")?;
     writeln!(
         out,
-        "{} events ({} campaigns on foe/fight, {} triggers expected); latency at {} events/s for {} s; \
-         {} cores; load average before {} / after {}\n",
+        "{} events per throughput run, medians of {} runs; {} cores; load average before {} / after {}\n",
         args.events,
-        args.campaigns,
-        rtcrm_tput.expected,
-        args.rate,
-        args.latency_seconds,
+        args.runs,
         cores,
         load_before.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         load_after.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
     )?;
-    writeln!(out, "| figure | rtcrm | baseline | ratio |")?;
-    writeln!(out, "| --- | ---: | ---: | ---: |")?;
-    let ratio =
-        |a: f64, b: f64| if a.is_finite() && b.is_finite() && b > 0.0 { format!("{:.2}", a / b) } else { "—".into() };
-    writeln!(
-        out,
-        "| throughput, events/s (first event → last output acknowledged) | {:.0} | {:.0} | {} |",
-        rtcrm_tput.events_per_s,
-        base_tput.events_per_s,
-        ratio(rtcrm_tput.events_per_s, base_tput.events_per_s)
-    )?;
-    writeln!(
-        out,
-        "| throughput, outputs/s (triggers / copies) | {:.0} | {:.0} | {} |",
-        rtcrm_tput.outputs_per_s,
-        base_tput.outputs_per_s,
-        ratio(rtcrm_tput.outputs_per_s, base_tput.outputs_per_s)
-    )?;
-    writeln!(out, "| measured interval, s | {:.2} | {:.2} | |", rtcrm_tput.seconds, base_tput.seconds)?;
-    for (name, a, b) in [
-        ("outputs expected", rtcrm_tput.expected, base_tput.expected),
-        ("outputs missing", rtcrm_tput.missing, base_tput.missing),
-        ("outputs duplicated", rtcrm_tput.duplicates, base_tput.duplicates),
-        ("outputs unexpected", rtcrm_tput.unexpected, base_tput.unexpected),
-        ("triggers with a wrong key or trigger_id", rtcrm_tput.malformed, base_tput.malformed),
-    ] {
-        writeln!(out, "| {name} | {a} | {b} | |")?;
-    }
-    let ms = |l: &Option<Latency>, f: fn(&Latency) -> u64| l.as_ref().map(|l| f(l) as f64 / 1000.0);
-    for (name, f) in [
-        ("latency p50, ms", (|l: &Latency| l.p50_us) as fn(&Latency) -> u64),
-        ("latency p99, ms", |l: &Latency| l.p99_us),
-        ("latency max, ms", |l: &Latency| l.max_us),
-    ] {
-        let (a, b) = (ms(&rtcrm_lat.latency, f), ms(&base_lat.latency, f));
-        let show = |x: Option<f64>| x.map_or("—".into(), |x| format!("{x:.2}"));
-        writeln!(
-            out,
-            "| {name} (send → output received, {} events/s) | {} | {} | {} |",
-            args.rate,
-            show(a),
-            show(b),
-            ratio(a.unwrap_or(f64::NAN), b.unwrap_or(f64::NAN))
-        )?;
-    }
-    writeln!(
-        out,
-        "| latency outputs received / events sent | {} / {} | {} / {} | |",
-        rtcrm_lat.received, rtcrm_lat.sent, base_lat.received, base_lat.sent
-    )?;
-    writeln!(out, "| start → /readyz 200 (throughput run), s | {:.2} | — | |", info.ready.as_secs_f64())?;
-
-    // Notes: what rtcrm said about itself, and what went wrong.
-    writeln!(out)?;
-    let statuses: Vec<String> = info.statuses.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    writeln!(
-        out,
-        "- rtcrm throughput run: exit after SIGTERM: {}; /metrics: rtcrm_events_total {} (events in the topic: {}), \
-         rtcrm_triggers_total {}; campaign statuses: {}",
-        info.exit,
-        info.metrics_events,
-        args.events,
-        info.metrics_triggers,
-        statuses.join(", ")
-    )?;
-    let lat_exit = lat_proc.exit.map_or("?".into(), |s| s.to_string());
-    writeln!(out, "- rtcrm latency run: exit after SIGTERM: {lat_exit}")?;
-    for (run, errors) in [("throughput", &info.metrics_errors), ("latency", &lat_errors)] {
-        let errors = if errors.is_empty() { "none".to_string() } else { errors.join("; ") };
-        writeln!(out, "- rtcrm {run} run, evaluation errors: {errors}")?;
-    }
-    if !info.missing.is_empty() {
-        writeln!(out, "- missing triggers ({}, the first 5):", info.missing.len())?;
-        for m in info.missing.iter().take(5) {
-            writeln!(out, "    {m}")?;
+    if !rows.is_empty() {
+        writeln!(out, "| configuration | events/s | outputs/s | × copier | × at-least-once | CPU µs/event | missing / dup / unexpected |")?;
+        writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+        for (row, ratio) in &rows {
+            let vs_alo = if row.label.ends_with("exactly-once") {
+                let key = alo_by_config.keys().find(|k| {
+                    let (name, p) = k.rsplit_once('-').unwrap();
+                    row.label.contains(&format!("{name}, {p} partition"))
+                });
+                key.map_or("—".into(), |k| format!("{:.2}", row.events_per_s / alo_by_config[k]))
+            } else {
+                "—".into()
+            };
+            let cpu = if row.cpu_us_per_event.is_finite() { format!("{:.1}", row.cpu_us_per_event) } else { "—".into() };
+            writeln!(
+                out,
+                "| {} | {:.0} | {:.0} | {:.2} | {} | {} | {} / {} / {} |",
+                row.label, row.events_per_s, row.outputs_per_s, ratio, vs_alo, cpu, row.missing, row.duplicates, row.unexpected
+            )?;
+        }
+        writeln!(out)?;
+        for (row, _) in &rows {
+            for note in &row.notes {
+                writeln!(out, "- {}: {note}", row.label)?;
+            }
         }
     }
-    let lat_problems = lat_proc.problems();
-    for (run, problems, log) in [("throughput", &info.problems, &info.log), ("latency", &lat_problems, &lat_proc.log)] {
-        writeln!(out, "- rtcrm {run} log {}: {} WARN/ERROR lines", log.display(), problems.len())?;
-        for p in problems.iter().take(5) {
-            writeln!(out, "    {p}")?;
-        }
+    if let Some(m) = &many {
+        writeln!(out, "| {} campaigns over 100 (game, event_name) pairs | value |", m.campaigns)?;
+        writeln!(out, "| --- | ---: |")?;
+        writeln!(out, "| start → /readyz 200, s | {:.2} |", m.ready_s)?;
+        writeln!(out, "| events/s with {} campaigns per event ({} events) | {:.0} |", m.per_event, m.events, m.events_per_s)?;
+        writeln!(out, "| RSS after every campaign was evaluated, MiB | {:.0} |", m.rss_mib)?;
+        writeln!(out, "| PSS, MiB | {:.0} |", m.pss_mib)?;
+        writeln!(out, "| filter instances alive | {:.0} |", m.instances)?;
+        writeln!(out, "| triggers / expected | {:.0} / {} |", m.triggers, m.expected)?;
+        writeln!(out)?;
     }
-    writeln!(out)?;
+    if let Some(r) = restart {
+        writeln!(out, "restart → first trigger (static membership, SIGKILL then start), median: {r:.2} s\n")?;
+    }
+    if let Some((rtcrm_lat, base_lat)) = &latency {
+        let ms = |l: &Option<Latency>, f: fn(&Latency) -> u64| l.as_ref().map(|l| f(l) as f64 / 1000.0);
+        writeln!(out, "| latency at {} events/s for {} s | rtcrm | copier |", args.rate, args.latency_seconds)?;
+        writeln!(out, "| --- | ---: | ---: |")?;
+        for (name, f) in [
+            ("p50, ms", (|l: &Latency| l.p50_us) as fn(&Latency) -> u64),
+            ("p99, ms", |l: &Latency| l.p99_us),
+            ("max, ms", |l: &Latency| l.max_us),
+        ] {
+            let show = |x: Option<f64>| x.map_or("—".into(), |x| format!("{x:.2}"));
+            writeln!(out, "| {name} | {} | {} |", show(ms(&rtcrm_lat.latency, f)), show(ms(&base_lat.latency, f)))?;
+        }
+        writeln!(out, "| received / sent | {} / {} | {} / {} |", rtcrm_lat.received, rtcrm_lat.sent, base_lat.received, base_lat.sent)?;
+        writeln!(out)?;
+    }
     writeln!(out, "command: {}", shell_line(std::env::args()))?;
-    writeln!(out, "rtcrm:   {}", info.command)?;
-    writeln!(out, "         {}", lat_proc.command)?;
     writeln!(out, "wall time: {:.1} s", started.elapsed().as_secs_f64())?;
-    drop(lat_proc);
     print!("{out}");
     std::io::stdout().flush()?;
     Ok(())

@@ -2,10 +2,20 @@
 //! filters, isolation, and the examples in `examples/`. One test binary (wasmtime links slowly).
 
 mod accessors;
+mod cache;
 mod compile;
+mod compile_caps;
+mod deadline;
+mod error_texts;
+mod event_limits;
 mod examples;
+mod held_event;
+mod host_work;
 mod hostile;
 mod isolation;
+mod limits_config;
+mod memory;
+mod wasi;
 mod wasm;
 
 use rtcrm_sandbox::{Event, JsFilter, Sandbox, SandboxConfig};
@@ -45,3 +55,30 @@ pub fn verdict(source: &str, event_json: &str) -> bool {
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
+
+/// A module with the ABI's exports; `body` is `rtcrm_filter`'s body (params $ptr $len).
+pub fn abi_module(imports: &str, extra: &str, body: &str) -> Vec<u8> {
+    abi_module_with(r#"(memory (export "memory") 1)"#, imports, extra, body)
+}
+
+/// [`abi_module`] with its own memory (and table) declarations.
+pub fn abi_module_with(memory: &str, imports: &str, extra: &str, body: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+          {imports}
+          {memory}
+          (global $next (mut i32) (i32.const 1024))
+          (func (export "rtcrm_alloc") (param $len i32) (result i32)
+            (local $p i32)
+            (local.set $p (global.get $next))
+            (global.set $next (i32.add (global.get $next) (local.get $len)))
+            ;; grow when needed; reset per call would be an SDK's job
+            (if (i32.gt_u (global.get $next) (i32.mul (memory.size) (i32.const 65536)))
+              (then (drop (memory.grow (i32.const 1)))))
+            (local.get $p))
+          (func (export "rtcrm_filter") (param $ptr i32) (param $len i32) (result i32) (local $i i32) {body})
+          {extra})"#
+    ))
+    .expect("valid WAT")
+}
+

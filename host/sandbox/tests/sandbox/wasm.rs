@@ -1,30 +1,9 @@
 //! Filters of the WebAssembly filter ABI (`filter-sdk/ABI.md`), written here in WAT: validation
 //! at submission (each rejection names its cause) and evaluation under the same limits.
 
-use crate::{event, sandbox, SEED_EVENT};
+use crate::{abi_module as module, event, sandbox, SEED_EVENT};
 use rtcrm_sandbox::{ErrorKind, EvalError, MemorySink, Sandbox, SandboxConfig, WasmError};
 use std::sync::Arc;
-
-/// A module with the ABI's exports; `body` is `rtcrm_filter`'s body (params $ptr $len).
-fn module(imports: &str, extra: &str, body: &str) -> Vec<u8> {
-    wat::parse_str(format!(
-        r#"(module
-          {imports}
-          (memory (export "memory") 1)
-          (global $next (mut i32) (i32.const 1024))
-          (func (export "rtcrm_alloc") (param $len i32) (result i32)
-            (local $p i32)
-            (local.set $p (global.get $next))
-            (global.set $next (i32.add (global.get $next) (local.get $len)))
-            ;; grow when needed; reset per call would be an SDK's job
-            (if (i32.gt_u (global.get $next) (i32.mul (memory.size) (i32.const 65536)))
-              (then (drop (memory.grow (i32.const 1)))))
-            (local.get $p))
-          (func (export "rtcrm_filter") (param $ptr i32) (param $len i32) (result i32) (local $i i32) {body})
-          {extra})"#
-    ))
-    .expect("valid WAT")
-}
 
 /// Matches when the event bytes contain `loss` (the original filter, in the crudest form).
 fn contains_loss() -> Vec<u8> {

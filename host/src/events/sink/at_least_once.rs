@@ -8,7 +8,7 @@
 //! retriable; when the broker refused the record for good, a trigger is replaced by its event's
 //! dead letter, and a dead letter is counted and logged at error level, releasing the offset.
 
-use super::{base_record, dead_letter, enqueue, is_permanent, oversize, Record, RecordKind, Sink};
+use super::{base_record, RecordLimits, dead_letter, enqueue, is_permanent, oversize, Record, RecordKind, Sink};
 use crate::events::batch::{Batch, Tracker};
 use crate::events::consumer::EventConsumer;
 use crate::kafka::{client_config, ClientErrors};
@@ -109,13 +109,21 @@ pub struct AtLeastOnce {
     producer: Arc<DataProducer>,
     tracker: Arc<Tracker>,
     processor: Arc<Processor>,
-    max_record_bytes: usize,
+    outlet: Arc<Outlet>,
     fatal: Arc<Mutex<Option<String>>>,
+}
+
+/// Sending a held record, shared by the workers and the redelivery thread: what cannot be sent
+/// is dead-lettered or counted; a failing producer stops the event path.
+struct Outlet {
+    processor: Arc<Processor>,
+    fatal: Arc<Mutex<Option<String>>>,
+    limits: RecordLimits,
 }
 
 impl AtLeastOnce {
     /// The idempotent data producer and its retry thread.
-    pub fn new(processor: Arc<Processor>, tracker: Arc<Tracker>, max_record_bytes: usize) -> Result<AtLeastOnce> {
+    pub fn new(processor: Arc<Processor>, tracker: Arc<Tracker>, limits: RecordLimits) -> Result<AtLeastOnce> {
         let settings = &processor.settings;
         let (tx, rx) = mpsc::channel();
         let fatal = Arc::new(Mutex::new(None));
@@ -132,19 +140,19 @@ impl AtLeastOnce {
             .set("enable.idempotence", "true")
             // Small batches, sent at once: a trigger should reach the player within milliseconds.
             .set("linger.ms", "1")
-            .set("batch.size", (max_record_bytes + super::FRAMING_BYTES / 2).to_string())
+            .set("batch.size", limits.batch_size())
             // librdkafka retries on its own this long; then the retry thread takes over.
             .set("message.timeout.ms", "120000")
             .create_with_context(context)
             .context("creating the Kafka producer for triggers")?;
         let producer = Arc::new(producer);
-        let weak = Arc::downgrade(&producer);
-        let retry_processor = processor.clone();
+        let outlet = Arc::new(Outlet { processor: processor.clone(), fatal: fatal.clone(), limits });
+        let (weak, retry_outlet) = (Arc::downgrade(&producer), outlet.clone());
         std::thread::Builder::new()
             .name("rtcrm-redelivery".into())
-            .spawn(move || redeliver(rx, weak, retry_processor, failing, max_record_bytes))
+            .spawn(move || redeliver(rx, weak, retry_outlet, failing))
             .context("starting the redelivery thread")?;
-        Ok(AtLeastOnce { producer, tracker, processor, max_record_bytes, fatal })
+        Ok(AtLeastOnce { producer, tracker, processor, outlet, fatal })
     }
 
     fn check_fatal(&self) -> Result<()> {
@@ -194,18 +202,8 @@ fn store_offsets(consumer: &EventConsumer, topic: &str, offsets: BTreeMap<i32, i
 impl Sink for AtLeastOnce {
     fn send(&self, record: Record<'_>, batch: &Arc<Batch>, job: u32) {
         batch.hold();
-        let metrics = &self.processor.metrics;
-        let refusal = match oversize(&record, self.max_record_bytes) {
-            Some(reason) => reason,
-            None => {
-                let pending = Box::new(Pending { batch: batch.clone(), job, kind: record.kind, attempt: 0 });
-                match enqueue(&self.producer, base_record(&record, pending), metrics) {
-                    Ok(()) => return,
-                    Err((e, _)) => format!("the producer refused the record: {e}"),
-                }
-            }
-        };
-        refused(&self.producer, &self.processor, batch, job, record.kind, &refusal, self.max_record_bytes);
+        let pending = Box::new(Pending { batch: batch.clone(), job, kind: record.kind, attempt: 0 });
+        self.outlet.send(&self.producer, &record, pending);
     }
 
     fn before_dispatch(&self) -> Result<()> {
@@ -241,71 +239,88 @@ impl Sink for AtLeastOnce {
     }
 }
 
-/// A record that cannot be delivered: a trigger is replaced by its event's dead letter (which
-/// inherits the batch's hold); a dead letter is counted and logged, and releases the hold.
-fn refused(producer: &DataProducer, processor: &Processor, batch: &Arc<Batch>, job: u32, kind: RecordKind, reason: &str, max: usize) {
-    let metrics = &processor.metrics;
-    let event = &batch.jobs[job as usize];
-    match kind {
-        RecordKind::Trigger { campaign } => {
-            metrics.delivery_failed("dead_lettered");
-            let reason = format!("the trigger of campaign {campaign} was refused: {reason}");
-            tracing::warn!(campaign, partition = event.partition, offset = event.offset, "{reason}; sending the event to the dead-letter topic");
-            metrics.dead_letters.inc();
-            let record = dead_letter(&processor.settings, event, &reason, Some(campaign));
-            let failure = match oversize(&record, max) {
-                Some(too_big) => too_big,
-                None => {
-                    let pending = Box::new(Pending { batch: batch.clone(), job, kind: RecordKind::DeadLetter, attempt: 0 });
-                    match enqueue(producer, base_record(&record, pending), metrics) {
-                        Ok(()) => return,
-                        Err((e, _)) => e.to_string(),
-                    }
-                }
-            };
-            lost_dead_letter(processor, batch, job, &failure);
+impl Outlet {
+    /// Sends a record that holds its batch (the hold passes to its delivery report).
+    fn send(&self, producer: &DataProducer, record: &Record<'_>, pending: Box<Pending>) {
+        if let Some(reason) = oversize(record, &self.limits) {
+            return self.refused(producer, pending, &reason);
         }
-        RecordKind::DeadLetter => lost_dead_letter(processor, batch, job, reason),
+        match enqueue(producer, base_record(record, pending), &self.processor.metrics) {
+            Ok(()) => {}
+            Err((e, back)) if is_permanent(&e) => self.refused(producer, back.delivery_opaque, &format!("the producer refused the record: {e}")),
+            Err((e, _)) => {
+                // The producer failed, not the record: the batch keeps its hold (it is never
+                // committed) and the event path stops at the next poll.
+                tracing::error!(error = %e, "the producer refused a record; stopping without committing its event");
+                self.fatal
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert_with(|| format!("the producer cannot take records: {e}"));
+            }
+        }
+    }
+
+    /// A record that cannot be delivered: a trigger is replaced by its event's dead letter (which
+    /// inherits the hold); a dead letter is counted and logged at error level, and releases it.
+    fn refused(&self, producer: &DataProducer, pending: Box<Pending>, reason: &str) {
+        let (processor, metrics) = (&self.processor, &self.processor.metrics);
+        let event = &pending.batch.jobs[pending.job as usize];
+        match pending.kind {
+            RecordKind::Trigger { campaign } => {
+                metrics.delivery_failed("dead_lettered");
+                metrics.dead_letters.inc();
+                let reason = format!("the trigger of campaign {campaign} was refused: {reason}");
+                tracing::warn!(campaign, partition = event.partition, offset = event.offset, "{reason}; sending the event to the dead-letter topic");
+                let batch = pending.batch.clone();
+                let record = dead_letter(&processor.settings, &batch.jobs[pending.job as usize], &reason, Some(campaign));
+                let letter = Box::new(Pending { batch: batch.clone(), job: pending.job, kind: RecordKind::DeadLetter, attempt: 0 });
+                self.send(producer, &record, letter);
+            }
+            RecordKind::DeadLetter => {
+                metrics.delivery_failed("lost_dead_letter");
+                tracing::error!(
+                    partition = event.partition,
+                    offset = event.offset,
+                    topic = %processor.settings.dlq_topic,
+                    "a dead letter could not be written ({reason}); the event's offset passes without it"
+                );
+                pending.batch.release();
+            }
+        }
     }
 }
 
-fn lost_dead_letter(processor: &Processor, batch: &Arc<Batch>, job: u32, reason: &str) {
-    let event = &batch.jobs[job as usize];
-    processor.metrics.delivery_failed("lost_dead_letter");
-    tracing::error!(
-        partition = event.partition,
-        offset = event.offset,
-        topic = %processor.settings.dlq_topic,
-        "a dead letter could not be written ({reason}); the event's offset passes without it"
-    );
-    batch.release();
-}
-
-/// The retry thread: re-sends retriable failures in rounds (backoff doubling up to
-/// [`MAX_BACKOFF`]); refused records go to [`refused`].
-fn redeliver(rx: mpsc::Receiver<Failed>, producer: Weak<DataProducer>, processor: Arc<Processor>, failing: Arc<AtomicBool>, max: usize) {
+/// The redelivery thread: re-sends retriable failures in rounds (backoff doubling up to
+/// [`MAX_BACKOFF`]); refused records are dead-lettered. A record refused as too large on its
+/// first attempt is sent once more on its own (the broker refuses a whole produce batch when the
+/// batch is over the topic's limit, so the others in it were not at fault).
+fn redeliver(rx: mpsc::Receiver<Failed>, producer: Weak<DataProducer>, outlet: Arc<Outlet>, failing: Arc<AtomicBool>) {
+    let processor = outlet.processor.clone();
     let limiter = LogLimiter::default();
     while let Ok(first) = rx.recv() {
         let mut round = vec![first];
         round.extend(rx.try_iter());
         let Some(producer) = producer.upgrade() else {
             for failed in round {
+                tracing::error!(error = %failed.error, "a failed delivery cannot be retried (shutting down); its event's offset passes");
                 failed.pending.batch.release();
             }
             continue;
         };
         let attempt = round.iter().map(|f| f.pending.attempt).max().unwrap_or(0);
-        let retriable: Vec<Failed> = round
-            .into_iter()
-            .filter_map(|failed| {
-                if !is_permanent(&failed.error) {
-                    return Some(failed);
-                }
-                let Pending { batch, job, kind, .. } = *failed.pending;
-                refused(&producer, &processor, &batch, job, kind, &failed.error.to_string(), max);
-                None
-            })
-            .collect();
+        let mut retriable = Vec::new();
+        for failed in round {
+            let too_large = failed.error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge);
+            if too_large && failed.pending.attempt == 0 {
+                let _ = producer.flush(Duration::from_secs(10));
+                resend(&outlet, &producer, failed);
+                let _ = producer.flush(Duration::from_secs(10));
+            } else if is_permanent(&failed.error) {
+                outlet.refused(&producer, failed.pending, &failed.error.to_string());
+            } else {
+                retriable.push(failed);
+            }
+        }
         if retriable.is_empty() {
             continue;
         }
@@ -316,14 +331,15 @@ fn redeliver(rx: mpsc::Receiver<Failed>, producer: Weak<DataProducer>, processor
         }
         std::thread::sleep((Duration::from_millis(100) * 2u32.saturating_pow(attempt.min(5))).min(MAX_BACKOFF));
         for failed in retriable {
-            processor.metrics.delivery_failed("retried");
-            let Failed { mut pending, topic, key, payload, headers, .. } = failed;
-            pending.attempt += 1;
-            let (batch, job, kind) = (pending.batch.clone(), pending.job, pending.kind);
-            let record = Record { kind, topic: &topic, key: key.as_deref(), payload: payload.as_deref(), headers };
-            if let Err((e, _)) = enqueue(&producer, base_record(&record, pending), &processor.metrics) {
-                refused(&producer, &processor, &batch, job, kind, &e.to_string(), max);
-            }
+            resend(&outlet, &producer, failed);
         }
     }
+}
+
+fn resend(outlet: &Outlet, producer: &DataProducer, failed: Failed) {
+    outlet.processor.metrics.delivery_failed("retried");
+    let Failed { mut pending, topic, key, payload, headers, .. } = failed;
+    pending.attempt += 1;
+    let record = Record { kind: pending.kind, topic: &topic, key: key.as_deref(), payload: payload.as_deref(), headers };
+    outlet.send(producer, &record, pending);
 }

@@ -10,11 +10,18 @@
 //! - Revocation commits first (in the rebalance callback); a lost assignment aborts.
 //! - Errors by kind (librdkafka's split): retriable → the same call again, with backoff, while
 //!   `/healthz` reports it; abortable → abort, rewind every partition to its committed offset,
-//!   evaluate again; fatal (this producer was fenced by another instance with the same
-//!   `--instance-id`, or cannot go on) → the event path stops and the process exits non-zero.
-//!   So do [`MAX_CONSECUTIVE_ABORTS`] aborts in a row: no silent loop.
+//!   evaluate again; fatal (the producer was fenced: the coordinator aborted a transaction that
+//!   outlived its timeout during an outage and bumped the epoch, or another instance took the
+//!   same `--instance-id`) → a new transactional producer is started and every partition is
+//!   rewound, at most [`MAX_RECREATIONS`] times per [`RECREATION_WINDOW`]. A second instance with
+//!   the same `--instance-id` also takes this one's static group membership, which fences the
+//!   consumer: that stops the event path, and the process exits non-zero with the reason. So do
+//!   [`MAX_CONSECUTIVE_ABORTS`] aborts in a row: no silent loop.
+//! - A record the producer refuses at enqueue for a reason other than its size dooms the open
+//!   transaction (it is aborted instead of committed without the record).
 
-use super::{base_record, dead_letter, enqueue, oversize, Record, RecordKind, Sink};
+use super::{base_record, RecordLimits, dead_letter, enqueue, is_permanent, oversize, Record, RecordKind, Sink};
+use arc_swap::ArcSwap;
 use crate::events::batch::{Batch, Tracker};
 use crate::events::consumer::EventConsumer;
 use crate::kafka::{client_config, ClientErrors};
@@ -40,6 +47,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_CONSECUTIVE_ABORTS: u32 = 10;
 /// The broker aborts a transaction left open this long (by a crashed instance).
 const TRANSACTION_TIMEOUT_MS: &str = "30000";
+/// New transactional producers started after fatal errors, at most, per window.
+pub const MAX_RECREATIONS: usize = 5;
+pub const RECREATION_WINDOW: Duration = Duration::from_secs(600);
 
 struct TxnContext {
     errors: ClientErrors,
@@ -73,12 +83,18 @@ struct Txn {
     aborts_in_a_row: u32,
 }
 
+type TxnProducer = ThreadedProducer<TxnContext>;
+
 /// The exactly-once sink.
 pub struct ExactlyOnce {
-    producer: ThreadedProducer<TxnContext>,
+    producer: ArcSwap<TxnProducer>,
+    /// When producers were recreated after fatal errors (within the window).
+    recreated: Mutex<Vec<Instant>>,
+    /// A record was refused at enqueue (not for its size): the open transaction must abort.
+    doomed: AtomicBool,
     tracker: Arc<Tracker>,
     processor: Arc<Processor>,
-    max_record_bytes: usize,
+    limits: RecordLimits,
     txn: Mutex<Txn>,
     /// The consumer must seek back to the committed offsets (after an abort).
     rewind: AtomicBool,
@@ -106,30 +122,68 @@ impl ExactlyOnce {
     /// The transactional producer, with transactions initialised. Its `transactional.id` is
     /// stable across restarts of an instance (group and instance id), so a restart fences its
     /// predecessor and aborts what it left open.
-    pub fn new(processor: Arc<Processor>, tracker: Arc<Tracker>, max_record_bytes: usize, stop: watch::Receiver<bool>) -> Result<ExactlyOnce> {
-        let settings = &processor.settings;
-        let context = TxnContext { errors: processor.kafka_errors.clone(), processor: processor.clone() };
-        let producer: ThreadedProducer<TxnContext> = client_config(settings, "transactions")
-            .set("transactional.id", format!("rtcrm-{}-{}", settings.group_id, settings.instance_id))
-            .set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)
-            .set("message.timeout.ms", TRANSACTION_TIMEOUT_MS)
-            .set("linger.ms", "5")
-            .set("batch.size", (max_record_bytes + super::FRAMING_BYTES / 2).to_string())
-            .create_with_context(context)
-            .context("creating the transactional producer")?;
+    pub fn new(processor: Arc<Processor>, tracker: Arc<Tracker>, limits: RecordLimits, stop: watch::Receiver<bool>) -> Result<ExactlyOnce> {
+        let producer = Self::create_producer(&processor, &limits)?;
         let sink = ExactlyOnce {
-            producer,
+            producer: ArcSwap::from_pointee(producer),
+            recreated: Mutex::new(Vec::new()),
+            doomed: AtomicBool::new(false),
             tracker,
             processor,
-            max_record_bytes,
+            limits,
             txn: Mutex::default(),
             rewind: AtomicBool::new(false),
             failure: Mutex::new(None),
             stop,
         };
-        sink.retrying("initialising transactions", || sink.producer.init_transactions(CALL_TIMEOUT))
-            .map_err(|e| anyhow!("{e} (does the broker support transactions?)"))?;
+        sink.init().map_err(|e| anyhow!("{e:#} (does the broker support transactions?)"))?;
         Ok(sink)
+    }
+
+    fn create_producer(processor: &Arc<Processor>, limits: &RecordLimits) -> Result<TxnProducer> {
+        let settings = &processor.settings;
+        let context = TxnContext { errors: processor.kafka_errors.clone(), processor: processor.clone() };
+        client_config(settings, "transactions")
+            .set("transactional.id", format!("rtcrm-{}-{}", settings.group_id, settings.instance_id))
+            .set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)
+            .set("message.timeout.ms", TRANSACTION_TIMEOUT_MS)
+            .set("linger.ms", "5")
+            .set("batch.size", limits.batch_size())
+            .create_with_context(context)
+            .context("creating the transactional producer")
+    }
+
+    /// Initialises transactions on the current producer (fences and aborts what an earlier
+    /// producer with the same `transactional.id` left open).
+    fn init(&self) -> Result<()> {
+        let producer = self.producer.load_full();
+        self.retrying("initialising transactions", || producer.init_transactions(CALL_TIMEOUT)).map_err(|e| anyhow!(e))
+    }
+
+    /// After a fatal producer error: a new producer, and a rewind to the committed offsets.
+    fn recreate(&self, why: &str) -> Result<()> {
+        let mut recent = self.recreated.lock().unwrap_or_else(|p| p.into_inner());
+        recent.retain(|t| t.elapsed() < RECREATION_WINDOW);
+        if recent.len() >= MAX_RECREATIONS {
+            bail!(
+                "the transactional producer failed fatally {} times within {} s; last: {why}",
+                recent.len() + 1,
+                RECREATION_WINDOW.as_secs()
+            );
+        }
+        recent.push(Instant::now());
+        drop(recent);
+        tracing::warn!(
+            error = why,
+            "the transactional producer cannot go on (fenced after a transaction timed out, or by another instance with \
+             the same --instance-id); starting a new one and processing again from the committed offsets"
+        );
+        self.producer.store(Arc::new(Self::create_producer(&self.processor, &self.limits)?));
+        self.init()?;
+        self.doomed.store(false, Ordering::SeqCst);
+        self.rewind.store(true, Ordering::SeqCst);
+        self.processor.metrics.transaction("producer_recreated");
+        Ok(())
     }
 
     fn stopping(&self) -> bool {
@@ -187,6 +241,10 @@ impl ExactlyOnce {
         if !drained {
             bail!("stopped before the open transaction's events were evaluated");
         }
+        if self.doomed.swap(false, Ordering::SeqCst) {
+            return self.abort_open(&mut txn, "a record of the transaction was refused by the producer");
+        }
+        let producer = self.producer.load_full();
         let outcome = self.retrying(&format!("committing a transaction ({why})"), || {
             if !txn.offsets.is_empty() {
                 let mut tpl = TopicPartitionList::new();
@@ -196,9 +254,9 @@ impl ExactlyOnce {
                 // Without group metadata (not a member right now) the commit cannot include the
                 // offsets: abort and evaluate again.
                 let metadata = consumer.group_metadata().ok_or(KafkaError::Global(RDKafkaErrorCode::State))?;
-                self.producer.send_offsets_to_transaction(&tpl, &metadata, CALL_TIMEOUT)?;
+                producer.send_offsets_to_transaction(&tpl, &metadata, CALL_TIMEOUT)?;
             }
-            self.producer.commit_transaction(CALL_TIMEOUT)
+            producer.commit_transaction(CALL_TIMEOUT)
         });
         txn.open = false;
         txn.opened = None;
@@ -213,7 +271,11 @@ impl ExactlyOnce {
                 tracing::warn!(error = %e, "committing a transaction failed; aborting it and evaluating its events again");
                 self.abort_open(&mut txn, &e)
             }
-            Err(e) => Err(anyhow!("the transactional producer cannot go on (fenced by another instance with the same --instance-id?): {e}")),
+            Err(e) => {
+                txn.aborts_in_a_row = 0;
+                self.processor.metrics.transaction("aborted");
+                self.recreate(&e)
+            }
         }
     }
 
@@ -221,8 +283,11 @@ impl ExactlyOnce {
     fn abort_open(&self, txn: &mut Txn, why: &str) -> Result<()> {
         txn.open = false;
         txn.offsets.clear();
-        self.retrying("aborting a transaction", || self.producer.abort_transaction(CALL_TIMEOUT))
-            .map_err(|e| anyhow!("aborting a transaction failed: {e}"))?;
+        let producer = self.producer.load_full();
+        if let Err(e) = self.retrying("aborting a transaction", || producer.abort_transaction(CALL_TIMEOUT)) {
+            self.processor.metrics.transaction("aborted");
+            return self.recreate(&format!("aborting a transaction failed: {e}"));
+        }
         self.processor.metrics.transaction("aborted");
         self.rewind.store(true, Ordering::SeqCst);
         txn.aborts_in_a_row += 1;
@@ -241,11 +306,17 @@ impl ExactlyOnce {
 impl Sink for ExactlyOnce {
     fn send(&self, record: Record<'_>, batch: &Arc<Batch>, job: u32) {
         let metrics = &self.processor.metrics;
-        let refusal = match oversize(&record, self.max_record_bytes) {
+        let refusal = match oversize(&record, &self.limits) {
             Some(reason) => reason,
-            None => match enqueue(&self.producer, base_record(&record, ()), metrics) {
+            None => match enqueue(&self.producer.load(), base_record(&record, ()), metrics) {
                 Ok(()) => return,
-                Err((e, _)) => format!("the producer refused the record: {e}"),
+                Err((e, _)) if is_permanent(&e) => format!("the producer refused the record: {e}"),
+                Err((e, _)) => {
+                    // The producer, not the record, failed: the transaction must not commit.
+                    tracing::warn!(error = %e, "the transactional producer refused a record; the transaction will be aborted");
+                    self.doomed.store(true, Ordering::SeqCst);
+                    return;
+                }
             },
         };
         let event = &batch.jobs[job as usize];
@@ -270,8 +341,13 @@ impl Sink for ExactlyOnce {
         }
         let mut txn = self.txn.lock().unwrap_or_else(|p| p.into_inner());
         if !txn.open {
-            self.retrying("beginning a transaction", || self.producer.begin_transaction())
-                .map_err(|e| anyhow!("the transactional producer cannot go on: {e}"))?;
+            let producer = self.producer.load_full();
+            if let Err(e) = self.retrying("beginning a transaction", || producer.begin_transaction()) {
+                self.recreate(&e)?;
+                let producer = self.producer.load_full();
+                self.retrying("beginning a transaction", || producer.begin_transaction())
+                    .map_err(|e| anyhow!("the transactional producer cannot go on: {e}"))?;
+            }
             txn.open = true;
             txn.opened = Some(Instant::now());
         }

@@ -101,9 +101,44 @@ pub fn dead_letter<'a>(settings: &'a Settings, job: &'a Job, reason: &str, campa
     Record { kind: RecordKind::DeadLetter, topic: &settings.dlq_topic, key: job.key.as_deref(), payload: job.bytes(), headers: Some(headers) }
 }
 
-/// Why `record` cannot be sent at all: it is over `max_bytes` (the topic's `max.message.bytes`,
-/// less the framing), so the broker would refuse it.
-pub fn oversize(record: &Record<'_>, max_bytes: usize) -> Option<String> {
+/// The largest record each output topic takes: its `max.message.bytes`, less framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordLimits {
+    pub trigger_bytes: usize,
+    pub dead_letter_bytes: usize,
+}
+
+impl Default for RecordLimits {
+    fn default() -> Self {
+        let bytes = crate::kafka::DEFAULT_MAX_MESSAGE_BYTES - FRAMING_BYTES;
+        RecordLimits { trigger_bytes: bytes, dead_letter_bytes: bytes }
+    }
+}
+
+impl RecordLimits {
+    /// From the topics' `max.message.bytes`.
+    pub fn from_topics(trigger_topic: usize, dlq_topic: usize) -> RecordLimits {
+        let usable = |max: usize| max.saturating_sub(FRAMING_BYTES).max(1024);
+        RecordLimits { trigger_bytes: usable(trigger_topic), dead_letter_bytes: usable(dlq_topic) }
+    }
+
+    fn of(&self, kind: RecordKind) -> usize {
+        match kind {
+            RecordKind::Trigger { .. } => self.trigger_bytes,
+            RecordKind::DeadLetter => self.dead_letter_bytes,
+        }
+    }
+
+    /// The producer's `batch.size`: one produce batch never exceeds the smaller topic limit.
+    pub fn batch_size(&self) -> String {
+        (self.trigger_bytes.min(self.dead_letter_bytes) + FRAMING_BYTES / 2).to_string()
+    }
+}
+
+/// Why `record` cannot be sent at all: it is over its topic's `max.message.bytes` (less the
+/// framing), so the broker would refuse it.
+pub fn oversize(record: &Record<'_>, limits: &RecordLimits) -> Option<String> {
+    let max_bytes = limits.of(record.kind);
     let size = record.key.map_or(0, <[u8]>::len) + record.payload.map_or(0, <[u8]>::len);
     (size > max_bytes).then(|| {
         format!("the record is {size} bytes, over the {max_bytes} bytes `{}` accepts (its max.message.bytes less framing)", record.topic)
@@ -186,8 +221,12 @@ mod tests {
     #[test]
     fn oversize_records_and_long_reasons() {
         let r = Record { kind: RecordKind::DeadLetter, topic: "t", key: Some(b"12"), payload: Some(&[b'x'; 100]), headers: None };
-        assert_eq!(oversize(&r, 102), None);
-        assert_eq!(oversize(&r, 101).unwrap(), "the record is 102 bytes, over the 101 bytes `t` accepts (its max.message.bytes less framing)");
+        let limits = |trigger_bytes, dead_letter_bytes| RecordLimits { trigger_bytes, dead_letter_bytes };
+        assert_eq!(oversize(&r, &limits(10, 102)), None, "a dead letter is checked against the dead-letter topic's limit");
+        assert_eq!(oversize(&r, &limits(1000, 101)).unwrap(), "the record is 102 bytes, over the 101 bytes `t` accepts (its max.message.bytes less framing)");
+        let trigger = Record { kind: RecordKind::Trigger { campaign: 1 }, ..r };
+        assert!(oversize(&trigger, &limits(101, 1000)).is_some());
+        assert_eq!(limits(5000, 2000).batch_size(), "2512");
         let long = "é".repeat(1000);
         assert!(truncated(&long).len() <= MAX_REASON_BYTES && long.starts_with(truncated(&long)));
     }

@@ -425,4 +425,73 @@ mod tests {
         let err = Settings::load(&RunArgs { config: Some(path), ..RunArgs::default() }).unwrap_err();
         assert!(format!("{err:#}").contains("gruop_id"), "{err:#}");
     }
+
+    #[test]
+    fn kafka_properties_merge_file_then_environment_then_flags() {
+        let file: BTreeMap<String, toml::Value> = toml::from_str(
+            "\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanisms\" = \"PLAIN\"\n\"socket.timeout.ms\" = 30000\n\"enable.ssl.certificate.verification\" = true\n",
+        )
+        .unwrap();
+        let env = [
+            ("RTCRM_KAFKA_SASL_MECHANISMS".to_string(), "SCRAM-SHA-512".to_string()),
+            ("RTCRM_KAFKA_SASL_PASSWORD".to_string(), "from-env".to_string()),
+            ("RTCRM_KAFKA_".to_string(), "ignored".to_string()),
+            ("RTCRM_GROUP_ID".to_string(), "not a property".to_string()),
+        ];
+        let flags = ["sasl.password=from-flag=with=equals".to_string(), " sasl.username =alice".to_string()];
+        let p = KafkaProperties::load(Some(file), env.into_iter(), &flags).unwrap();
+        let got: Vec<(&str, &str)> = p.0.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("enable.ssl.certificate.verification", "true"),
+                ("sasl.mechanisms", "SCRAM-SHA-512"),
+                ("sasl.password", "from-flag=with=equals"),
+                ("sasl.username", "alice"),
+                ("security.protocol", "SASL_SSL"),
+                ("socket.timeout.ms", "30000"),
+            ]
+        );
+    }
+
+    #[test]
+    fn kafka_properties_refuse_what_rtcrm_sets_and_malformed_flags() {
+        for (flag, says) in [
+            ("group.id=x", "`group.id` is set by rtcrm itself"),
+            ("bootstrap.servers=x:1", "`bootstrap.servers` is set by rtcrm itself"),
+            ("sasl.username", "is not KEY=VALUE"),
+            ("=x", "has an empty key"),
+        ] {
+            let err = KafkaProperties::load(None, std::iter::empty(), &[flag.to_string()]).unwrap_err();
+            assert!(format!("{err:#}").contains(says), "{flag}: {err:#}");
+        }
+        let table: BTreeMap<String, toml::Value> = toml::from_str("\"a\" = [1]\n").unwrap();
+        let err = KafkaProperties::load(Some(table), std::iter::empty(), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("[kafka] a = [1] must be a string, number or boolean"), "{err:#}");
+    }
+
+    #[test]
+    fn kafka_secrets_are_redacted_in_debug_and_for_the_api() {
+        let p = KafkaProperties(
+            [
+                ("sasl.password", "p1"),
+                ("ssl.key.password", "p2"),
+                ("sasl.oauthbearer.client.secret", "p3"),
+                ("sasl.jaas.config", "p4"),
+                ("sasl.oauthbearer.config", "p5"),
+                ("ssl.key.pem", "p6"),
+                ("sasl.username", "alice"),
+                ("security.protocol", "SASL_SSL"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        );
+        let shown = format!("{p:?}");
+        for secret in ["p1", "p2", "p3", "p4", "p5", "p6"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("alice") && shown.contains("SASL_SSL"), "{shown}");
+        assert_eq!(p.redacted()["sasl.password"], "***");
+    }
 }

@@ -165,7 +165,8 @@ fn validated(file: &Path, wasm: Option<&Path>, js: Option<&Path>) -> Result<Stri
     let def = CampaignDef::parse(None, &bytes).map_err(|r| Exit { code: 2, message: format!("{}: {}", file.display(), r.reason) })?;
     let started = Instant::now();
     if let Some(wasm) = wasm {
-        progress(&format!("checking {} ({}): compiling and instantiating it as the processor will…", wasm.display(), size_text(bytes.len())));
+        let module_bytes = std::fs::metadata(wasm).map_or(0, |m| m.len() as usize);
+        progress(&format!("checking {} ({}): compiling and instantiating it as the processor will…", wasm.display(), size_text(module_bytes)));
     }
     let sandbox = rtcrm_sandbox::Sandbox::new(rtcrm_sandbox::SandboxConfig::default())?;
     if let Err(rejection) = crate::campaigns::loader::compile_filter(&sandbox, &def.filter) {

@@ -12,7 +12,7 @@
 
 use crate::config::{Clock, Delivery, OffsetReset, Settings};
 use anyhow::{Context, Result};
-use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::producer::FutureRecord;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -57,7 +57,8 @@ pub struct DevArgs {
 
 pub fn run(args: DevArgs) -> Result<()> {
     crate::processor::runtime()?.block_on(async move {
-        let cluster = MockCluster::new(1).context("starting the embedded Kafka-protocol broker")?;
+        let host = embedded_broker()?;
+        let cluster = host.client().mock_cluster().context("starting the embedded Kafka-protocol broker")?;
         let bootstrap = cluster.bootstrap_servers();
         let settings = Settings {
             bootstrap_servers: bootstrap.clone(),
@@ -105,8 +106,28 @@ pub fn run(args: DevArgs) -> Result<()> {
         print_welcome(&bootstrap, &settings);
         let result = crate::processor::serve(settings, crate::processor::signal_watch()).await;
         drop(cluster);
+        drop(host);
         result
     })
+}
+
+/// The client that hosts the embedded broker (librdkafka's mock cluster, made by
+/// `test.mock.num.brokers`), with the mock's initial rebalance delay for consumer groups set to
+/// 0: the processor's group join then takes a fraction of a second instead of 3 s.
+fn embedded_broker() -> Result<BaseProducer> {
+    let host: BaseProducer = rdkafka::ClientConfig::new()
+        .set("test.mock.num.brokers", "1")
+        .create()
+        .context("starting the embedded Kafka-protocol broker")?;
+    // SAFETY: `native_ptr` is the live handle `host` owns; librdkafka returns its mock cluster
+    // (not null: the handle was created with `test.mock.num.brokers`), owned by the handle and
+    // valid while `host` is, which outlives this call.
+    unsafe {
+        let cluster = rdkafka::bindings::rd_kafka_handle_mock_cluster(host.client().native_ptr());
+        anyhow::ensure!(!cluster.is_null(), "librdkafka made no mock cluster for the embedded broker");
+        rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, 0);
+    }
+    Ok(host)
 }
 
 fn print_welcome(bootstrap: &str, settings: &Settings) {

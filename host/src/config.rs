@@ -5,6 +5,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
+use rtcrm_sandbox::{HostLimits, UserLimits};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -112,6 +113,53 @@ pub struct RunArgs {
     /// it and rebuilt on demand [default: 2048].
     #[arg(long, env = "RTCRM_MAX_FILTER_INSTANCES")]
     pub max_filter_instances: Option<usize>,
+    #[command(flatten)]
+    pub limits: LimitFlags,
+}
+
+/// The host's limits (spec §7; every campaign may lower them), in user units. Defaults and
+/// their known gaps: host/sandbox/src/limits.rs. Also in the config file's `[limits]` table.
+#[derive(Debug, Args, Default, Clone)]
+pub struct LimitFlags {
+    /// Fuel per evaluation (~1 per wasm instruction; 10000000 ≈ 1 ms of a tight loop) [default: 20000000].
+    #[arg(long, env = "RTCRM_FUEL")]
+    pub fuel: Option<u64>,
+    /// Memory per filter instance, all memories and tables, in MiB [default: 16].
+    #[arg(long, env = "RTCRM_MEMORY_MB")]
+    pub memory_mb: Option<u64>,
+    /// CPU-time deadline per evaluation, in milliseconds (a backstop behind fuel) [default: 100].
+    #[arg(long, env = "RTCRM_DEADLINE_MS")]
+    pub deadline_ms: Option<u64>,
+    /// Largest WebAssembly filter module, in bytes [default: 8388608].
+    #[arg(long, env = "RTCRM_MAX_MODULE_BYTES")]
+    pub max_module_bytes: Option<u64>,
+    /// Largest JavaScript filter source, in bytes [default: 65536].
+    #[arg(long, env = "RTCRM_MAX_SOURCE_BYTES")]
+    pub max_source_bytes: Option<u64>,
+    /// Largest per-player state of a campaign, in bytes [default: 1024].
+    #[arg(long, env = "RTCRM_STATE_MAX_BYTES")]
+    pub state_max_bytes: Option<u64>,
+    /// Largest event, in bytes; larger ones go to the dead-letter topic [default: 1048576].
+    #[arg(long, env = "RTCRM_MAX_EVENT_BYTES")]
+    pub max_event_bytes: Option<u64>,
+    /// Deepest nesting of objects and arrays in an event; deeper ones go to the dead-letter topic [default: 64].
+    #[arg(long, env = "RTCRM_MAX_EVENT_DEPTH")]
+    pub max_event_depth: Option<u64>,
+}
+
+impl LimitFlags {
+    fn user_limits(&self) -> UserLimits {
+        UserLimits {
+            fuel: self.fuel,
+            memory_mb: self.memory_mb,
+            deadline_ms: self.deadline_ms,
+            max_module_bytes: self.max_module_bytes,
+            max_source_bytes: self.max_source_bytes,
+            state_max_bytes: self.state_max_bytes,
+            max_event_bytes: self.max_event_bytes,
+            max_event_depth: self.max_event_depth,
+        }
+    }
 }
 
 /// The config file, TOML form: the same names as the flags, in snake_case.
@@ -138,6 +186,8 @@ struct FileConfig {
     max_filter_instances: Option<usize>,
     /// librdkafka properties for every client.
     kafka: Option<BTreeMap<String, toml::Value>>,
+    /// The host's limits, in user units.
+    limits: Option<UserLimits>,
 }
 
 /// The original system's `config.json` (its keys; the Flink-only ones are accepted and ignored).
@@ -212,6 +262,8 @@ pub struct Settings {
     pub max_filter_instances: usize,
     /// librdkafka properties applied to every client (secrets redacted in `Debug`).
     pub kafka: KafkaProperties,
+    /// The host's limits, validated.
+    pub limits: HostLimits,
 }
 
 /// librdkafka properties from the operator. `Debug` redacts the values of secrets.
@@ -338,6 +390,8 @@ impl Settings {
             api_token: ApiToken::parse(args.api_token.clone().or(file.api_token))?,
             max_filter_instances: pick(&args.max_filter_instances, file.max_filter_instances, crate::campaigns::instances::DEFAULT_MAX_INSTANCES),
             kafka: KafkaProperties::load(file.kafka, std::env::vars(), &args.kafka_property)?,
+            limits: HostLimits::from_user_units(file.limits.unwrap_or_default().overridden_by(args.limits.user_limits()))
+                .context("the limits (flags, RTCRM_* variables or the config file's [limits] table)")?,
         };
         settings.validate()?;
         Ok(settings)

@@ -12,6 +12,7 @@ mod health;
 mod http;
 mod kafka;
 mod processor;
+mod state;
 mod supervisor;
 mod telemetry;
 

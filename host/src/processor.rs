@@ -87,11 +87,11 @@ pub async fn serve(settings: Settings, signal: watch::Receiver<bool>) -> Result<
         bootstrap = %settings.bootstrap_servers, group = %settings.group_id, events = %settings.event_topic,
         campaigns = %settings.campaign_topic, triggers = %settings.trigger_topic, workers = settings.workers,
         clock = ?settings.clock, delivery = ?settings.delivery, instance = %settings.instance_id,
-        static_member = settings.instance_id_explicit, kafka = ?settings.kafka, "starting rtcrm"
+        static_member = settings.instance_id_explicit, kafka = ?settings.kafka, limits = ?settings.limits.to_user_units(), "starting rtcrm"
     );
     let filter_log = Arc::new(FilterLog::new(&settings.filter_log_topic, &settings.instance_id));
-    let log_sink = filter_log.clone();
-    let sandbox = tokio::task::spawn_blocking(move || Sandbox::new(SandboxConfig { log_sink, ..SandboxConfig::default() }))
+    let sandbox_config = SandboxConfig { log_sink: filter_log.clone(), ..SandboxConfig::from_limits(&settings.limits) };
+    let sandbox = tokio::task::spawn_blocking(move || Sandbox::new(sandbox_config))
         .await?
         .context("starting the filter sandbox")?;
     let kafka_errors = ClientErrors::default();

@@ -131,7 +131,7 @@ pub fn run(cmd: CampaignCommand) -> Result<()> {
             let settings = cluster.settings()?;
             // Validated before any async runtime exists: a WebAssembly filter's `_initialize` may
             // call WASI, whose host functions run their own blocking runtime.
-            let value = validated(&file, wasm.as_deref(), js.as_deref())?;
+            let value = validated(&file, wasm.as_deref(), js.as_deref(), &settings)?;
             let id = CampaignDef::parse(None, value.as_bytes()).map_err(|r| anyhow::anyhow!(r.reason))?.id;
             crate::processor::runtime()?.block_on(publish(&settings, id, Some(&value), wait))
         }
@@ -152,8 +152,8 @@ fn progress(text: &str) {
 
 /// Reads a campaign file (with `--wasm`, its module as `filter_wasm`; with `--js`, the source as
 /// `filter`), validates it and compiles its filter, so a broken campaign is reported before it is
-/// published. Returns the message.
-fn validated(file: &Path, wasm: Option<&Path>, js: Option<&Path>) -> Result<String> {
+/// published (under the host limits that `settings` give, as the processor's). Returns the message.
+fn validated(file: &Path, wasm: Option<&Path>, js: Option<&Path>, settings: &Settings) -> Result<String> {
     let mut bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     if let Some(wasm) = wasm {
         bytes = with_wasm_filter(file, &bytes, wasm)?;
@@ -168,7 +168,8 @@ fn validated(file: &Path, wasm: Option<&Path>, js: Option<&Path>) -> Result<Stri
         let module_bytes = std::fs::metadata(wasm).map_or(0, |m| m.len() as usize);
         progress(&format!("checking {} ({}): compiling and instantiating it as the processor will…", wasm.display(), size_text(module_bytes)));
     }
-    let sandbox = rtcrm_sandbox::Sandbox::new(rtcrm_sandbox::SandboxConfig::default())?;
+    // The host limits of the same config file, environment and flags as the processor's.
+    let sandbox = rtcrm_sandbox::Sandbox::new(rtcrm_sandbox::SandboxConfig::from_limits(&settings.limits))?;
     if let Err(rejection) = crate::campaigns::loader::compile_filter(&sandbox, &def.filter) {
         let reason = match rejection {
             FilterRejection::Js(e) => crate::campaigns::loader::describe(&e),

@@ -84,6 +84,7 @@ pub fn run(args: DevArgs) -> Result<()> {
             instance_id_explicit: false,
             max_filter_instances: crate::campaigns::instances::DEFAULT_MAX_INSTANCES,
             kafka: Default::default(),
+            limits: Default::default(),
         };
         for topic in [
             &settings.event_topic,

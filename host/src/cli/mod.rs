@@ -120,7 +120,7 @@ pub struct LimitArgs {
     /// Memory cap per filter instance, in MiB [default: the host's, 16].
     #[arg(long)]
     pub memory_mb: Option<u64>,
-    /// Wall-clock deadline per evaluation, in milliseconds [default: the host's, 100].
+    /// CPU-time deadline per evaluation, in milliseconds [default: the host's, 100].
     #[arg(long)]
     pub deadline_ms: Option<u64>,
 }

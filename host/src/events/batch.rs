@@ -7,7 +7,7 @@
 //! consumption order and releases offsets only for the done prefix: an offset is never committed
 //! past an event that is still in flight.
 
-use rtcrm_sandbox::Event;
+use rtcrm_sandbox::{Event, EventLimits};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -30,11 +30,12 @@ pub struct Job {
 }
 
 impl Job {
-    /// Parses a consumed message (on the consumer thread, once for every campaign).
-    pub fn new(partition: i32, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) -> Job {
+    /// Parses a consumed message (on the consumer thread, once for every campaign) under the
+    /// host's event limits (size, nesting).
+    pub fn new(partition: i32, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>, limits: &EventLimits) -> Job {
         let payload = match payload {
             None => Payload::Invalid { bytes: None, reason: "empty message: an event must be a JSON object".into() },
-            Some(bytes) => match Event::parse(bytes.to_vec()) {
+            Some(bytes) => match Event::parse_with(bytes.to_vec(), limits) {
                 Ok(event) => Payload::Event(event),
                 Err(e) => Payload::Invalid { bytes: Some(bytes.into()), reason: e.to_string() },
             },
@@ -204,7 +205,7 @@ mod tests {
     use super::*;
 
     fn job(partition: i32, offset: i64, player: u32) -> Job {
-        Job::new(partition, offset, None, Some(format!(r#"{{"player_id":{player}}}"#).as_bytes()))
+        Job::new(partition, offset, None, Some(format!(r#"{{"player_id":{player}}}"#).as_bytes()), &EventLimits::default())
     }
 
     #[test]
@@ -242,7 +243,7 @@ mod tests {
             }
         }
         assert!(shard_of.values().collect::<std::collections::BTreeSet<_>>().len() > 1, "players spread over shards");
-        let invalid = Job::new(0, 1, Some(b"k"), Some(b"[1]"));
+        let invalid = Job::new(0, 1, Some(b"k"), Some(b"[1]"), &EventLimits::default());
         assert!(matches!(&invalid.payload, Payload::Invalid { reason, .. } if reason.contains("JSON object")));
         assert_eq!(invalid.bytes(), Some(&b"[1]"[..]));
     }

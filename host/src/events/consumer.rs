@@ -193,6 +193,7 @@ fn consume(processor: &Processor, consumer: &EventConsumer, sink: &dyn Sink, wor
     let metrics = &processor.metrics;
     let context = consumer.context();
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let limits = processor.sandbox.event_limits();
     loop {
         if *stop.borrow() {
             return Ok(());
@@ -204,7 +205,7 @@ fn consume(processor: &Processor, consumer: &EventConsumer, sink: &dyn Sink, wor
         while jobs.len() < MAX_BATCH {
             match consumer.poll(wait) {
                 None => break,
-                Some(Ok(m)) => jobs.push(Job::new(m.partition(), m.offset(), m.key(), m.payload())),
+                Some(Ok(m)) => jobs.push(Job::new(m.partition(), m.offset(), m.key(), m.payload(), &limits)),
                 Some(Err(e)) => {
                     if context.limiter.allow("poll") {
                         tracing::warn!(error = %e, "consuming events");

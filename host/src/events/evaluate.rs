@@ -147,6 +147,11 @@ pub fn evaluate_filter(processor: &Arc<Processor>, campaign: &LiveCampaign, even
 /// A failed evaluation: recorded as the campaign's last error; after `--quarantine-after` in a
 /// row, the campaign is quarantined and its status published.
 fn failed(processor: &Arc<Processor>, campaign: &LiveCampaign, err: &EvalError, job: &Job) {
+    if err.caused_by_event() {
+        // The event's fault, not the filter's (spec §7): dead-lettered by the caller, never
+        // counted toward quarantine.
+        return;
+    }
     let id = campaign.def.id;
     let kind = err.kind();
     campaign.telemetry.stats.record_error(LastError {
@@ -208,7 +213,8 @@ impl Evaluator {
 
     fn process(&mut self, set: &CampaignSet, batch: &Arc<Batch>, index: u32, sink: &dyn Sink, tick: u64) {
         let job = &batch.jobs[index as usize];
-        let settings = &self.processor.settings;
+        let processor = self.processor.clone();
+        let settings = &processor.settings;
         let event = match &job.payload {
             Payload::Event(event) => event,
             Payload::Invalid { reason, .. } => {
@@ -219,13 +225,25 @@ impl Evaluator {
             }
         };
         let Some(meta) = EventMeta::read(event, settings.clock) else { return };
+        let mut event_fault = None;
         for campaign in set.candidates(&meta.game, &meta.event_name, &mut self.pair) {
             if precheck(campaign, &meta).is_some() {
                 continue;
             }
-            if let Ok(Verdict { matched: true, .. }) = evaluate_filter(&self.processor, campaign, event, job, tick) {
-                self.trigger(campaign, event, job, batch, index, sink);
+            match evaluate_filter(&self.processor, campaign, event, job, tick) {
+                Ok(Verdict { matched: true, .. }) => self.trigger(campaign, event, job, batch, index, sink),
+                Err(err) if err.caused_by_event() && event_fault.is_none() => {
+                    event_fault = Some(format!("the event made the filter of campaign {} fail: {err}", campaign.def.id));
+                }
+                _ => {}
             }
+        }
+        // One dead letter per event, however many filters it made fail; the other campaigns'
+        // triggers went out.
+        if let Some(reason) = event_fault {
+            tracing::warn!(partition = job.partition, offset = job.offset, reason = %reason, "event sent to the dead-letter topic");
+            self.processor.metrics.dead_letters.inc();
+            sink.send(dead_letter(settings, job, &reason, None), batch, index);
         }
     }
 

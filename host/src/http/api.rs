@@ -322,7 +322,7 @@ async fn send_event(State(http): State<Http>, headers: HeaderMap, body: Body) ->
     let body = read_body(&headers, body).await?;
     json_object(&body, "the event")?;
     // Keyed like the triggers: the player id as text (spec §1 recommends it).
-    let event = rtcrm_sandbox::Event::parse(body.to_vec())
+    let event = processor.sandbox.parse_event(body.to_vec())
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the event is not valid: {e}")))?;
     let key = crate::events::evaluate::player_key(&event);
     let topic = &processor.settings.event_topic;

@@ -6,6 +6,7 @@
 mod campaigns;
 mod cli;
 mod config;
+mod dryrun;
 mod events;
 mod examples;
 mod health;

@@ -278,22 +278,24 @@ pub fn free_port() -> u16 {
 
 /// A minimal HTTP/1.1 GET: returns (status code, body).
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    http_request(addr, "GET", path, &[], None)
+    http_request(addr, "GET", path, None)
 }
 
 /// A minimal HTTP/1.1 POST of a JSON body: returns (status code, body).
 pub fn http_post(addr: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-    http_request(addr, "POST", path, &[("Content-Type", "application/json")], Some(body))
+    http_request(addr, "POST", path, Some(body))
 }
 
-/// A minimal HTTP/1.1 request with extra headers and an optional body: returns (status code,
-/// body).
-pub fn http_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> std::io::Result<(u16, String)> {
+/// A minimal HTTP/1.1 request (`method` with an optional JSON body): returns (status code, body).
+/// Waits up to 60 s for the answer.
+pub fn http_request(addr: &str, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
+    let json = [("Content-Type", "application/json")];
+    let headers: &[(&str, &str)] = if body.is_some() { &json } else { &[] };
     let (code, _, body) = http_exchange(addr, method, path, headers, body)?;
     Ok((code, body))
 }
 
-/// [`http_request`], returning the response's header block too.
+/// [`http_request`] with extra headers, returning the response's header block too.
 pub fn http_exchange(
     addr: &str,
     method: &str,
@@ -306,7 +308,7 @@ pub fn http_exchange(
         .next()
         .ok_or_else(|| std::io::Error::other(format!("cannot resolve {addr}")))?;
     let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("accept")) {
@@ -618,6 +620,15 @@ impl Processor {
             .unwrap_or_else(|e| self.fail(&format!("GET http://{}{path} failed: {e}", self.http)))
     }
 
+    /// `method path` with an optional JSON body on the processor's HTTP address; the answer's
+    /// status and body parsed as JSON (panics if the body is not JSON).
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let (code, text) = http_request(&self.http, method, path, body)
+            .unwrap_or_else(|e| self.fail(&format!("{method} http://{}{path} failed: {e}", self.http)));
+        let value = serde_json::from_str(&text).unwrap_or_else(|e| self.fail(&format!("{method} {path} answered {code}, not JSON ({e}): {text}")));
+        (code, value)
+    }
+
     /// `GET /metrics` (panics unless 200).
     pub fn metrics(&self) -> String {
         let (code, body) = self.get("/metrics");
@@ -723,6 +734,13 @@ pub struct Topics {
     pub dlq: String,
     pub logs: String,
     pub group: String,
+    /// The control topic rtcrm derives from the triggers topic (`<triggers>-control`).
+    pub control: String,
+    /// The internal topics rtcrm derives from the group (`<group>-rtcrm-...`).
+    pub changelog: String,
+    pub repartition: String,
+    /// The per-player state directory of this test's processors.
+    pub state_dir: PathBuf,
 }
 
 impl Topics {
@@ -736,11 +754,15 @@ impl Topics {
             dlq: format!("{prefix}-dlq-{s}"),
             logs: format!("{prefix}-logs-{s}"),
             group: format!("{prefix}-group-{s}"),
+            control: format!("{prefix}-triggers-{s}-control"),
+            changelog: format!("{prefix}-group-{s}-rtcrm-state-changelog"),
+            repartition: format!("{prefix}-group-{s}-rtcrm-events-by-player"),
+            state_dir: target_dir().join("rtcrm-it-state").join(format!("{prefix}-{s}")),
         }
     }
 
     /// `--group-id --event-topic --campaign-topic --trigger-topic --status-topic --dlq-topic
-    /// --filter-log-topic`.
+    /// --filter-log-topic --state-dir`.
     pub fn args(&self) -> Vec<String> {
         [
             ("--group-id", &self.group),
@@ -750,6 +772,7 @@ impl Topics {
             ("--status-topic", &self.status),
             ("--dlq-topic", &self.dlq),
             ("--filter-log-topic", &self.logs),
+            ("--state-dir", &self.state_dir.to_string_lossy().into_owned()),
         ]
         .iter()
         .flat_map(|(f, v)| [f.to_string(), v.to_string()])
@@ -767,18 +790,25 @@ pub struct Msg {
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub partition: Option<i32>,
+    /// The record timestamp (Unix milliseconds); None: the producer's clock.
+    pub timestamp: Option<i64>,
 }
 
 impl Msg {
     pub fn keyless(payload: impl AsRef<[u8]>) -> Msg {
-        Msg { key: None, payload: Some(payload.as_ref().to_vec()), partition: None }
+        Msg { key: None, payload: Some(payload.as_ref().to_vec()), partition: None, timestamp: None }
     }
     pub fn keyed(key: impl AsRef<[u8]>, payload: impl AsRef<[u8]>) -> Msg {
-        Msg { key: Some(key.as_ref().to_vec()), payload: Some(payload.as_ref().to_vec()), partition: None }
+        Msg { key: Some(key.as_ref().to_vec()), payload: Some(payload.as_ref().to_vec()), partition: None, timestamp: None }
     }
     /// A key with a null value.
     pub fn tombstone(key: impl AsRef<[u8]>) -> Msg {
-        Msg { key: Some(key.as_ref().to_vec()), payload: None, partition: None }
+        Msg { key: Some(key.as_ref().to_vec()), payload: None, partition: None, timestamp: None }
+    }
+    /// This message with an explicit record timestamp (Unix milliseconds).
+    pub fn at(mut self, timestamp_ms: i64) -> Msg {
+        self.timestamp = Some(timestamp_ms);
+        self
     }
 }
 
@@ -837,6 +867,9 @@ pub fn produce_to(bootstrap: &str, topic: &str, msgs: &[Msg]) -> Vec<Delivered> 
             }
             if let Some(part) = m.partition {
                 rec = rec.partition(part);
+            }
+            if let Some(ts) = m.timestamp {
+                rec = rec.timestamp(ts);
             }
             match producer.send(rec) {
                 Ok(()) => break,

@@ -123,6 +123,10 @@ pub enum CampaignCommand {
         #[command(flatten)]
         cluster: Cluster,
     },
+    /// Run a campaign over past events with the processor's evaluation code and limits,
+    /// producing nothing: events read, matches, triggers, unique players, triggers per hour or
+    /// day, errors, fuel, sample triggers.
+    Backtest(crate::cli::backtest::BacktestArgs),
 }
 
 pub fn run(cmd: CampaignCommand) -> Result<()> {
@@ -141,6 +145,7 @@ pub fn run(cmd: CampaignCommand) -> Result<()> {
         }
         CampaignCommand::List { cluster } => list(&cluster.settings()?),
         CampaignCommand::Logs { id, follow, lines, cluster } => logs(&cluster.settings()?, id, follow, lines),
+        CampaignCommand::Backtest(args) => crate::cli::backtest::run(args),
     }
 }
 
@@ -154,6 +159,34 @@ fn progress(text: &str) {
 /// `filter`), validates it and compiles its filter, so a broken campaign is reported before it is
 /// published (under the host limits that `settings` give, as the processor's). Returns the message.
 fn validated(file: &Path, wasm: Option<&Path>, js: Option<&Path>, settings: &Settings) -> Result<String> {
+    let started = Instant::now();
+    if let Some(wasm) = wasm {
+        let module_bytes = std::fs::metadata(wasm).map_or(0, |m| m.len() as usize);
+        progress(&format!("checking {} ({}): compiling and instantiating it as the processor will…", wasm.display(), size_text(module_bytes)));
+    }
+    // The host limits of the same config file, environment and flags as the processor's.
+    let sandbox = rtcrm_sandbox::Sandbox::new(rtcrm_sandbox::SandboxConfig::from_limits(&settings.limits))?;
+    let (text, _, _) = load_with(&sandbox, file, wasm, js)?;
+    if wasm.is_some() {
+        progress(&format!("the module is a valid filter ({:.1} s)", started.elapsed().as_secs_f64()));
+    }
+    Ok(text)
+}
+
+/// Reads, validates and compiles a campaign file (with `--wasm`, its module as `filter_wasm`):
+/// the message's text, the campaign and its compiled filter. A file that is not a valid
+/// campaign, or whose filter does not compile, is exit 2 with `FILE: reason`.
+pub fn load(sandbox: &rtcrm_sandbox::Sandbox, file: &Path, wasm: Option<&Path>) -> Result<(String, CampaignDef, rtcrm_sandbox::CompiledFilter)> {
+    load_with(sandbox, file, wasm, None)
+}
+
+/// [`load`], with `--js`'s source as the campaign's `filter`.
+fn load_with(
+    sandbox: &rtcrm_sandbox::Sandbox,
+    file: &Path,
+    wasm: Option<&Path>,
+    js: Option<&Path>,
+) -> Result<(String, CampaignDef, rtcrm_sandbox::CompiledFilter)> {
     let mut bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     if let Some(wasm) = wasm {
         bytes = with_wasm_filter(file, &bytes, wasm)?;
@@ -163,24 +196,17 @@ fn validated(file: &Path, wasm: Option<&Path>, js: Option<&Path>, settings: &Set
         bytes = with_field(file, &bytes, "filter", source.into(), "filter_wasm")?;
     }
     let def = CampaignDef::parse(None, &bytes).map_err(|r| Exit { code: 2, message: format!("{}: {}", file.display(), r.reason) })?;
-    let started = Instant::now();
-    if let Some(wasm) = wasm {
-        let module_bytes = std::fs::metadata(wasm).map_or(0, |m| m.len() as usize);
-        progress(&format!("checking {} ({}): compiling and instantiating it as the processor will…", wasm.display(), size_text(module_bytes)));
-    }
-    // The host limits of the same config file, environment and flags as the processor's.
-    let sandbox = rtcrm_sandbox::Sandbox::new(rtcrm_sandbox::SandboxConfig::from_limits(&settings.limits))?;
-    if let Err(rejection) = crate::campaigns::loader::compile_filter(&sandbox, &def.filter) {
-        let reason = match rejection {
-            FilterRejection::Js(e) => crate::campaigns::loader::describe(&e),
-            FilterRejection::Wasm(e) => e.to_string(),
-        };
-        return Err(Exit { code: 2, message: format!("{}: filter: {reason}", file.display()) }.into());
-    }
-    if wasm.is_some() {
-        progress(&format!("the module is a valid filter ({:.1} s)", started.elapsed().as_secs_f64()));
-    }
-    Ok(String::from_utf8_lossy(&bytes).trim().to_owned())
+    let compiled = match crate::campaigns::loader::compile_filter(sandbox, &def.filter) {
+        Ok(compiled) => compiled,
+        Err(rejection) => {
+            let reason = match rejection {
+                FilterRejection::Js(e) => crate::campaigns::loader::describe(&e),
+                FilterRejection::Wasm(e) => e.to_string(),
+            };
+            return Err(Exit { code: 2, message: format!("{}: filter: {reason}", file.display()) }.into());
+        }
+    };
+    Ok((String::from_utf8_lossy(&bytes).trim().to_owned(), def, compiled))
 }
 
 fn size_text(bytes: usize) -> String {

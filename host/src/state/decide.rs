@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 /// Which topic an event came from: the events topic, or the repartition topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Source {
     #[serde(rename = "e")]
     Events,
@@ -216,21 +216,35 @@ pub struct Input<'a> {
     pub event: &'a [u8],
     /// The event's trigger id (spec §9).
     pub trigger_id: &'a str,
+    /// The JavaScript state the filter left (`state` campaigns; `None`: no JavaScript state).
+    pub js: Option<Json>,
+}
+
+/// Whether the event at `at` was applied to `prev` already (a replay): then the filter is not
+/// run again, and [`decide`] repeats its outcome.
+pub fn is_replay(prev: Option<&PlayerState>, controls: &Controls, at: Position) -> bool {
+    prev.is_some_and(|s| s.v == controls.state_version && s.seen(at.source).is_some_and(|seen| at.offset <= seen))
 }
 
 /// Decides one event for one (campaign, player): returns the outcome and the new state (`None`
-/// when the state does not change). `prev` is the stored state, if any.
+/// when nothing needs writing: a non-match that changed nothing, or a replay). `prev` is the
+/// stored state, if any.
 pub fn decide(controls: &Controls, prev: Option<PlayerState>, input: &Input<'_>) -> (Outcome, Option<PlayerState>) {
-    let state = prev.unwrap_or_default().current(controls, input.now);
-    if state.seen(input.at.source).is_some_and(|seen| input.at.offset <= seen) {
-        return (Outcome::Replayed { triggered: state.fired.contains(&input.at) }, None);
+    if is_replay(prev.as_ref(), controls, input.at) {
+        let triggered = prev.is_some_and(|s| s.fired.contains(&input.at));
+        return (Outcome::Replayed { triggered }, None);
     }
-    let mut next = state;
+    let mut next = prev.unwrap_or_default().current(controls, input.now);
+    let js_changed = input.js.is_some() && input.js != next.js;
+    if js_changed {
+        next.js = input.js.clone();
+    }
     next.v = controls.state_version;
     next.set_seen(input.at);
     next.touched = next.touched.max(input.now);
     if !input.matched {
-        return (Outcome::NoMatch, Some(next));
+        // A non-match changes nothing but the JavaScript state: replaying it decides the same.
+        return (Outcome::NoMatch, js_changed.then_some(next));
     }
     if let Some(inactivity) = controls.inactivity_ms {
         let due = input.now.saturating_add(inactivity);
@@ -351,7 +365,7 @@ mod tests {
         let mut outcomes = Vec::new();
         for (i, (now, matched)) in events.iter().enumerate() {
             let id = format!("7:e{i}");
-            let input = Input { campaign_id: 7, player: "p1", now: *now, at: at(i as i64), matched: *matched, event: b"{}", trigger_id: &id };
+            let input = Input { campaign_id: 7, player: "p1", now: *now, at: at(i as i64), matched: *matched, event: b"{}", trigger_id: &id, js: None };
             let (outcome, next) = decide(controls, state.clone(), &input);
             outcomes.push(outcome);
             if next.is_some() {
@@ -406,14 +420,14 @@ mod tests {
         let (_, state) = run(&c, &[(0, true), (MIN, true)]);
         let state = state.unwrap();
         let replay = |offset: i64| {
-            let input = Input { campaign_id: 7, player: "p1", now: offset * MIN, at: at(offset), matched: true, event: b"{}", trigger_id: "x" };
+            let input = Input { campaign_id: 7, player: "p1", now: offset * MIN, at: at(offset), matched: true, event: b"{}", trigger_id: "x", js: None };
             decide(&c, Some(state.clone()), &input)
         };
         assert_eq!(replay(0), (Outcome::Replayed { triggered: true }, None), "event 0 triggered: again");
         assert_eq!(replay(1), (Outcome::Replayed { triggered: false }, None), "event 1 was in the cooldown: again not");
         assert!(matches!(replay(2).0, Outcome::Cooldown { .. }), "event 2 is new");
         // Another source's positions are independent.
-        let other = Input { campaign_id: 7, player: "p1", now: 2 * MIN, at: Position { source: Source::Repartitioned, offset: 0 }, matched: true, event: b"{}", trigger_id: "y" };
+        let other = Input { campaign_id: 7, player: "p1", now: 2 * MIN, at: Position { source: Source::Repartitioned, offset: 0 }, matched: true, event: b"{}", trigger_id: "y", js: None };
         assert!(matches!(decide(&c, Some(state), &other).0, Outcome::Cooldown { .. }));
     }
 
@@ -421,10 +435,10 @@ mod tests {
     fn inactivity_arms_on_matches_and_fires_once_with_the_last_event() {
         let c = Controls { inactivity_ms: Some(7 * 24 * 60 * MIN), ..Controls::default() };
         let day = 24 * 60 * MIN;
-        let first = Input { campaign_id: 7, player: "p1", now: 0, at: at(0), matched: true, event: br#"{"n":1}"#, trigger_id: "7:a" };
+        let first = Input { campaign_id: 7, player: "p1", now: 0, at: at(0), matched: true, event: br#"{"n":1}"#, trigger_id: "7:a", js: None };
         let (o, s) = decide(&c, None, &first);
         assert_eq!(o, Outcome::Armed { due: 7 * day });
-        let second = Input { now: day, at: at(1), event: br#"{"n":2}"#, trigger_id: "7:b", ..first };
+        let second = Input { now: day, at: at(1), event: br#"{"n":2}"#, trigger_id: "7:b", js: None, ..first };
         let (_, s) = decide(&c, s, &second);
         let s = s.unwrap();
         assert!(fire(&c, 7, "p1", s.clone(), 7 * day).is_none(), "re-armed by the second login: not due yet");
@@ -444,7 +458,7 @@ mod tests {
         let c = Controls { max_triggers_per_player: Some(1), ..Controls::default() };
         let (_, state) = run(&c, &[(0, true)]);
         let c2 = Controls { state_version: 2, ..c.clone() };
-        let input = Input { campaign_id: 7, player: "p1", now: MIN, at: at(5), matched: true, event: b"{}", trigger_id: "x" };
+        let input = Input { campaign_id: 7, player: "p1", now: MIN, at: at(5), matched: true, event: b"{}", trigger_id: "x", js: None };
         assert!(matches!(decide(&c, state.clone(), &input).0, Outcome::Cap { .. }));
         assert!(matches!(decide(&c2, state, &input).0, Outcome::Trigger { .. }), "the cap was reset");
     }
@@ -466,6 +480,20 @@ mod tests {
         assert_eq!(variant(9, "42", &c), variant(9, "42", &c), "stable per player");
         let ctl = (0..10_000).filter(|p| in_control_group(9, &p.to_string(), 2_000)).count();
         assert!((1_800..2_200).contains(&ctl), "20 % holdout: {ctl}");
+    }
+
+    #[test]
+    fn a_non_match_writes_only_a_changed_javascript_state() {
+        let c = Controls { state: Some(crate::state::controls::StateOptions { ttl_ms: None, max_bytes: 1024 }), ..Controls::default() };
+        let base = Input { campaign_id: 7, player: "p1", now: 0, at: at(0), matched: false, event: b"{}", trigger_id: "x", js: None };
+        assert_eq!(decide(&c, None, &base), (Outcome::NoMatch, None));
+        let js = Json::new(r#"{"n":1}"#.into());
+        let (o, s) = decide(&c, None, &Input { js: js.clone(), ..base });
+        assert_eq!(o, Outcome::NoMatch);
+        let s = s.expect("the JavaScript state changed: written");
+        assert_eq!(s.js, js);
+        let (_, again) = decide(&c, Some(s), &Input { at: at(1), js: js.clone(), ..base });
+        assert_eq!(again, None, "the same JavaScript state: nothing to write");
     }
 
     #[test]

@@ -7,4 +7,6 @@
 
 pub mod controls;
 pub mod decide;
+pub mod partitioning;
 pub mod store;
+pub mod stores;

@@ -226,6 +226,11 @@ impl PartitionStore {
 
     /// The state under `key`, as worker `shard` sees it (its own changes first).
     pub fn get(&self, shard: usize, key: &str) -> Result<Option<PlayerState>, StateError> {
+        Ok(self.get_sized(shard, key)?.map(|(state, _)| state))
+    }
+
+    /// [`PartitionStore::get`], with the stored JSON's size.
+    pub fn get_sized(&self, shard: usize, key: &str) -> Result<Option<(PlayerState, usize)>, StateError> {
         let bytes = {
             let overlay = self.overlays[shard % self.overlays.len()].lock().unwrap_or_else(|p| p.into_inner());
             match overlay.states.get(key) {
@@ -241,7 +246,12 @@ impl PartitionStore {
                 None => return Ok(None),
             },
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(|source| StateError::Corrupt { key: key.into(), source })
+        serde_json::from_slice(&bytes).map(|s| Some((s, bytes.len()))).map_err(|source| StateError::Corrupt { key: key.into(), source })
+    }
+
+    /// Drops a deadline that no longer applies (its state changed or went).
+    pub fn remove_deadline(&self, shard: usize, deadline: &Deadline) {
+        self.overlays[shard % self.overlays.len()].lock().unwrap_or_else(|p| p.into_inner()).deadlines.insert(deadline.clone(), false);
     }
 
     /// The stored JSON under `key` (overlays of every worker first), for the API.

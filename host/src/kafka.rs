@@ -239,12 +239,12 @@ pub async fn create_topics(settings: &Settings, errors: &ClientErrors) -> Result
         (settings.filter_log_topic.as_str(), &filter_log[..]),
     ];
     create(&admin, settings, errors, &topics, settings.partitions).await?;
-    let partitions = partition_count(admin.inner(), &settings.event_topic, CONNECT_TIMEOUT)?
+    let partitions = created_partition_count(admin.inner(), &settings.event_topic)?
         .with_context(|| format!("the events topic `{}` has no partitions", settings.event_topic))?;
     let internal = [(settings.changelog_topic.as_str(), &compact[..]), (settings.repartition_topic.as_str(), &[][..])];
     create(&admin, settings, errors, &internal, partitions as i32).await?;
     for (topic, _) in internal {
-        let n = partition_count(admin.inner(), topic, CONNECT_TIMEOUT)?.unwrap_or(0);
+        let n = created_partition_count(admin.inner(), topic)?.unwrap_or(0);
         if n != partitions {
             anyhow::bail!(
                 "the topic `{topic}` has {n} partitions, the events topic `{}` {partitions}: per-player state needs the same \
@@ -254,6 +254,19 @@ pub async fn create_topics(settings: &Settings, errors: &ClientErrors) -> Result
         }
     }
     Ok(())
+}
+
+/// [`partition_count`] of a topic just created: a broker's metadata may not show it for a moment
+/// (seen over SASL_SSL), so it is asked again for up to [`CONNECT_TIMEOUT`].
+fn created_partition_count<C: ClientContext>(client: &Client<C>, topic: &str) -> Result<Option<usize>> {
+    let deadline = std::time::Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let n = partition_count(client, topic, CONNECT_TIMEOUT)?;
+        if n.is_some() || std::time::Instant::now() >= deadline {
+            return Ok(n);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The number of partitions of `topic` (`None`: it does not exist).

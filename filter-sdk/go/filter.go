@@ -51,9 +51,10 @@ const (
 	NoHandler    Status = -3 // no filter registered with Handle (call it from an init function)
 )
 
-// Event is the event as the host received it, with the original system's fields typed. A field
-// that is absent or of another JSON type is left at its zero value; Raw holds the whole event
-// for anything else (decode it into your own struct).
+// Event is the event as the host received it, with the original system's fields typed. A string
+// field that is absent or of another JSON type is left empty: Has tells an absent field from an
+// empty one. PlayerID says itself whether it is there (an event without a player is never player
+// 0). Raw holds the whole event for anything else (decode it into your own struct).
 type Event struct {
 	SchemaVersion string   `json:"schema_version"`
 	EventID       string   `json:"event_id"`
@@ -61,7 +62,7 @@ type Event struct {
 	SystemName    string   `json:"system_name"`
 	Game          string   `json:"game"`
 	Market        string   `json:"market"`
-	PlayerID      PlayerID `json:"player_id"` // 0 when absent
+	PlayerID      PlayerID `json:"player_id"` // PlayerID.Valid is false when absent
 	EventType     string   `json:"event_type"`
 	EventName     string   `json:"event_name"`
 	EventScope    string   `json:"event_scope"`
@@ -73,19 +74,41 @@ type Event struct {
 
 	// Raw is the event's JSON, exactly as read from Kafka. Valid during the call only.
 	Raw []byte `json:"-"`
+
+	// The top-level keys, read from Raw on the first call of Has.
+	keys map[string]json.RawMessage
 }
 
-// PlayerID is the player_id field: a JSON integer or a string of one.
-type PlayerID int64
+// Has reports whether the event has the top-level field key (even if null or of another type
+// than its typed field expects), e.g. e.Has("market") tells an absent market from "".
+func (e *Event) Has(key string) bool {
+	if e.keys == nil {
+		e.keys = map[string]json.RawMessage{}
+		_ = json.Unmarshal(e.Raw, &e.keys)
+	}
+	_, ok := e.keys[key]
+	return ok
+}
 
-// UnmarshalJSON accepts 12345 and "12345"; anything else leaves 0.
+// PlayerID is the player_id field: a JSON integer or a string of one, as Value with Valid set.
+// Absent, null or anything else, Valid is false (and Value 0): check Valid, or use Get, before
+// using Value, so that an event without a player never reads as player 0.
+type PlayerID struct {
+	Value int64
+	Valid bool
+}
+
+// Get returns the player id and whether the event has one.
+func (p PlayerID) Get() (int64, bool) { return p.Value, p.Valid }
+
+// UnmarshalJSON accepts 12345 and "12345"; anything else leaves the PlayerID not Valid.
 func (p *PlayerID) UnmarshalJSON(b []byte) error {
 	s := string(b)
 	if len(s) >= 2 && s[0] == '"' {
 		s = s[1 : len(s)-1]
 	}
 	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
-		*p = PlayerID(n)
+		*p = PlayerID{Value: n, Valid: true}
 	}
 	return nil
 }

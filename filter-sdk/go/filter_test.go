@@ -15,12 +15,12 @@ func TestEveryOriginalFieldIsTyped(t *testing.T) {
 	}
 	want := Event{
 		SchemaVersion: "2023110110010101", EventID: "7a8d0614-4e8e-4464-b439-36e31441a040",
-		SystemType: "game", SystemName: "foe-backend", Game: "foe", Market: "de", PlayerID: 12345,
+		SystemType: "game", SystemName: "foe-backend", Game: "foe", Market: "de", PlayerID: PlayerID{Value: 12345, Valid: true},
 		EventType: "progress", EventName: "fight", EventScope: "user",
 		CreatedAt: "2023-11-20T11:00:00.00Z", ReceivedAt: "2023-11-20T11:00:02.00Z", Hostname: "foe-backend-1.ig.com",
 	}
 	got := *e
-	got.Data, got.Context, got.Raw = nil, nil, nil
+	got.Data, got.Context, got.Raw, got.keys = nil, nil, nil, nil
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %+v\nwant %+v", got, want)
 	}
@@ -37,7 +37,7 @@ func TestMistypedFieldsAreSkipped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.Game != "" || e.PlayerID != 42 || e.Data != nil || e.Market != "de" {
+	if e.Game != "" || e.PlayerID != (PlayerID{Value: 42, Valid: true}) || e.Data != nil || e.Market != "de" {
 		t.Fatalf("%+v", e)
 	}
 	if l, ok := e.Context.Object("n").Number("level"); !ok || l != 11 {
@@ -76,5 +76,28 @@ func TestErrorsAreNegative(t *testing.T) {
 		if (s >= 0) != (s == Match || s == NoMatch) {
 			t.Errorf("status %d", s)
 		}
+	}
+}
+
+// Issue 10: an absent player_id is not player 0 (Rust, C and JavaScript say "absent" too), so
+// "player_id even" does not match an event without one.
+func TestAnAbsentPlayerIdIsNotZero(t *testing.T) {
+	even := func(e *Event) bool { id, ok := e.PlayerID.Get(); return ok && id%2 == 0 }
+	for raw, want := range map[string]Status{
+		`{"player_id":0}`:     Match,
+		`{"player_id":"12"}`:  Match,
+		`{"player_id":7}`:     NoMatch,
+		`{}`:                  NoMatch,
+		`{"player_id":null}`:  NoMatch,
+		`{"player_id":"abc"}`: NoMatch,
+		`{"player_id":1.5}`:   NoMatch,
+	} {
+		if got := Eval([]byte(raw), even); got != want {
+			t.Errorf("%s: got %d, want %d", raw, got, want)
+		}
+	}
+	e, _ := Parse([]byte(`{"market":"","game":null}`))
+	if !e.Has("market") || !e.Has("game") || e.Has("hostname") || e.PlayerID.Valid {
+		t.Fatalf("Has: market %v game %v hostname %v; player %+v", e.Has("market"), e.Has("game"), e.Has("hostname"), e.PlayerID)
 	}
 }

@@ -87,6 +87,10 @@ pub struct RunArgs {
     /// [default: $XDG_STATE_HOME/rtcrm, else ~/.local/state/rtcrm].
     #[arg(long, env = "RTCRM_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Filter log topic: filters' `console.log` output and evaluation errors, keyed by campaign
+    /// id, rate-limited (`rtcrm campaign logs ID` reads it) [default: rtcrm-filter-logs].
+    #[arg(long, env = "RTCRM_FILTER_LOG_TOPIC")]
+    pub filter_log_topic: Option<String>,
     /// Time against which campaign windows are checked [default: event].
     #[arg(long, env = "RTCRM_CLOCK", value_enum)]
     pub clock: Option<Clock>,
@@ -189,6 +193,7 @@ struct FileConfig {
     changelog_topic: Option<String>,
     repartition_topic: Option<String>,
     state_dir: Option<PathBuf>,
+    filter_log_topic: Option<String>,
     clock: Option<Clock>,
     workers: Option<usize>,
     partitions: Option<i32>,
@@ -264,6 +269,8 @@ pub struct Settings {
     pub repartition_topic: String,
     /// This process's per-player state directory (`<state dir>/<group>-<instance id>`).
     pub state_dir: PathBuf,
+    /// Filters' output and evaluation errors (`rtcrm campaign logs`).
+    pub filter_log_topic: String,
     pub clock: Clock,
     pub workers: usize,
     pub partitions: i32,
@@ -305,7 +312,7 @@ impl KafkaProperties {
 
     /// Merges the file's `[kafka]` table, `RTCRM_KAFKA_*` variables and `--kafka-property` flags
     /// (later ones win).
-    fn load(file: Option<BTreeMap<String, toml::Value>>, env: impl Iterator<Item = (String, String)>, flags: &[String]) -> Result<KafkaProperties> {
+    pub fn load(file: Option<BTreeMap<String, toml::Value>>, env: impl Iterator<Item = (String, String)>, flags: &[String]) -> Result<KafkaProperties> {
         let mut props = BTreeMap::new();
         for (key, value) in file.unwrap_or_default() {
             let value = match value {
@@ -413,6 +420,7 @@ impl Settings {
             changelog_topic: pick(&args.changelog_topic, file.changelog_topic, internal("rtcrm-state-changelog")),
             repartition_topic: pick(&args.repartition_topic, file.repartition_topic, internal("rtcrm-events-by-player")),
             state_dir: args.state_dir.clone().or(file.state_dir).unwrap_or_else(default_state_dir),
+            filter_log_topic: pick(&args.filter_log_topic, file.filter_log_topic, "rtcrm-filter-logs".into()),
             clock: pick(&args.clock, file.clock, Clock::Event),
             workers: pick(&args.workers, file.workers, cores),
             partitions: pick(&args.partitions, file.partitions, 1),
@@ -458,6 +466,7 @@ impl Settings {
             ("control_topic", &self.control_topic),
             ("changelog_topic", &self.changelog_topic),
             ("repartition_topic", &self.repartition_topic),
+            ("filter_log_topic", &self.filter_log_topic),
         ];
         for (name, topic) in topics {
             let valid = !topic.is_empty()
@@ -547,5 +556,74 @@ mod tests {
         let path = write("b.toml", "gruop_id = \"typo\"\n");
         let err = Settings::load(&RunArgs { config: Some(path), ..RunArgs::default() }).unwrap_err();
         assert!(format!("{err:#}").contains("gruop_id"), "{err:#}");
+    }
+
+    #[test]
+    fn kafka_properties_merge_file_then_environment_then_flags() {
+        let file: BTreeMap<String, toml::Value> = toml::from_str(
+            "\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanisms\" = \"PLAIN\"\n\"socket.timeout.ms\" = 30000\n\"enable.ssl.certificate.verification\" = true\n",
+        )
+        .unwrap();
+        let env = [
+            ("RTCRM_KAFKA_SASL_MECHANISMS".to_string(), "SCRAM-SHA-512".to_string()),
+            ("RTCRM_KAFKA_SASL_PASSWORD".to_string(), "from-env".to_string()),
+            ("RTCRM_KAFKA_".to_string(), "ignored".to_string()),
+            ("RTCRM_GROUP_ID".to_string(), "not a property".to_string()),
+        ];
+        let flags = ["sasl.password=from-flag=with=equals".to_string(), " sasl.username =alice".to_string()];
+        let p = KafkaProperties::load(Some(file), env.into_iter(), &flags).unwrap();
+        let got: Vec<(&str, &str)> = p.0.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("enable.ssl.certificate.verification", "true"),
+                ("sasl.mechanisms", "SCRAM-SHA-512"),
+                ("sasl.password", "from-flag=with=equals"),
+                ("sasl.username", "alice"),
+                ("security.protocol", "SASL_SSL"),
+                ("socket.timeout.ms", "30000"),
+            ]
+        );
+    }
+
+    #[test]
+    fn kafka_properties_refuse_what_rtcrm_sets_and_malformed_flags() {
+        for (flag, says) in [
+            ("group.id=x", "`group.id` is set by rtcrm itself"),
+            ("bootstrap.servers=x:1", "`bootstrap.servers` is set by rtcrm itself"),
+            ("sasl.username", "is not KEY=VALUE"),
+            ("=x", "has an empty key"),
+        ] {
+            let err = KafkaProperties::load(None, std::iter::empty(), &[flag.to_string()]).unwrap_err();
+            assert!(format!("{err:#}").contains(says), "{flag}: {err:#}");
+        }
+        let table: BTreeMap<String, toml::Value> = toml::from_str("\"a\" = [1]\n").unwrap();
+        let err = KafkaProperties::load(Some(table), std::iter::empty(), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("[kafka] a = [1] must be a string, number or boolean"), "{err:#}");
+    }
+
+    #[test]
+    fn kafka_secrets_are_redacted_in_debug_and_for_the_api() {
+        let p = KafkaProperties(
+            [
+                ("sasl.password", "p1"),
+                ("ssl.key.password", "p2"),
+                ("sasl.oauthbearer.client.secret", "p3"),
+                ("sasl.jaas.config", "p4"),
+                ("sasl.oauthbearer.config", "p5"),
+                ("ssl.key.pem", "p6"),
+                ("sasl.username", "alice"),
+                ("security.protocol", "SASL_SSL"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        );
+        let shown = format!("{p:?}");
+        for secret in ["p1", "p2", "p3", "p4", "p5", "p6"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("alice") && shown.contains("SASL_SSL"), "{shown}");
+        assert_eq!(p.redacted()["sasl.password"], "***");
     }
 }

@@ -6,7 +6,7 @@
 //! the last error librdkafka reported ([`ClientErrors`]), so a failure can name the broker
 //! address and librdkafka's reason instead of a bare timeout.
 
-use crate::config::{OffsetReset, Settings};
+use crate::config::{KafkaProperties, OffsetReset, Settings};
 use crate::telemetry::logging::LogLimiter;
 use anyhow::{Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
@@ -24,22 +24,37 @@ use std::time::Duration;
 pub const CAMPAIGN_MESSAGE_BYTES: &str = "16777216";
 /// Kafka's default `max.message.bytes` of a topic (1 MiB + 12).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
-/// How long start-up waits for the cluster before it reports it unreachable.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long start-up (and each `rtcrm campaign` command) waits for the cluster before it reports
+/// it unreachable: the report comes within 10 s of the start, start-up work included.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// The last error librdkafka reported for a client (shared by the clients of one process).
 #[derive(Clone, Default)]
 pub struct ClientErrors {
-    last: Arc<Mutex<Option<String>>>,
+    last: Arc<Mutex<Option<Reported>>>,
     limiter: Arc<LogLimiter>,
     /// A client reported that every broker is down (cleared by the next successful probe).
     all_down: Arc<AtomicBool>,
 }
 
+/// One error as librdkafka reported it.
+#[derive(Clone, Debug)]
+struct Reported {
+    text: String,
+    /// Authentication or TLS failed: retrying with the same settings cannot succeed.
+    settings: bool,
+}
+
 impl ClientErrors {
     /// librdkafka's last error, e.g. `127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused`.
     pub fn last(&self) -> Option<String> {
-        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|r| r.text.clone())
+    }
+
+    /// The last error, if it says that the connection settings are wrong (SASL authentication
+    /// or the TLS handshake failed): waiting longer cannot help.
+    pub fn settings_error(&self) -> Option<String> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).as_ref().filter(|r| r.settings).map(|r| r.text.clone())
     }
 
     /// Whether a client reported every broker down since the last successful probe.
@@ -56,7 +71,15 @@ impl ClientErrors {
         if self.limiter.allow(client) {
             tracing::warn!(client, error = %text, "Kafka client error");
         }
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+        let code = error.rdkafka_error_code();
+        let settings =
+            matches!(code, Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed | RDKafkaErrorCode::SSL));
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        // "1/1 brokers are down" says less than the error that took them down: keep that one.
+        if code == Some(RDKafkaErrorCode::AllBrokersDown) && last.is_some() {
+            return;
+        }
+        *last = Some(Reported { text, settings });
     }
 }
 
@@ -77,9 +100,14 @@ impl ConsumerContext for KafkaContext {}
 
 /// The base of every client: bootstrap servers, client id, then the operator's properties.
 pub fn client_config(settings: &Settings, role: &str) -> ClientConfig {
+    base_config(&settings.bootstrap_servers, &format!("rtcrm-{}-{role}", settings.instance_id), &settings.kafka)
+}
+
+/// A client's configuration from its parts (the command line's clients have no processor).
+pub fn base_config(bootstrap_servers: &str, client_id: &str, properties: &KafkaProperties) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &settings.bootstrap_servers).set("client.id", format!("rtcrm-{}-{role}", settings.instance_id));
-    for (key, value) in &settings.kafka {
+    c.set("bootstrap.servers", bootstrap_servers).set("client.id", client_id);
+    for (key, value) in properties {
         c.set(key, value);
     }
     c
@@ -143,23 +171,41 @@ pub fn campaign_consumer_config(settings: &Settings) -> ClientConfig {
 }
 
 /// Waits until the cluster answers a metadata request, for at most `timeout`; the error names
-/// the address and librdkafka's reason.
+/// the address and librdkafka's reason. A failed SASL authentication or TLS handshake fails at
+/// once: retrying with the same settings cannot succeed.
 pub fn probe<C: ClientContext>(client: &Client<C>, settings: &Settings, errors: &ClientErrors, timeout: Duration) -> Result<()> {
     // One topic's metadata (not the whole cluster's, which can be large): rtcrm's campaigns topic.
-    match client.fetch_metadata(Some(&settings.campaign_topic), timeout) {
-        Ok(_) => {
-            errors.all_down.store(false, Ordering::Relaxed);
-            Ok(())
+    probe_cluster(client, &settings.bootstrap_servers, Some(&settings.campaign_topic), errors, timeout)
+}
+
+/// [`probe`] for any client: the metadata of `topic` (None: of the whole cluster).
+pub fn probe_cluster<C: ClientContext>(
+    client: &Client<C>,
+    bootstrap_servers: &str,
+    topic: Option<&str>,
+    errors: &ClientErrors,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last_error;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match client.fetch_metadata(topic, left.min(Duration::from_millis(500))) {
+            Ok(_) => {
+                errors.all_down.store(false, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(e) => last_error = e,
         }
-        Err(e) => {
-            let reason = errors.last().map(|r| format!(": {r}")).unwrap_or_default();
-            anyhow::bail!(
-                "the Kafka cluster at {} does not answer ({e}){reason}; check the address (--bootstrap-servers) and the \
-                 connection properties (--kafka-property, [kafka])",
-                settings.bootstrap_servers
-            )
+        if errors.settings_error().is_some() || std::time::Instant::now() >= deadline {
+            break;
         }
     }
+    let reason = errors.settings_error().or_else(|| errors.last()).map(|r| format!(": {r}")).unwrap_or_default();
+    anyhow::bail!(
+        "the Kafka cluster at {bootstrap_servers} does not answer ({last_error}){reason}; check the address \
+         (--bootstrap-servers) and the connection properties (--kafka-property, RTCRM_KAFKA_*, [kafka])"
+    )
 }
 
 fn admin(settings: &Settings, errors: &ClientErrors) -> Result<AdminClient<KafkaContext>> {
@@ -181,6 +227,8 @@ pub async fn create_topics(settings: &Settings, errors: &ClientErrors) -> Result
     // Campaign messages carry WebAssembly modules (base64) of up to 8 MiB.
     let keep_forever =
         [("cleanup.policy", "delete"), ("retention.ms", "-1"), ("retention.bytes", "-1"), ("max.message.bytes", CAMPAIGN_MESSAGE_BYTES)];
+    // Filter output is for troubleshooting: a week, at most 100 MiB per partition.
+    let filter_log = [("cleanup.policy", "delete"), ("retention.ms", "604800000"), ("retention.bytes", "104857600")];
     let topics = [
         (settings.event_topic.as_str(), &[][..]),
         (settings.campaign_topic.as_str(), &keep_forever[..]),
@@ -188,14 +236,15 @@ pub async fn create_topics(settings: &Settings, errors: &ClientErrors) -> Result
         (settings.status_topic.as_str(), &compact[..]),
         (settings.dlq_topic.as_str(), &[][..]),
         (settings.control_topic.as_str(), &[][..]),
+        (settings.filter_log_topic.as_str(), &filter_log[..]),
     ];
     create(&admin, settings, errors, &topics, settings.partitions).await?;
-    let partitions = partition_count(admin.inner(), &settings.event_topic, CONNECT_TIMEOUT)?
+    let partitions = created_partition_count(admin.inner(), &settings.event_topic)?
         .with_context(|| format!("the events topic `{}` has no partitions", settings.event_topic))?;
     let internal = [(settings.changelog_topic.as_str(), &compact[..]), (settings.repartition_topic.as_str(), &[][..])];
     create(&admin, settings, errors, &internal, partitions as i32).await?;
     for (topic, _) in internal {
-        let n = partition_count(admin.inner(), topic, CONNECT_TIMEOUT)?.unwrap_or(0);
+        let n = created_partition_count(admin.inner(), topic)?.unwrap_or(0);
         if n != partitions {
             anyhow::bail!(
                 "the topic `{topic}` has {n} partitions, the events topic `{}` {partitions}: per-player state needs the same \
@@ -205,6 +254,19 @@ pub async fn create_topics(settings: &Settings, errors: &ClientErrors) -> Result
         }
     }
     Ok(())
+}
+
+/// [`partition_count`] of a topic just created: a broker's metadata may not show it for a moment
+/// (seen over SASL_SSL), so it is asked again for up to [`CONNECT_TIMEOUT`].
+fn created_partition_count<C: ClientContext>(client: &Client<C>, topic: &str) -> Result<Option<usize>> {
+    let deadline = std::time::Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let n = partition_count(client, topic, CONNECT_TIMEOUT)?;
+        if n.is_some() || std::time::Instant::now() >= deadline {
+            return Ok(n);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The number of partitions of `topic` (`None`: it does not exist).

@@ -14,6 +14,7 @@ use crate::events::sink::RecordLimits;
 use crate::health::Health;
 use crate::kafka::{ClientErrors, KafkaContext};
 use crate::supervisor::Supervisor;
+use crate::telemetry::filter_log::FilterLog;
 use crate::telemetry::logging::LogLimiter;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::stats::Stats;
@@ -46,6 +47,8 @@ pub struct Processor {
     pub record_limits: std::sync::Mutex<RecordLimits>,
     /// Rate limit of the warnings for failed evaluations, per campaign.
     pub evaluation_errors_log: LogLimiter,
+    /// Filters' output and evaluation errors, to the filter log topic.
+    pub filter_log: Arc<FilterLog>,
     /// The tokio runtime, for work started from worker threads.
     pub runtime: tokio::runtime::Handle,
 }
@@ -86,12 +89,14 @@ pub async fn serve(settings: Settings, signal: watch::Receiver<bool>) -> Result<
         clock = ?settings.clock, delivery = ?settings.delivery, instance = %settings.instance_id,
         static_member = settings.instance_id_explicit, kafka = ?settings.kafka, limits = ?settings.limits.to_user_units(), "starting rtcrm"
     );
-    let sandbox_config = SandboxConfig::from_limits(&settings.limits);
+    let filter_log = Arc::new(FilterLog::new(&settings.filter_log_topic, &settings.instance_id));
+    let sandbox_config = SandboxConfig { log_sink: filter_log.clone(), ..SandboxConfig::from_limits(&settings.limits) };
     let sandbox = tokio::task::spawn_blocking(move || Sandbox::new(sandbox_config))
         .await?
         .context("starting the filter sandbox")?;
     let kafka_errors = ClientErrors::default();
     let producer = crate::kafka::control_producer(&settings, &kafka_errors)?;
+    filter_log.connect(producer.clone());
     let health = Arc::new(Health::default());
     let processor = Arc::new(Processor {
         instances: InstanceBudget::new(settings.max_filter_instances),
@@ -105,6 +110,7 @@ pub async fn serve(settings: Settings, signal: watch::Receiver<bool>) -> Result<
         health: health.clone(),
         record_limits: Default::default(),
         evaluation_errors_log: LogLimiter::default(),
+        filter_log,
         runtime: tokio::runtime::Handle::current(),
     });
     processor.metrics.update_campaigns(&processor.registry);
@@ -123,10 +129,16 @@ pub async fn serve(settings: Settings, signal: watch::Receiver<bool>) -> Result<
         crate::kafka::create_topics(&processor.settings, &processor.kafka_errors).await?;
     }
     let (s, errors) = (&processor.settings, &processor.kafka_errors);
-    let limits = RecordLimits::from_topics(
-        crate::kafka::max_message_bytes(s, errors, &s.trigger_topic).await,
-        crate::kafka::max_message_bytes(s, errors, &s.dlq_topic).await,
-    );
+    let limits = if s.create_topics {
+        RecordLimits::from_topics(
+            crate::kafka::max_message_bytes(s, errors, &s.trigger_topic).await,
+            crate::kafka::max_message_bytes(s, errors, &s.dlq_topic).await,
+        )
+    } else {
+        // The embedded broker (rtcrm dev) answers no DescribeConfigs: Kafka's default, at once
+        // (instead of two 6 s timeouts before the campaigns are read).
+        RecordLimits::from_topics(crate::kafka::DEFAULT_MAX_MESSAGE_BYTES, crate::kafka::DEFAULT_MAX_MESSAGE_BYTES)
+    };
     tracing::debug!(?limits, "record size limits of the output topics");
     *processor.record_limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
 

@@ -127,3 +127,87 @@ fn console_output_goes_to_stderr_not_stdout() {
     assert_eq!(text(&out.stdout), "true\n");
     assert!(text(&out.stderr).contains("hello from foe"), "{}", text(&out.stderr));
 }
+
+// Issue 10: `filter check` of a module, and of garbage named .wasm; the JS campaign module that
+// `filter compile` writes is recognised and `campaign put --wasm` says what to do with it; a
+// non-JSON event's message is printed once.
+
+#[test]
+fn check_validates_a_wasm_module_instead_of_reading_it_as_utf8() {
+    // What `filter compile` writes: a JavaScript campaign module, said to be one.
+    let module = std::env::temp_dir().join(format!("rtcrm-cli-{}-compiled.wasm", std::process::id()));
+    let out = rtcrm(&["filter", "compile", s(&examples().join("filters/fight-loss.js")), "-o", s(&module)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = rtcrm(&["filter", "check", s(&module)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("ok: a JavaScript campaign module ("), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("--js SOURCE.js"), "{}", text(&out.stdout));
+
+    // Bytes that are no module, with and without the module magic.
+    for (name, bytes) in [("garbage.wasm", &b"\xff\xfe\x00 not a module"[..]), ("truncated.bin", &b"\0asm\x01\0\0\0\x01\x05"[..])] {
+        let file = std::env::temp_dir().join(format!("rtcrm-cli-{}-{name}", std::process::id()));
+        std::fs::write(&file, bytes).unwrap();
+        let out = rtcrm(&["filter", "check", s(&file)]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(!err.contains("UTF-8"), "{name}: read as text: {err}");
+        assert!(err.starts_with(&format!("{}: ", file.display())), "{name}: {err}");
+    }
+}
+
+#[test]
+fn campaign_put_refuses_a_js_campaign_module_saying_what_to_do() {
+    let module = std::env::temp_dir().join(format!("rtcrm-cli-{}-put.wasm", std::process::id()));
+    let out = rtcrm(&["filter", "compile", s(&examples().join("filters/fight-loss.js")), "-o", s(&module)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let campaign = examples().join("campaigns/campaign-4711.json");
+    // Refused before any connection is tried (the address is never used).
+    let out = rtcrm(&["campaign", "put", s(&campaign), "--wasm", s(&module), "--bootstrap-servers", "127.0.0.1:1"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("this is a JavaScript campaign module (the output of `rtcrm filter compile`)"), "{err}");
+    assert!(err.contains("--js FILTER.js"), "{err}");
+    assert!(!err.contains("is not allowed"), "{err}");
+}
+
+#[test]
+fn a_non_json_event_is_reported_once() {
+    let event = tmp("not-json.json", "{not json");
+    let out = rtcrm(&["filter", "eval", "--filter", s(&examples().join("filters/fight-loss.js")), "--event", s(&event)]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let cause = err.split(" is not an event: ").nth(1).unwrap_or_else(|| panic!("{err}"));
+    let first = cause.split(':').next().unwrap();
+    assert_eq!(err.matches(first).count(), 1, "the cause is printed more than once: {err}");
+}
+
+#[test]
+fn logs_are_flat_json_or_plain_text_without_colours_off_a_terminal() {
+    // Both fail fast (nothing listens on port 1) and log a warning on the way.
+    let run = |format: &str| {
+        Command::new(env!("CARGO_BIN_EXE_rtcrm"))
+            .args(["--log-format", format, "campaign", "list", "--bootstrap-servers", "127.0.0.1:1"])
+            .env_remove("NO_COLOR")
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("rtcrm runs")
+    };
+    let (json, plain) = (run("json"), run("text"));
+    let json = text(&json.wait_with_output().unwrap().stderr);
+    let plain = text(&plain.wait_with_output().unwrap().stderr);
+    let records: Vec<serde_json::Value> = json
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(!records.is_empty(), "no JSON log line: {json}");
+    for r in &records {
+        assert!(r["message"].is_string() && r.get("fields").is_none(), "not flat: {r}");
+        assert!(r["level"].is_string() && r["timestamp"].is_string() && r["target"].is_string(), "{r}");
+    }
+    assert!(records.iter().any(|r| r["message"] == "Kafka client error" && r["client"].is_string()), "{json}");
+    assert!(plain.contains("WARN") && plain.contains("Kafka client error"), "{plain}");
+    assert!(!plain.contains('\u{1b}') && !json.contains('\u{1b}'), "ANSI escape codes in a piped log: {plain:?}");
+}

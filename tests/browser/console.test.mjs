@@ -242,3 +242,127 @@ test('the console: campaign, event, live trigger, table, inline compile errors',
     assert.ok(code === 0 || signal === 'SIGTERM', `rtcrm dev exited with ${code ?? signal}:\n${rtcrm.log()}`);
   }
 });
+
+// Issue 10: a WebAssembly campaign is shown as such (a "wasm" tag, "view" instead of "edit", a note
+// instead of an empty JavaScript editor in red); the feed shows the latest triggers when the page
+// opens (without toasts); and a toast covers nothing (it lives in the top bar's slot).
+
+/** A minimal filter module (filter-sdk/ABI.md): memory, rtcrm_alloc → 1024, rtcrm_filter → 1. */
+function matchEverythingModule() {
+  const name = (s) => [s.length, ...Buffer.from(s)];
+  const section = (id, bytes) => [id, bytes.length, ...bytes];
+  return Buffer.from([
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
+    ...section(1, [2, 0x60, 1, 0x7f, 1, 0x7f, 0x60, 2, 0x7f, 0x7f, 1, 0x7f]),
+    ...section(3, [2, 0, 1]),
+    ...section(5, [1, 0, 1]),
+    ...section(7, [3, ...name('memory'), 2, 0, ...name('rtcrm_alloc'), 0, 0, ...name('rtcrm_filter'), 0, 1]),
+    ...section(10, [2, 5, 0, 0x41, 0x80, 0x08, 0x0b, 4, 0, 0x41, 0x01, 0x0b]),
+  ]);
+}
+
+async function post(base, path, body) {
+  const r = await fetch(`${base}${path}`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body });
+  return { status: r.status, body: await r.text() };
+}
+
+/** Whether two boxes overlap. */
+const overlaps = (a, b) => a && b && a.x < b.x + b.width && b.x < a.x + a.width && a.y < b.y + b.height && b.y < a.y + a.height;
+
+test('the console: Wasm campaigns as such, the latest triggers on open, toasts that cover nothing', { timeout: 240_000 }, async (t) => {
+  assert.ok(fs.existsSync(binary), `${binary} is missing: build it with cargo build --release -p rtcrm`);
+  assert.ok(fs.existsSync(chromiumPath), `${chromiumPath} is missing: install Debian's chromium (bash scripts/setup.sh)`);
+  const rtcrm = await startRtcrm();
+  const browser = await chromium.launch({ executablePath: chromiumPath, headless: true, args: chromiumArgs });
+  const consoleErrors = [];
+  try {
+    // Before the page opens: a Wasm campaign, and a trigger of campaign 4711 (rtcrm dev loads it).
+    const examples = await (await fetch(`${rtcrm.base}/api/examples`)).json();
+    const wasm = { campaign_id: 4790, enabled: true, game: 'foe', event_name: 'fight', filter_wasm: matchEverythingModule().toString('base64') };
+    const put = await post(rtcrm.base, '/api/campaigns', JSON.stringify(wasm));
+    assert.equal(put.status, 202, put.body);
+    const sent = await post(rtcrm.base, '/api/events', JSON.stringify({ ...examples.event, event_id: 'before-the-page-opened' }));
+    assert.equal(sent.status, 202, sent.body);
+    for (let i = 0; ; i++) {
+      const r = await (await fetch(`${rtcrm.base}/api/campaigns/4711`)).json();
+      if (r.counters.matches >= 1) break;
+      assert.ok(i < 150, 'campaign 4711 did not match the event sent before the page opened');
+      await sleep(200);
+    }
+
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const page = await context.newPage();
+    page.setDefaultTimeout(20_000);
+    page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(`console: ${m.text()}`); });
+    page.on('pageerror', (e) => consoleErrors.push(`page error: ${e.message}`));
+    const row = (id) => page.locator(`#campaigns tbody tr[data-id="${id}"]`);
+
+    await t.test('the feed shows the triggers from before the page opened, without a toast', async () => {
+      await page.goto(`${rtcrm.base}/`);
+      await page.locator('#feed-status', { hasText: 'feed: live' }).waitFor();
+      const recent = page.locator('#feed li.recent[data-campaign="4711"]');
+      await recent.first().waitFor();
+      assert.match(await recent.first().innerText(), /campaign 4711 → player 12345/);
+      assert.equal(await page.locator('#feed-empty').isHidden(), true);
+      assert.equal(await page.locator('.toast').count(), 0, 'no toast for a replayed trigger');
+    });
+
+    await t.test('a Wasm campaign is shown as such, not in the JavaScript editor', async () => {
+      await row(4790).locator('.state-active').waitFor();
+      await row(4790).locator('.tag-wasm', { hasText: 'wasm' }).waitFor();
+      assert.equal(await row(4790).getByRole('button', { name: 'edit' }).count(), 0, 'no "edit" for a Wasm campaign');
+      await row(4790).getByRole('button', { name: 'view' }).click();
+      const note = page.locator('#wasm-note');
+      await note.filter({ hasText: 'WebAssembly filter' }).waitFor();
+      assert.match(await note.innerText(), /sha256 [0-9a-f]{64}/);
+      assert.match(await note.innerText(), /rtcrm campaign put CAMPAIGN\.json --wasm FILTER\.wasm/);
+      assert.equal(await page.locator('#filter-editor').isHidden(), true, 'the JavaScript editor is hidden');
+      assert.equal(await page.locator('#filter-editor.invalid').count(), 0, 'nothing in red');
+      assert.equal(await page.locator('#compile-status').innerText(), '');
+      assert.equal(await page.locator('#campaign-send').isDisabled(), true, 'a digest cannot be sent');
+      assert.match(await page.locator('#campaign-send').getAttribute('title'), /rtcrm campaign put/);
+      assert.match(await page.locator('#campaign-json').inputValue(), /"filter_wasm_sha256"/);
+      await page.screenshot({ path: path.join(docs, 'console-wasm-campaign.png') });
+      // Back to a JavaScript campaign: the editor returns and compiles.
+      await page.locator('#campaign-example').click();
+      await page.locator('#compile-status', { hasText: 'the filter compiles' }).waitFor();
+      assert.equal(await page.locator('#filter-editor').isVisible(), true);
+      assert.equal(await page.locator('#wasm-note').isHidden(), true);
+    });
+
+    for (const [width, height] of [[1280, 800], [400, 860]]) {
+      await t.test(`a toast covers nothing (${width} px)`, async () => {
+        await page.setViewportSize({ width, height });
+        await page.locator('#event-example').click();
+        await page.locator('#event-send:enabled').click();
+        // Campaigns 4711 and 4790 both trigger: the newest toast replaces the one before.
+        const toast = page.locator('.toast', { hasText: /^campaign (4711|4790) triggered for player 12345/ });
+        await toast.waitFor();
+        const box = await toast.boundingBox();
+        for (const id of ['#campaign-panel', '#event-panel', '#feed-panel', '#campaigns-panel', '#ready', '#feed-status']) {
+          const other = await page.locator(id).boundingBox();
+          assert.ok(!overlaps(box, other), `the toast ${JSON.stringify(box)} covers ${id} ${JSON.stringify(other)}`);
+        }
+        // Every action button of the table is what a click at its centre reaches.
+        const hits = await page.evaluate(() => [...document.querySelectorAll('#campaigns td.actions button')].map((b) => {
+          const r = b.getBoundingClientRect();
+          b.scrollIntoView({ block: 'center' });
+          const s = b.getBoundingClientRect();
+          return document.elementFromPoint(s.x + s.width / 2, s.y + s.height / 2) === b || r.width === 0;
+        }));
+        assert.ok(hits.length > 0 && hits.every(Boolean), `a table action is covered: ${JSON.stringify(hits)}`);
+        await page.evaluate(() => window.scrollTo(0, 0));
+        await toast.waitFor({ state: 'detached', timeout: 15_000 });
+      });
+    }
+
+    await t.test('no console error in the browser', () => {
+      assert.deepEqual(consoleErrors, []);
+    });
+    await context.close();
+  } finally {
+    await browser.close();
+    const { code, signal } = await rtcrm.stop();
+    assert.ok(code === 0 || signal === 'SIGTERM', `rtcrm dev exited with ${code ?? signal}:\n${rtcrm.log()}`);
+  }
+});

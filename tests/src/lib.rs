@@ -129,9 +129,16 @@ fn start_broker() -> String {
             return b.trim().to_string();
         }
     }
-    let script = workspace_dir().join("scripts/kafka/broker.sh");
     let dir = target_dir().join(format!("kafka-it-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create the broker directory");
+    let stdout = start_broker_in(&dir, &[]);
+    stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
+}
+
+/// Starts a broker with `broker.sh start DIR EXTRA...` and a detached watchdog that stops it once
+/// this process has exited; returns the script's stdout (its last line is the address).
+fn start_broker_in(dir: &Path, extra: &[&str]) -> String {
+    let script = workspace_dir().join("scripts/kafka/broker.sh");
+    std::fs::create_dir_all(dir).expect("create the broker directory");
     // The watchdog first, so that the broker is stopped even if we die while it starts.
     let pid = std::process::id();
     let watchdog = format!(
@@ -153,7 +160,8 @@ fn start_broker() -> String {
     let out = Command::new("bash")
         .arg(&script)
         .arg("start")
-        .arg(&dir)
+        .arg(dir)
+        .args(extra)
         .stdin(Stdio::null())
         .output()
         .expect("run scripts/kafka/broker.sh");
@@ -162,16 +170,100 @@ fn start_broker() -> String {
     let addr = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
     if !out.status.success() || addr.is_empty() {
         panic!(
-            "could not start the Kafka test broker with `bash {} start {}` ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            "could not start the Kafka test broker with `bash {} start {} {}` ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
             script.display(),
             dir.display(),
+            extra.join(" "),
             out.status,
             stdout,
             stderr
         );
     }
     eprintln!("[harness] Kafka broker {addr} started in {:.1?} (state in {})", t0.elapsed(), dir.display());
-    addr
+    stdout
+}
+
+/// A second broker, for the security tests: a SASL_SSL listener (TLS with a certificate of a
+/// test CA made here with `openssl`, SCRAM-SHA-256/512 users) next to its PLAINTEXT one.
+/// Started once per test process, stopped by a watchdog when the process exits.
+pub struct SecureBroker {
+    /// The PLAINTEXT listener (for the test's own readers and writers).
+    pub plaintext: String,
+    /// The SASL_SSL listener.
+    pub sasl_ssl: String,
+    /// The test CA's certificate (PEM): what `ssl.ca.location` must name.
+    pub ca: PathBuf,
+    /// A SCRAM user and its password.
+    pub user: String,
+    pub password: String,
+}
+
+static SECURE_BROKER: OnceLock<SecureBroker> = OnceLock::new();
+
+/// The process's [`SecureBroker`], started on first use.
+pub fn secure_broker() -> &'static SecureBroker {
+    SECURE_BROKER.get_or_init(|| {
+        let dir = target_dir().join(format!("kafka-sasl-it-{}", std::process::id()));
+        let tls = dir.join("tls");
+        let ca = make_test_ca(&tls);
+        let (user, password) = ("rtcrm-it".to_string(), format!("pw-{}", unique_suffix()));
+        let server_pem = tls.join("server.pem");
+        let scram = format!("{user}:{password}");
+        let stdout = start_broker_in(&dir, &["--sasl-ssl", server_pem.to_str().unwrap(), "--scram-user", &scram]);
+        let plaintext = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+        let sasl_ssl = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("sasl_ssl "))
+            .unwrap_or_else(|| panic!("broker.sh printed no `sasl_ssl ADDRESS` line:\n{stdout}"))
+            .trim()
+            .to_string();
+        SecureBroker { plaintext, sasl_ssl, ca, user, password }
+    })
+}
+
+impl SecureBroker {
+    /// The librdkafka properties of a client of the SASL_SSL listener, with `password`.
+    pub fn properties(&self, password: &str) -> Vec<(String, String)> {
+        [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", self.user.as_str()),
+            ("sasl.password", password),
+            ("ssl.ca.location", self.ca.to_str().unwrap()),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// `--kafka-property KEY=VALUE` flags for [`SecureBroker::properties`].
+    pub fn flags(&self, password: &str) -> Vec<String> {
+        self.properties(password).into_iter().flat_map(|(k, v)| ["--kafka-property".to_string(), format!("{k}={v}")]).collect()
+    }
+}
+
+/// Makes a throw-away CA and a server certificate for 127.0.0.1 and localhost signed by it, with
+/// `openssl`, in `dir`: `ca.pem` (returned) and `server.pem` (PKCS#8 key, then the certificate).
+pub fn make_test_ca(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("create the TLS directory");
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap_or_else(|e| {
+            panic!("running openssl failed ({e}): the TLS tests need it (apt-get install openssl; scripts/setup.sh installs it)")
+        });
+        assert!(out.status.success(), "openssl {} failed:\n{}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=rtcrm test CA"]);
+    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
+    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    run(&[
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2",
+        "-extfile", "san.cnf",
+    ]);
+    let key = std::fs::read_to_string(dir.join("server.key")).unwrap();
+    assert!(key.contains("BEGIN PRIVATE KEY"), "openssl wrote no PKCS#8 key: {}", key.lines().next().unwrap_or(""));
+    let cert = std::fs::read_to_string(dir.join("server.crt")).unwrap();
+    std::fs::write(dir.join("server.pem"), format!("{key}{cert}")).unwrap();
+    dir.join("ca.pem")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -189,9 +281,28 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     http_request(addr, "GET", path, None)
 }
 
+/// A minimal HTTP/1.1 POST of a JSON body: returns (status code, body).
+pub fn http_post(addr: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "POST", path, Some(body))
+}
+
 /// A minimal HTTP/1.1 request (`method` with an optional JSON body): returns (status code, body).
 /// Waits up to 60 s for the answer.
 pub fn http_request(addr: &str, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
+    let json = [("Content-Type", "application/json")];
+    let headers: &[(&str, &str)] = if body.is_some() { &json } else { &[] };
+    let (code, _, body) = http_exchange(addr, method, path, headers, body)?;
+    Ok((code, body))
+}
+
+/// [`http_request`] with extra headers, returning the response's header block too.
+pub fn http_exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<(u16, String, String)> {
     let sa = addr
         .to_socket_addrs()?
         .next()
@@ -199,13 +310,20 @@ pub fn http_request(addr: &str, method: &str, path: &str, body: Option<&str>) ->
     let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let req = match body {
-        None => format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n"),
-        Some(b) => format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
-            b.len()
-        ),
-    };
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("accept")) {
+        req.push_str("Accept: */*\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
+    req.push_str("\r\n");
+    if let Some(b) = body {
+        req.push_str(b);
+    }
     let wrote = s.write_all(req.as_bytes());
     let mut raw = Vec::new();
     let read = s.read_to_end(&mut raw);
@@ -232,7 +350,7 @@ pub fn http_request(addr: &str, method: &str, path: &str, body: Option<&str>) ->
     if chunked {
         body = dechunk(&body);
     }
-    Ok((code, String::from_utf8_lossy(&body).to_string()))
+    Ok((code, head, String::from_utf8_lossy(&body).to_string()))
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
@@ -614,6 +732,7 @@ pub struct Topics {
     pub triggers: String,
     pub status: String,
     pub dlq: String,
+    pub logs: String,
     pub group: String,
     /// The control topic rtcrm derives from the triggers topic (`<triggers>-control`).
     pub control: String,
@@ -633,6 +752,7 @@ impl Topics {
             triggers: format!("{prefix}-triggers-{s}"),
             status: format!("{prefix}-status-{s}"),
             dlq: format!("{prefix}-dlq-{s}"),
+            logs: format!("{prefix}-logs-{s}"),
             group: format!("{prefix}-group-{s}"),
             control: format!("{prefix}-triggers-{s}-control"),
             changelog: format!("{prefix}-group-{s}-rtcrm-state-changelog"),
@@ -642,7 +762,7 @@ impl Topics {
     }
 
     /// `--group-id --event-topic --campaign-topic --trigger-topic --status-topic --dlq-topic
-    /// --state-dir`.
+    /// --filter-log-topic --state-dir`.
     pub fn args(&self) -> Vec<String> {
         [
             ("--group-id", &self.group),
@@ -651,6 +771,7 @@ impl Topics {
             ("--trigger-topic", &self.triggers),
             ("--status-topic", &self.status),
             ("--dlq-topic", &self.dlq),
+            ("--filter-log-topic", &self.logs),
             ("--state-dir", &self.state_dir.to_string_lossy().into_owned()),
         ]
         .iter()

@@ -13,10 +13,18 @@ pub fn run(cmd: FilterCommand) -> Result<()> {
     match cmd {
         FilterCommand::Check { file } => {
             let sandbox = new_sandbox()?;
-            compile_file(&sandbox, &file)?;
-            println!("ok");
+            if is_module(&file)? {
+                let summary = check_module(&sandbox, &file)?;
+                println!("ok: {summary}");
+            } else {
+                compile_file(&sandbox, &file)?;
+                println!("ok");
+            }
             Ok(())
         }
+        FilterCommand::New { name, lang, dir } => crate::cli::project::new(&name, lang, dir.as_deref()),
+        FilterCommand::Build { dir } => crate::cli::project::build(&dir).map(drop),
+        FilterCommand::Test { dir } => crate::cli::project::test(&dir),
         FilterCommand::Compile { file, output } => {
             let sandbox = new_sandbox()?;
             let compiled = compile_file(&sandbox, &file)?;
@@ -54,10 +62,41 @@ fn rejected(file: &Path, err: &CompileError) -> Exit {
     Exit { code: 2, message }
 }
 
-/// A `.wasm` file is a JavaScript campaign module or a module of the filter ABI; anything
-/// else is JavaScript source.
-fn load_filter(sandbox: &Sandbox, file: &Path) -> Result<CompiledFilter> {
+/// Whether `file` is a WebAssembly module: named `.wasm`, or starting with the module magic.
+fn is_module(file: &Path) -> Result<bool> {
     if file.extension().and_then(|e| e.to_str()) == Some("wasm") {
+        return Ok(true);
+    }
+    let mut magic = [0u8; 4];
+    let mut f = std::fs::File::open(file).with_context(|| format!("reading {}", file.display()))?;
+    Ok(std::io::Read::read(&mut f, &mut magic).unwrap_or(0) == 4 && magic == *b"\0asm")
+}
+
+/// Validates a module as the processor does at submission; returns what it is.
+fn check_module(sandbox: &Sandbox, file: &Path) -> Result<String> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let js = crate::cli::campaign::is_js_campaign_module(&bytes);
+    load_filter(sandbox, file)?;
+    let size = bytes.len();
+    Ok(if js {
+        format!(
+            "a JavaScript campaign module ({size} bytes, rtcrm filter compile output): filter eval runs it; a campaign \
+             carries the JavaScript source instead (rtcrm campaign put CAMPAIGN.json --js SOURCE.js)"
+        )
+    } else {
+        format!(
+            "a filter module of ABI version {} ({size} bytes): imports, exports and version as filter-sdk/ABI.md asks, \
+             instantiated once; submit it with rtcrm campaign put CAMPAIGN.json --wasm {}",
+            rtcrm_sandbox::SUPPORTED_ABI_VERSION,
+            file.display()
+        )
+    })
+}
+
+/// A `.wasm` file (or a file starting with the module magic) is a JavaScript campaign module or
+/// a module of the filter ABI; anything else is JavaScript source.
+pub fn load_filter(sandbox: &Sandbox, file: &Path) -> Result<CompiledFilter> {
+    if is_module(file)? {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
         return sandbox.load_module(&bytes).map_err(|e| match e {
             ModuleLoadError::Compile(c) => rejected(file, &c).into(),
@@ -78,7 +117,8 @@ fn eval(args: EvalArgs) -> Result<()> {
 
     if let Some(path) = args.event {
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let event = Event::parse(bytes).with_context(|| format!("{} is not an event", path.display()))?;
+        // The parser's message already names the cause; it is not chained again.
+        let event = Event::parse(bytes).map_err(|e| Exit { code: 2, message: format!("{} is not an event: {e}", path.display()) })?;
         return match filter.eval(&event) {
             Ok(v) => {
                 println!("{}", v.matched);

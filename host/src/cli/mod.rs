@@ -6,6 +6,7 @@ pub mod backtest;
 pub mod campaign;
 pub mod dev;
 pub mod filter;
+pub mod project;
 use std::path::PathBuf;
 
 /// rtcrm evaluates tracking events against runtime-updatable campaigns and emits a trigger for
@@ -49,11 +50,38 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum FilterCommand {
-    /// Compile a JavaScript filter without running it: prints `ok` (exit 0), or
-    /// `FILE:LINE:COLUMN: message` on stderr (exit 2).
+    /// Check a filter without running it: JavaScript is compiled (`ok`, or `FILE:LINE:COLUMN:
+    /// message` on stderr, exit 2); a `.wasm` module is validated as the processor does at
+    /// submission (filter-sdk/ABI.md: imports, exports, ABI version; `_initialize` runs once).
     Check {
-        /// The filter's JavaScript source.
+        /// The filter: JavaScript source, or a compiled module (`.wasm`).
         file: PathBuf,
+    },
+    /// Write a new filter project: the filter, a native unit test, a case table (cases.jsonl), a
+    /// campaign (campaign.json), and the SDK's sources, so it builds outside this repository.
+    New {
+        /// The filter's name (lowercase letters, digits, '-'), e.g. fight-loss.
+        name: String,
+        /// Its language.
+        #[arg(long, value_enum)]
+        lang: crate::cli::project::Lang,
+        /// Where to write it [default: ./NAME].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build the filter project in DIR with its language's toolchain: writes NAME.wasm (for
+    /// JavaScript: checks that the filter compiles).
+    Build {
+        /// The project (made by `rtcrm filter new`).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run the project's case table (cases.jsonl) through the sandbox, with the processor's
+    /// limits; prints one line per case and `N passed, N failed` (exit 1 on a failure).
+    Test {
+        /// The project (made by `rtcrm filter new`), built.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
     },
     /// Compile a JavaScript filter to its campaign module (a few hundred bytes of WebAssembly).
     Compile {

@@ -176,6 +176,7 @@ fn failed(processor: &Arc<Processor>, campaign: &LiveCampaign, err: &EvalError, 
             error = %err,
             "evaluation failed (further failures of this campaign are not logged for 10 s)"
         );
+        processor.filter_log.error(&campaign.telemetry.label.campaign, kind.as_str(), &err.to_string(), job.partition, job.offset);
     }
     let threshold = processor.settings.quarantine_after;
     if campaign.failed(threshold) {

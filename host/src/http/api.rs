@@ -8,7 +8,7 @@
 //! | `POST /api/campaigns`, body: the campaign JSON | validated and compiled, then produced to the campaigns topic keyed by its id: 202 `{"ok": true, "campaign_id", ...}`; 400 with the reason |
 //! | `DELETE /api/campaigns/{id}` | a tombstone under the id: 202; 404 when the id is unknown or deleted |
 //! | `POST /api/events`, body: an event (a JSON object) | produced to the events topic keyed by its player id: 202 |
-//! | `GET /api/triggers/stream` | server-sent events: one `data:` line per trigger (its JSON) produced from now on |
+//! | `GET /api/triggers/stream` | server-sent events: the latest triggers first (`event: recent`), then one `data:` line per trigger (its JSON) produced from now on |
 //! | `GET /api/info`, `GET /api/examples` | versions, topics, whether a token is needed; the example campaign and event |
 //!
 //! A view: `{"campaign_id", "state", "error", "campaign": <the JSON in force, or null>, "counters":
@@ -32,7 +32,7 @@ use futures_util::{Stream, StreamExt};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use rtcrm_sandbox::CompileError;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -355,9 +355,11 @@ async fn info(State(http): State<Http>) -> Response {
             "version": env!("CARGO_PKG_VERSION"),
             "instance": s.instance_id,
             "bootstrap_servers": s.bootstrap_servers,
+            // Secrets (passwords, keys, JAAS and OAuth settings) as `***`.
+            "kafka_properties": s.kafka.redacted(),
             "topics": {
                 "events": s.event_topic, "campaigns": s.campaign_topic, "triggers": s.trigger_topic,
-                "status": s.status_topic, "dead_letters": s.dlq_topic,
+                "status": s.status_topic, "dead_letters": s.dlq_topic, "filter_logs": s.filter_log_topic,
             },
             "ready": ready_reason.is_none(),
             "ready_reason": ready_reason,
@@ -381,37 +383,62 @@ async fn examples() -> Response {
 // ---------------------------------------------------------------------------------------------
 // Triggers: server-sent events
 
+/// How many of the latest triggers a new stream gets first (as `event: recent`), so the console's
+/// feed shows the last triggers on open.
+pub const RECENT_TRIGGERS: usize = 20;
+
+/// A trigger on its way to the streams: replayed (`recent`, from before the stream's start) or
+/// live.
+#[derive(Clone)]
+struct Item {
+    recent: bool,
+    text: Arc<str>,
+}
+
 /// One consumer of the triggers topic shared by every open stream: started with the first
-/// stream, positioned at the end offsets ("from now"), stopped a few seconds after the last
-/// stream closes (so an idle console costs the cluster nothing).
+/// stream, positioned [`RECENT_TRIGGERS`] records before the end of each partition (those come
+/// as `recent`, the rest live), stopped a few seconds after the last stream closes (so an idle
+/// console costs the cluster nothing). The hub keeps the latest [`RECENT_TRIGGERS`] triggers, and
+/// a stream that opens later gets those first.
 #[derive(Default)]
 pub struct TriggerHub {
-    sender: Mutex<Option<broadcast::Sender<Arc<str>>>>,
+    sender: Mutex<Option<broadcast::Sender<Item>>>,
+    /// The latest triggers; pushed and broadcast under this lock, so a new subscriber's snapshot
+    /// and its receiver neither miss nor repeat one.
+    recent: std::sync::Mutex<std::collections::VecDeque<Arc<str>>>,
 }
 
 impl TriggerHub {
-    /// A receiver of every trigger produced from now on.
-    async fn subscribe(self: &Arc<Self>, processor: &Arc<Processor>, shutdown: watch::Receiver<bool>) -> Result<broadcast::Receiver<Arc<str>>> {
+    /// The latest triggers (oldest first) and a receiver of every trigger after them.
+    async fn subscribe(self: &Arc<Self>, processor: &Arc<Processor>, shutdown: watch::Receiver<bool>) -> Result<(Vec<Arc<str>>, broadcast::Receiver<Item>)> {
         let mut sender = self.sender.lock().await;
         if let Some(tx) = sender.as_ref() {
-            return Ok(tx.subscribe());
+            let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            return Ok((recent.iter().cloned().collect(), tx.subscribe()));
         }
-        let consumer = tail_consumer(processor).await?;
+        let (consumer, backlog_ends) = tail_consumer(processor).await?;
         let (tx, rx) = broadcast::channel(1024);
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).clear();
         *sender = Some(tx.clone());
-        tokio::spawn(self.clone().pump(consumer, tx, shutdown));
-        Ok(rx)
+        tokio::spawn(self.clone().pump(consumer, backlog_ends, tx, shutdown));
+        Ok((Vec::new(), rx))
     }
 
-    async fn pump(self: Arc<Self>, consumer: StreamConsumer, tx: broadcast::Sender<Arc<str>>, mut shutdown: watch::Receiver<bool>) {
+    async fn pump(self: Arc<Self>, consumer: StreamConsumer, backlog_ends: BTreeMap<i32, i64>, tx: broadcast::Sender<Item>, mut shutdown: watch::Receiver<bool>) {
         let mut idle = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 m = consumer.recv() => match m {
                     Ok(m) => {
-                        let text = String::from_utf8_lossy(m.payload().unwrap_or_default());
-                        let _ = tx.send(text.into());
+                        let text: Arc<str> = String::from_utf8_lossy(m.payload().unwrap_or_default()).into();
+                        let recent = backlog_ends.get(&m.partition()).is_some_and(|end| m.offset() < *end);
+                        let mut latest = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+                        latest.push_back(text.clone());
+                        while latest.len() > RECENT_TRIGGERS {
+                            latest.pop_front();
+                        }
+                        let _ = tx.send(Item { recent, text });
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "tailing the triggers topic");
@@ -432,14 +459,13 @@ impl TriggerHub {
     }
 }
 
-/// A consumer of every partition of the triggers topic, at its current end.
-async fn tail_consumer(processor: &Processor) -> Result<StreamConsumer> {
+/// A consumer of every partition of the triggers topic, [`RECENT_TRIGGERS`] records before its
+/// end; and each partition's end (records before it are `recent`).
+async fn tail_consumer(processor: &Processor) -> Result<(StreamConsumer, BTreeMap<i32, i64>)> {
     let settings = processor.settings.clone();
-    tokio::task::spawn_blocking(move || -> Result<StreamConsumer> {
+    tokio::task::spawn_blocking(move || -> Result<(StreamConsumer, BTreeMap<i32, i64>)> {
         let topic = settings.trigger_topic.as_str();
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &settings.bootstrap_servers)
-            .set("client.id", format!("rtcrm-{}-console", settings.instance_id))
+        let consumer: StreamConsumer = crate::kafka::client_config(&settings, "console")
             .set("group.id", format!("rtcrm-console-{}", settings.instance_id))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -447,32 +473,43 @@ async fn tail_consumer(processor: &Processor) -> Result<StreamConsumer> {
             .create()
             .context("creating the triggers consumer")?;
         let mut tpl = TopicPartitionList::new();
+        let mut ends = BTreeMap::new();
         for (partition, high) in crate::kafka::end_offsets(&consumer, topic)? {
-            tpl.add_partition_offset(topic, partition, Offset::Offset(high))?;
+            let (low, _) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).unwrap_or((0, high));
+            let from = (high - RECENT_TRIGGERS as i64).max(low).max(0);
+            tpl.add_partition_offset(topic, partition, Offset::Offset(from))?;
+            ends.insert(partition, high);
         }
         anyhow::ensure!(tpl.count() > 0, "the triggers topic `{topic}` has no partitions");
         consumer.assign(&tpl).with_context(|| format!("reading `{topic}`"))?;
-        Ok(consumer)
+        drop(tpl);
+        Ok((consumer, ends))
     })
     .await
     .context("the triggers consumer panicked")?
 }
 
+/// `GET /api/triggers/stream`: the latest triggers first (`event: recent`, oldest first), then
+/// every new one (`data:` lines of the default event type).
 async fn trigger_stream(State(http): State<Http>) -> Result<Response, ApiError> {
     let mut shutdown = http.shutdown.clone();
     if *shutdown.borrow_and_update() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
     }
-    let rx = http.hub.subscribe(&http.processor, shutdown.clone()).await.map_err(|e| {
+    let (recent, rx) = http.hub.subscribe(&http.processor, shutdown.clone()).await.map_err(|e| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("tailing the triggers topic: {e:#}"))
     })?;
     let topic = http.processor.settings.trigger_topic.clone();
-    let hello = futures_util::stream::once(async move { Ok::<_, Infallible>(SseEvent::default().comment(format!("tailing {topic} from now on"))) });
+    let hello = futures_util::stream::once(async move {
+        Ok::<_, Infallible>(SseEvent::default().comment(format!("tailing {topic}: the latest triggers (event: recent), then new ones")))
+    });
+    let replay = futures_util::stream::iter(recent.into_iter().map(|text| Ok(SseEvent::default().event("recent").data(&*text))));
     let triggers = futures_util::stream::unfold((rx, shutdown), |(mut rx, mut shutdown)| async move {
         tokio::select! {
             _ = shutdown.changed() => None,
             r = rx.recv() => match r {
-                Ok(text) => Some((Ok(SseEvent::default().data(&*text)), (rx, shutdown))),
+                Ok(Item { recent: true, text }) => Some((Ok(SseEvent::default().event("recent").data(&*text)), (rx, shutdown))),
+                Ok(Item { recent: false, text }) => Some((Ok(SseEvent::default().data(&*text)), (rx, shutdown))),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     Some((Ok(SseEvent::default().event("lagged").data(n.to_string())), (rx, shutdown)))
                 }
@@ -480,7 +517,7 @@ async fn trigger_stream(State(http): State<Http>) -> Result<Response, ApiError> 
             },
         }
     });
-    let mut response = Sse::new(hello.chain(triggers)).keep_alive(KeepAlive::default()).into_response();
+    let mut response = Sse::new(hello.chain(replay).chain(triggers)).keep_alive(KeepAlive::default()).into_response();
     // Proxies must not buffer the stream.
     response.headers_mut().insert("x-accel-buffering", header::HeaderValue::from_static("no"));
     Ok(response)

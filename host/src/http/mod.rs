@@ -95,11 +95,34 @@ async fn readyz(State(http): State<Http>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(http): State<Http>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        http.processor.metrics.encode(),
-    )
+/// `GET /metrics`, by content negotiation: OpenMetrics 1.0.0 when the `Accept` header prefers
+/// `application/openmetrics-text` (as Prometheus's scraper asks), else Prometheus text format
+/// 0.0.4 (`text/plain`: what curl, a browser and older scrapers get, and what
+/// `Accept: text/plain;version=0.0.4` asks for).
+async fn metrics(State(http): State<Http>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|h| h.to_str().ok()).unwrap_or("");
+    if prefers_openmetrics(accept) {
+        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], http.processor.metrics.encode())
+    } else {
+        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], http.processor.metrics.encode_prometheus_text())
+    }
+}
+
+/// Whether an `Accept` header ranks `application/openmetrics-text` above `text/plain` (q values;
+/// absent types rank 0, `*/*` ranks both alike, so it gets text/plain).
+fn prefers_openmetrics(accept: &str) -> bool {
+    let (mut om, mut text) = (0.0f32, 0.0f32);
+    for item in accept.split(',') {
+        let mut parts = item.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("").to_ascii_lowercase();
+        let q = parts.find_map(|p| p.strip_prefix("q=")).and_then(|q| q.parse::<f32>().ok()).unwrap_or(1.0);
+        match media.as_str() {
+            "application/openmetrics-text" => om = om.max(q),
+            "text/plain" => text = text.max(q),
+            _ => {}
+        }
+    }
+    om > text
 }
 
 /// An error answer: `{"error": message, ...extra fields}`.
@@ -239,6 +262,16 @@ async fn guard(State(http): State<Http>, request: Request<Body>, next: Next) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_negotiation() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert!(prefers_openmetrics(prometheus));
+        assert!(prefers_openmetrics("application/openmetrics-text"));
+        for text in ["text/plain;version=0.0.4", "", "*/*", "text/html,application/xhtml+xml,*/*;q=0.8", "text/plain;q=0.9,application/openmetrics-text;q=0.5"] {
+            assert!(!prefers_openmetrics(text), "{text}");
+        }
+    }
 
     #[test]
     fn host_names_and_loopback() {

@@ -228,11 +228,82 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
+    /// The metrics in OpenMetrics text format 1.0.0.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
     }
+
+    /// The metrics in Prometheus text exposition format 0.0.4 (`text/plain; version=0.0.4`).
+    pub fn encode_prometheus_text(&self) -> String {
+        openmetrics_to_prometheus_text(&self.encode())
+    }
+}
+
+/// Rewrites OpenMetrics text as Prometheus text format 0.0.4, which differs in what a family is
+/// called: an OpenMetrics counter family `x` has samples `x_total` (and `x_created`), while in
+/// 0.0.4 the `# TYPE` and `# HELP` lines name the samples themselves (`x_total`). Also: no
+/// `# UNIT` and no `# EOF` lines, no exemplars, `unknown` is `untyped`, and `info` and
+/// `stateset` families are gauges (an info family's samples are `x_info`).
+pub fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    // Families whose samples end in `_total` or `_info` in 0.0.4.
+    let mut types: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some((name, kind)) = rest.split_once(' ') {
+                types.insert(name, kind.trim());
+            }
+        }
+    }
+    let renamed = |name: &str| -> String {
+        match types.get(name).copied() {
+            Some("counter") => format!("{name}_total"),
+            Some("info") => format!("{name}_info"),
+            _ => name.to_owned(),
+        }
+    };
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let kind = match kind.trim() {
+                "counter" | "gauge" | "histogram" | "summary" => kind.trim(),
+                "info" | "stateset" => "gauge",
+                _ => "untyped",
+            };
+            out.push_str(&format!("# TYPE {} {kind}\n", renamed(name)));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push_str(&format!("# HELP {} {help}\n", renamed(name)));
+            continue;
+        }
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        // `x_created` of a counter family has no place in 0.0.4.
+        if let Some(family) = name.strip_suffix("_created") {
+            if types.get(family).is_some_and(|k| *k == "counter" || *k == "histogram" || *k == "summary") {
+                continue;
+            }
+        }
+        // Exemplars follow ` # ` after the value (past the labels, whose values may hold anything).
+        let labels_end = if line[name_end..].starts_with('{') { labels_end(line, name_end) } else { name_end };
+        let sample = match line[labels_end..].find(" # ") {
+            Some(i) => &line[..labels_end + i],
+            None => line,
+        };
+        out.push_str(sample);
+        out.push('\n');
+    }
+    out
 }
 
 /// One campaign's metric and counter handles, looked up once per version and shared by every
@@ -352,5 +423,40 @@ mod tests {
         assert!(text.contains("rtcrm_evaluation_duration_seconds_bucket{le=\"0.000002\"} 3"), "{text}");
         assert!(text.contains("rtcrm_evaluation_duration_seconds_bucket{le=\"+Inf\"} 4"), "{text}");
         assert_eq!(metrics.latency.count(), 4);
+    }
+}
+
+/// The index just past the `}` that closes the label set opening at `open` (quotes and escapes
+/// respected); the line's end when there is none.
+fn labels_end(line: &str, open: usize) -> usize {
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, c) in line[open..].char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '}' if !quoted => return open + i + 1,
+            _ => {}
+        }
+    }
+    line.len()
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_becomes_prometheus_text() {
+        let om = "# HELP a_events Events.\n# TYPE a_events counter\n# UNIT a_events events\na_events_total 3\na_events_created 1.7e9\n\
+                  # HELP b Lag.\n# TYPE b gauge\nb{p=\"0\"} 1\n# TYPE c histogram\nc_bucket{le=\"+Inf\"} 2 # {id=\"x\"} 1.0\nc_sum 1.0\nc_count 2\n\
+                  # TYPE d info\nd_info{v=\"1\"} 1\n# TYPE e unknown\ne 1\n# TYPE f gauge\nf{x=\"a # {b}\"} 2\n# EOF\n";
+        let text = openmetrics_to_prometheus_text(om);
+        assert_eq!(
+            text,
+            "# HELP a_events_total Events.\n# TYPE a_events_total counter\na_events_total 3\n\
+             # HELP b Lag.\n# TYPE b gauge\nb{p=\"0\"} 1\n# TYPE c histogram\nc_bucket{le=\"+Inf\"} 2\nc_sum 1.0\nc_count 2\n\
+             # TYPE d_info gauge\nd_info{v=\"1\"} 1\n# TYPE e untyped\ne 1\n# TYPE f gauge\nf{x=\"a # {b}\"} 2\n"
+        );
     }
 }

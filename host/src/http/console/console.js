@@ -104,10 +104,54 @@
 
   function updateCampaignSend() {
     updateEstimate();
+    if (wasmMode) {
+      // A Wasm campaign is sent as it is (the API validates the module); one shown from the
+      // table carries only its module's digest, so it cannot be sent from here.
+      ui.campaignSend.disabled = sendingCampaign || !campaignObject || wasmMode !== 'module';
+      ui.campaignSend.title = wasmMode === 'digest' ? WASM_RESUBMIT : '';
+      return;
+    }
     ui.campaignSend.disabled = sendingCampaign || !campaignObject || compileState !== 'ok';
     ui.campaignSend.title = !campaignObject ? 'the campaign JSON does not parse'
       : compileState === 'error' ? 'the filter does not compile'
         : compileState === 'pending' ? 'compiling the filter…' : '';
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // WebAssembly campaigns (filter_wasm): shown as such, never in the JavaScript editor
+
+  const WASM_RESUBMIT = 'the module itself is not in the console: change and resubmit it with rtcrm campaign put CAMPAIGN.json --wasm FILTER.wasm';
+  let wasmMode = null;         // null (a JavaScript campaign) | 'module' (filter_wasm) | 'digest' (filter_wasm_sha256 only)
+  const wasmNote = el('div', { id: 'wasm-note', class: 'wasm-note', role: 'status', hidden: '' });
+  ui.filterEditor.after(wasmNote);
+
+  /** The campaign's Wasm kind: 'module', 'digest' or null (JavaScript). */
+  function wasmKind(campaign) {
+    if (typeof campaign.filter_wasm === 'string') return 'module';
+    if (typeof campaign.filter_wasm_sha256 === 'string') return 'digest';
+    return null;
+  }
+
+  /** Shows (or hides) the Wasm note in place of the JavaScript editor. */
+  function setWasmMode(campaign) {
+    wasmMode = campaign ? wasmKind(campaign) : null;
+    const filterLabel = document.querySelector('label[for="filter"]');
+    ui.filterEditor.hidden = wasmMode !== null;
+    if (filterLabel) filterLabel.hidden = wasmMode !== null;
+    wasmNote.hidden = wasmMode === null;
+    if (wasmMode === null) return;
+    clearTimeout(compileTimer);
+    compileSeq++;
+    // Nothing to compile here; a module can be estimated and sent as it is.
+    compileState = wasmMode === 'module' ? 'ok' : 'none';
+    compileError = null;
+    const digest = campaign.filter_wasm_sha256;
+    const size = wasmMode === 'module' ? Math.floor(campaign.filter_wasm.length * 3 / 4) : null;
+    wasmNote.replaceChildren(
+      el('strong', { text: 'WebAssembly filter' }),
+      el('span', { text: wasmMode === 'module' ? ` · a module of about ${size.toLocaleString()} bytes, checked by rtcrm when sent` : ` · sha256 ${digest}` }),
+      el('div', { class: 'note', text: wasmMode === 'module' ? 'The console edits JavaScript filters only; the module is sent as it is.' : WASM_RESUBMIT }));
+    setResult(ui.compileStatus, '', '');
   }
 
   function onCampaignJsonInput() {
@@ -125,6 +169,8 @@
       campaignObject = value;
       ui.campaignJson.removeAttribute('aria-invalid');
       setResult(ui.campaignJsonStatus, '', '');
+      setWasmMode(wasmKind(value) ? value : null);
+      if (wasmMode) { updateCampaignSend(); return; }
       const source = typeof value.filter === 'string' ? value.filter : '';
       if (source !== ui.filter.value) {
         ui.filter.value = source;
@@ -332,16 +378,26 @@
   const clock = (d) => d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
   const show = (v) => (v === undefined || v === null || v === '') ? '–' : String(v);
 
+  /** A toast in the top bar's slot (it covers nothing): the newest replaces the one before. */
   function toast(text) {
-    const node = el('div', { class: 'toast', role: 'status', text });
-    ui.toasts.append(node);
-    while (ui.toasts.children.length > 4) ui.toasts.firstElementChild.remove();
+    const node = el('div', { class: 'toast', role: 'status', text, title: text });
+    ui.toasts.replaceChildren(node);
     setTimeout(() => { node.classList.add('bye'); setTimeout(() => node.remove(), 450); }, 6000);
   }
 
-  function onTrigger(message) {
+  const shownTriggers = new Set();   // trigger_id + triggered_at of the items in the feed
+
+  /** A trigger the stream replays from before it opened (`event: recent`): in the feed, no toast. */
+  function onRecentTrigger(message) { addTrigger(message, false); }
+
+  function onTrigger(message) { addTrigger(message, true); }
+
+  function addTrigger(message, live) {
     let trigger;
     try { trigger = JSON.parse(message.data); } catch (_) { return; }
+    const key = `${trigger.trigger_id}|${trigger.triggered_at}`;
+    if (shownTriggers.has(key)) return;
+    shownTriggers.add(key);
     const c = trigger.campaign || {};
     const e = trigger.event || {};
     const at = trigger.triggered_at ? new Date(trigger.triggered_at) : new Date();
@@ -354,18 +410,21 @@
     ui.feed.prepend(item);
     while (ui.feed.children.length > FEED_MAX) ui.feed.lastElementChild.remove();
     ui.feedEmpty.hidden = true;
-    toast(`campaign ${show(c.campaign_id)} triggered for player ${show(e.player_id)} in game ${show(e.game)}, market ${show(e.market)}`);
+    if (!live) item.classList.add('recent');
+    if (live) toast(`campaign ${show(c.campaign_id)} triggered for player ${show(e.player_id)} in game ${show(e.game)}, market ${show(e.market)}`);
   }
 
   function connectFeed() {
     const source = new EventSource('/api/triggers/stream');
     source.addEventListener('open', () => { ui.feedStatus.textContent = 'feed: live'; ui.feedStatus.className = 'pill ok'; });
     source.addEventListener('message', onTrigger);
+    source.addEventListener('recent', onRecentTrigger);
     source.addEventListener('lagged', (m) => toast(`the feed skipped ${m.data} triggers (too many to show)`));
     source.addEventListener('error', () => { ui.feedStatus.textContent = 'feed: reconnecting…'; ui.feedStatus.className = 'pill bad'; });
   }
 
   ui.feedClear.addEventListener('click', () => { ui.feed.replaceChildren(); ui.feedEmpty.hidden = false; });
+  // A cleared feed stays cleared on reconnect: the replayed triggers are known.
 
   // ------------------------------------------------------------------------------------------
   // Campaigns table, refreshed every 1.5 s
@@ -406,7 +465,8 @@
       const errorsByKind = Object.entries(n.errors).filter(([, v]) => v > 0).map(([k, v]) => `${k}: ${v}`).join(', ');
       const actions = el('td', { class: 'actions' });
       if (c.campaign) {
-        const edit = el('button', { type: 'button', class: 'link', text: 'edit', title: 'load into the campaign editor' });
+        const wasm = wasmKind(c.campaign) !== null;
+        const edit = el('button', { type: 'button', class: 'link', text: wasm ? 'view' : 'edit', title: wasm ? 'show in the campaign panel (a WebAssembly filter: not editable here)' : 'load into the campaign editor' });
         edit.addEventListener('click', () => {
           ui.campaignJson.value = JSON.stringify(c.campaign, null, 2);
           setResult(ui.campaignResult, '', '');
@@ -425,7 +485,8 @@
       return el('tr', { class: c.state, dataset: { id: String(c.campaign_id), state: c.state } },
         cell('id', 'id', String(c.campaign_id)),
         cell('', 'state', el('span', { class: `state state-${c.state}`, text: c.state })),
-        cell('', 'game · event', c.campaign ? `${def.game} · ${def.event_name}` : '–', def.enabled === false ? el('span', { class: 'tag', text: 'disabled' }) : null),
+        cell('', 'game · event', c.campaign ? `${def.game} · ${def.event_name}` : '–', def.enabled === false ? el('span', { class: 'tag', text: 'disabled' }) : null,
+          c.campaign && wasmKind(c.campaign) ? el('span', { class: 'tag tag-wasm', text: 'wasm', title: `WebAssembly filter, sha256 ${def.filter_wasm_sha256 || ''}` }) : null),
         cell('window', 'window', c.campaign ? windowText(def) : '–'),
         cell('num evaluations', 'evaluations', n.evaluations.toLocaleString()),
         cell('num matches', 'matches', n.matches.toLocaleString()),

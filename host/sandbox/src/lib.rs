@@ -47,6 +47,8 @@ mod error;
 mod event;
 mod limits;
 mod log;
+mod pool;
+mod residency;
 mod runtime;
 mod sandbox;
 mod text;
@@ -61,6 +63,8 @@ pub use limits::{
     MAX_ERROR_TEXT_BYTES, MAX_SUPPORTED_EVENT_DEPTH, TABLE_ELEMENT_BYTES,
 };
 pub use log::{LogCaps, LogSink, LogStream, MemorySink, TracingSink};
+pub use pool::{KEEP_RESIDENT_BYTES, RESERVED_INSTANCES, TABLE_KEEP_RESIDENT_BYTES};
+pub use residency::{Residency, JS_INSTANCE_RSS_BYTES, JS_INSTANCE_RSS_BYTES_WITH_FAULT_AROUND};
 pub use rtcrm_compiler::{CompileError, ModuleError, SourceForm, RUNTIME_NAMESPACE};
 pub use sandbox::{CompiledFilter, CompiledJs, Filter, JsFilter, ModuleLoadError, Sandbox, SandboxConfig, Verdict};
 pub use wasm_filter::{

@@ -3,9 +3,13 @@
 //! campaigns over 100 (game, event_name) pairs.
 //!
 //! ```text
-//! cargo bench -p rtcrm-sandbox --bench instances -- [N ...] [--rounds R]
+//! cargo bench -p rtcrm-sandbox --bench instances -- [N ...] [--rounds R] [--pool] [--fault-around]
 //! ```
-//! (default N = 1000 10000, R = 3). For each N, with N distinct campaigns `e => e.data.score > K`:
+//! (default N = 1000 10000, R = 3; each N runs in a process of its own). `--pool` gives the
+//! sandbox a budget of N + 16 filter instances (wasmtime's pooling allocator,
+//! `SandboxConfig::max_instances`); `--fault-around` leaves Linux's fault-around on
+//! (`SandboxConfig::touched_pages_only = false`). For each N, with N distinct campaigns
+//! `e => e.data.score > K`:
 //! - **build**: `Sandbox::filter` (instantiate the runtime, load the bytecode), each of the N;
 //! - **first eval**: the first evaluation of each instance, after all N were built;
 //! - **cycling eval**: R passes over the N instances in groups of 100 consecutive campaigns (one
@@ -16,7 +20,22 @@
 //! - **drop**: dropping each of the N;
 //! - **resident memory per live instance**: RSS (`/proc/self/status` VmRSS) and PSS
 //!   (`/proc/self/smaps_rollup` Pss) after all N were evaluated once, minus before they were
-//!   built, divided by N; and what is still resident after all were dropped.
+//!   built, divided by N; the memory mappings per instance (`/proc/self/maps`; Linux allows
+//!   65,530 by default); and what is still resident after all were dropped.
+//!
+//! ```text
+//! cargo bench -p rtcrm-sandbox --bench instances -- --host CAP[,CAP ...] [--campaigns N] [--pool] [--fault-around]
+//! ```
+//! runs the host's pool of idle instances in miniature instead (`host/src/campaigns/instances.rs`:
+//! at most one idle instance per campaign, a cap on instances alive, the idle instances of the
+//! least recently used campaigns dropped down to 90 % of the cap once it is reached; the host
+//! checks only after each shard of events and may overshoot the cap in between, this checks
+//! before every build, as a host with a budget in the sandbox must), with N campaigns (default
+//! 10,000) over N / 100 (game, event_name) pairs and events spread evenly over the pairs, so each
+//! event evaluates 100 campaigns: for each cap (in a process of its own; with `--pool` the
+//! sandbox's budget is the cap plus 16), the sandbox's CPU time per event and events per
+//! second of one thread (evaluation only: no Kafka, no parsing), instances built per event, and
+//! RSS at the end.
 //!
 //! Times are CPU time of the measuring thread (`CLOCK_THREAD_CPUTIME_ID`: user + system, so
 //! page faults count, descheduling does not); medians per operation. The load average is printed
@@ -119,7 +138,12 @@ struct Figures {
     file_kib: f64,
     shmem_kib: f64,
     left_kib: f64,
+    maps: f64,
     build_wall_s: f64,
+}
+
+fn mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps").map(|m| m.lines().count()).unwrap_or(0)
 }
 
 fn measure(sandbox: &Sandbox, compiled: &[CompiledFilter], n: usize, rounds: usize, event: &Event) -> Figures {
@@ -127,6 +151,7 @@ fn measure(sandbox: &Sandbox, compiled: &[CompiledFilter], n: usize, rounds: usi
     let name = |i: usize| format!("c{i}");
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let before = mem();
+    let maps_before = mappings();
 
     let wall = Instant::now();
     let mut build = Vec::with_capacity(n);
@@ -145,6 +170,7 @@ fn measure(sandbox: &Sandbox, compiled: &[CompiledFilter], n: usize, rounds: usi
         first.push(us(t));
     }
     let live = mem();
+    let maps = (mappings() - maps_before) as f64 / n as f64;
 
     let groups = n.div_ceil(GROUP);
     let mut cycling = Vec::with_capacity(groups * rounds);
@@ -196,42 +222,175 @@ fn measure(sandbox: &Sandbox, compiled: &[CompiledFilter], n: usize, rounds: usi
         file_kib: per(live.file, before.file),
         shmem_kib: per(live.shmem, before.shmem),
         left_kib: (after.rss - before.rss) / 1024.0,
+        maps,
         build_wall_s,
     }
 }
 
+/// The host's pool in miniature (see the module doc).
+struct HostPool {
+    idle: Vec<Option<Filter>>,
+    last_used: Vec<u64>,
+    live: usize,
+    cap: usize,
+    builds: u64,
+}
+
+impl HostPool {
+    fn enforce(&mut self) {
+        if self.live < self.cap {
+            return;
+        }
+        let target = self.cap - self.cap / 10;
+        let mut order: Vec<usize> = (0..self.idle.len()).filter(|&c| self.idle[c].is_some()).collect();
+        order.sort_unstable_by_key(|&c| self.last_used[c]);
+        for c in order {
+            if self.live <= target {
+                break;
+            }
+            self.idle[c] = None;
+            self.live -= 1;
+        }
+    }
+
+    fn event(&mut self, sandbox: &Sandbox, compiled: &[CompiledFilter], pair: usize, tick: u64, event: &Event) {
+        let campaigns = pair * GROUP..((pair + 1) * GROUP).min(compiled.len());
+        for (c, campaign) in campaigns.clone().zip(&compiled[campaigns]) {
+            self.last_used[c] = tick;
+            let mut f = match self.idle[c].take() {
+                Some(f) => f,
+                None => {
+                    self.enforce();
+                    self.builds += 1;
+                    self.live += 1;
+                    sandbox.filter(campaign, "c", sandbox.limits()).expect("the filter builds")
+                }
+            };
+            std::hint::black_box(f.eval(event).expect("evaluates"));
+            self.idle[c] = Some(f);
+        }
+    }
+}
+
+fn simulate_host(sandbox: &Sandbox, compiled: &[CompiledFilter], cap: usize, event: &Event) {
+    let n = compiled.len();
+    let pairs = n.div_ceil(GROUP);
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let before = mem();
+    let mut pool = HostPool { idle: (0..n).map(|_| None).collect(), last_used: vec![0; n], live: 0, cap, builds: 0 };
+    let mut tick = 0;
+    // Warm up: every pair once, then as many events again at random.
+    for pair in 0..pairs {
+        tick += 1;
+        pool.event(sandbox, compiled, pair, tick, event);
+    }
+    for _ in 0..pairs.max(250) {
+        tick += 1;
+        pool.event(sandbox, compiled, rng.below(pairs), tick, event);
+    }
+    // Measure: up to 2,000 events or 10 s of CPU time.
+    let (builds_before, load) = (pool.builds, loadavg());
+    let start = cpu_now();
+    let mut events = 0u64;
+    while events < 2000 && cpu_now() - start < Duration::from_secs(10) {
+        tick += 1;
+        events += 1;
+        pool.event(sandbox, compiled, rng.below(pairs), tick, event);
+    }
+    let per_event = (cpu_now() - start).as_secs_f64() / events as f64;
+    let after = mem();
+    println!(
+        "| {cap} | {n} | {:.0} µs | {:.0} | {:.1} | {} | {:.0} MiB | {:.0} MiB | {load} |",
+        per_event * 1e6,
+        1.0 / per_event,
+        (pool.builds - builds_before) as f64 / events as f64,
+        pool.live,
+        (after.rss - before.rss) / (1 << 20) as f64,
+        after.rss / (1 << 20) as f64,
+    );
+}
+
 fn main() {
     let mut sizes = Vec::new();
-    let mut rounds = 3;
+    let (mut rounds, mut pool, mut fault_around, mut child) = (3, false, false, false);
+    let (mut host_caps, mut campaigns): (Vec<usize>, usize) = (Vec::new(), 10_000);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--bench" => {}
             "--rounds" => rounds = args.next().and_then(|r| r.parse().ok()).expect("--rounds R"),
+            "--pool" => pool = true,
+            "--fault-around" => fault_around = true,
+            "--child" => child = true,
+            "--host" => {
+                host_caps = args
+                    .next()
+                    .map(|caps| caps.split(',').map(|c| c.parse().expect("--host CAP[,CAP ...]")).collect())
+                    .expect("--host CAP[,CAP ...]")
+            }
+            "--campaigns" => campaigns = args.next().and_then(|n| n.parse().ok()).expect("--campaigns N"),
             n => sizes.push(n.parse::<usize>().unwrap_or_else(|_| panic!("unknown argument {n:?}"))),
         }
+    }
+    let flags = |cmd: &mut std::process::Command| {
+        if pool {
+            cmd.arg("--pool");
+        }
+        if fault_around {
+            cmd.arg("--fault-around");
+        }
+    };
+    if !host_caps.is_empty() && !child {
+        println!("| cap | campaigns | CPU per event | events/s (one thread) | builds per event | instances alive | RSS of the instances | RSS | load avg |");
+        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+        for cap in host_caps {
+            let mut cmd = std::process::Command::new(std::env::current_exe().expect("own path"));
+            cmd.args(["--child", "--campaigns", &campaigns.to_string(), "--host", &cap.to_string()]);
+            flags(&mut cmd);
+            assert!(cmd.status().expect("runs itself").success(), "the run for cap {cap} failed");
+        }
+        return;
     }
     if sizes.is_empty() {
         sizes = vec![1000, 10_000];
     }
-    let max = sizes.iter().copied().max().unwrap();
-    let config = SandboxConfig::default();
+    if !child {
+        println!("| N | build | first eval | cycling eval | rebuild (miss) | drop | RSS / live instance | PSS | anon | file | shmem | maps / instance | left after drop | build wall | sandbox start | load avg |");
+        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+        // One process per N, so one run's memory and warm slots do not count in the next.
+        for n in sizes {
+            let mut cmd = std::process::Command::new(std::env::current_exe().expect("own path"));
+            cmd.args(["--child", "--rounds", &rounds.to_string(), &n.to_string()]);
+            flags(&mut cmd);
+            assert!(cmd.status().expect("runs itself").success(), "the run for N = {n} failed");
+        }
+        return;
+    }
+    let n = if host_caps.is_empty() { sizes[0] } else { campaigns };
+    let mut config = SandboxConfig { touched_pages_only: !fault_around, ..SandboxConfig::default() };
+    if pool {
+        config = config.with_max_instances(host_caps.first().copied().unwrap_or(n) + 16);
+    }
+    let started = Instant::now();
     let sandbox = Sandbox::new(config).expect("the sandbox starts");
+    let start_ms = started.elapsed().as_secs_f64() * 1e3;
+    eprintln!("N = {n}: {:?}, budget {:?}", sandbox.residency(), sandbox.max_instances());
     let event = sandbox.parse_event(EVENT.as_bytes().to_vec()).expect("the event parses");
 
     let started = Instant::now();
-    let compiled: Vec<CompiledFilter> = (0..max)
+    let compiled: Vec<CompiledFilter> = (0..n)
         .map(|k| CompiledFilter::Js(sandbox.compile_js(&format!("e => e.data.score > {}", k % 100)).expect("compiles")))
         .collect();
-    eprintln!("compiled {max} campaigns in {:.1} s (load {})", started.elapsed().as_secs_f64(), loadavg());
-
-    println!("| N | build | first eval | cycling eval | rebuild (miss) | drop | RSS / live instance | PSS | anon | file | shmem | left after drop | build wall | load avg |");
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
-    for &n in &sizes {
+    eprintln!("compiled {n} campaigns in {:.1} s (load {})", started.elapsed().as_secs_f64(), loadavg());
+    if let Some(&cap) = host_caps.first() {
+        simulate_host(&sandbox, &compiled, cap, &event);
+        return;
+    }
+    {
         let load = loadavg();
         let f = measure(&sandbox, &compiled, n, rounds, &event);
         println!(
-            "| {} | {:.1} µs | {:.1} µs | {:.2} µs | {:.1} µs | {:.1} µs | {:.0} KiB | {:.0} KiB | {:.0} KiB | {:.0} KiB | {:.0} KiB | {:.0} KiB | {:.2} s | {load} |",
+            "| {} | {:.1} µs | {:.1} µs | {:.2} µs | {:.1} µs | {:.1} µs | {:.0} KiB | {:.0} KiB | {:.0} KiB | {:.0} KiB | {:.0} KiB | {:.2} | {:.0} KiB | {:.2} s | {start_ms:.0} ms | {load} |",
             f.n,
             f.build_us,
             f.first_eval_us,
@@ -243,6 +402,7 @@ fn main() {
             f.anon_kib,
             f.file_kib,
             f.shmem_kib,
+            f.maps,
             f.left_kib,
             f.build_wall_s
         );

@@ -92,7 +92,7 @@ struct Args {
     #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
     events: u64,
     /// Runs of each throughput configuration (figures are their medians).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..), |n| n as usize))]
     runs: usize,
     /// Events of the 10,000-campaign run.
     #[arg(long, default_value_t = 20_000)]

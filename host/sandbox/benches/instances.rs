@@ -279,7 +279,7 @@ impl HostPool {
             std::hint::black_box(f.eval(event).expect("evaluates"));
             self.idle[c] = Some(f);
         }
-        if self.soft && tick % SHARD == 0 {
+        if self.soft && tick.is_multiple_of(SHARD) {
             self.enforce();
         }
     }

@@ -71,6 +71,22 @@ pub struct RunArgs {
     /// Dead-letter topic for malformed events [default: events-dlq].
     #[arg(long, env = "RTCRM_DLQ_TOPIC")]
     pub dlq_topic: Option<String>,
+    /// Control-group matches of campaigns with a holdout (spec §12) [default: the triggers topic
+    /// and `-control`: crm-triggers-control].
+    #[arg(long, env = "RTCRM_CONTROL_TOPIC")]
+    pub control_topic: Option<String>,
+    /// The per-player state changelog (compacted, internal) [default: rtcrm-state-changelog,
+    /// prefixed with `<group-id>-` when --group-id is set, so deployments never share one].
+    #[arg(long, env = "RTCRM_CHANGELOG_TOPIC")]
+    pub changelog_topic: Option<String>,
+    /// Events repartitioned by player id (internal) [default: rtcrm-events-by-player, prefixed
+    /// with `<group-id>-` when --group-id is set].
+    #[arg(long, env = "RTCRM_REPARTITION_TOPIC")]
+    pub repartition_topic: Option<String>,
+    /// Where the per-player state is kept on disk (one directory per group and instance id)
+    /// [default: $XDG_STATE_HOME/rtcrm, else ~/.local/state/rtcrm].
+    #[arg(long, env = "RTCRM_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Time against which campaign windows are checked [default: event].
     #[arg(long, env = "RTCRM_CLOCK", value_enum)]
     pub clock: Option<Clock>,
@@ -169,6 +185,10 @@ struct FileConfig {
     trigger_topic: Option<String>,
     status_topic: Option<String>,
     dlq_topic: Option<String>,
+    control_topic: Option<String>,
+    changelog_topic: Option<String>,
+    repartition_topic: Option<String>,
+    state_dir: Option<PathBuf>,
     clock: Option<Clock>,
     workers: Option<usize>,
     partitions: Option<i32>,
@@ -226,6 +246,9 @@ fn read_file(path: &Path) -> Result<FileConfig> {
     }
 }
 
+/// The original system's consumer group.
+pub const DEFAULT_GROUP: &str = "flink-real-time-crm";
+
 /// Validated settings of the processor.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -236,6 +259,11 @@ pub struct Settings {
     pub trigger_topic: String,
     pub status_topic: String,
     pub dlq_topic: String,
+    pub control_topic: String,
+    pub changelog_topic: String,
+    pub repartition_topic: String,
+    /// This process's per-player state directory (`<state dir>/<group>-<instance id>`).
+    pub state_dir: PathBuf,
     pub clock: Clock,
     pub workers: usize,
     pub partitions: i32,
@@ -360,15 +388,31 @@ impl Settings {
             flag.clone().or(file).unwrap_or(default)
         }
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let group_id = pick(&args.group_id, file.group_id.clone(), DEFAULT_GROUP.into());
+        let trigger_topic = pick(&args.trigger_topic, file.trigger_topic.clone(), "crm-triggers".into());
+        // Internal topics belong to one deployment, as Kafka Streams prefixes its own with the
+        // application id: a group of its own gets internal topics of its own.
+        let internal = |name: &str| -> String {
+            if group_id == DEFAULT_GROUP {
+                name.to_owned()
+            } else {
+                let prefix: String = group_id.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect();
+                format!("{prefix}-{name}")
+            }
+        };
         let http = pick(&args.http_addr, file.http_addr, "127.0.0.1:8080".into());
         let settings = Settings {
             bootstrap_servers: pick(&args.bootstrap_servers, file.bootstrap_servers, "localhost:9093".into()),
-            group_id: pick(&args.group_id, file.group_id, "flink-real-time-crm".into()),
+            group_id: group_id.clone(),
             event_topic: pick(&args.event_topic, file.event_topic, "events-valid".into()),
             campaign_topic: pick(&args.campaign_topic, file.campaign_topic, "crm-campaigns".into()),
-            trigger_topic: pick(&args.trigger_topic, file.trigger_topic, "crm-triggers".into()),
+            trigger_topic: trigger_topic.clone(),
             status_topic: pick(&args.status_topic, file.status_topic, "crm-campaign-status".into()),
             dlq_topic: pick(&args.dlq_topic, file.dlq_topic, "events-dlq".into()),
+            control_topic: args.control_topic.clone().or(file.control_topic).unwrap_or_else(|| format!("{}-control", trigger_topic)),
+            changelog_topic: pick(&args.changelog_topic, file.changelog_topic, internal("rtcrm-state-changelog")),
+            repartition_topic: pick(&args.repartition_topic, file.repartition_topic, internal("rtcrm-events-by-player")),
+            state_dir: args.state_dir.clone().or(file.state_dir).unwrap_or_else(default_state_dir),
             clock: pick(&args.clock, file.clock, Clock::Event),
             workers: pick(&args.workers, file.workers, cores),
             partitions: pick(&args.partitions, file.partitions, 1),
@@ -411,6 +455,9 @@ impl Settings {
             ("trigger_topic", &self.trigger_topic),
             ("status_topic", &self.status_topic),
             ("dlq_topic", &self.dlq_topic),
+            ("control_topic", &self.control_topic),
+            ("changelog_topic", &self.changelog_topic),
+            ("repartition_topic", &self.repartition_topic),
         ];
         for (name, topic) in topics {
             let valid = !topic.is_empty()
@@ -421,6 +468,27 @@ impl Settings {
             }
         }
         Ok(())
+    }
+}
+
+/// `$XDG_STATE_HOME/rtcrm`, else `~/.local/state/rtcrm`, else `./rtcrm-state`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("rtcrm");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/state/rtcrm"),
+        None => PathBuf::from("rtcrm-state"),
+    }
+}
+
+impl Settings {
+    /// This process's own state directory: one per consumer group and instance id, so two
+    /// processes never share one, and a restarted instance with the same `--instance-id` finds
+    /// its checkpoints.
+    pub fn process_state_dir(&self) -> PathBuf {
+        let clean = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect::<String>();
+        self.state_dir.join(format!("{}--{}", clean(&self.group_id), clean(&self.instance_id)))
     }
 }
 
@@ -437,6 +505,16 @@ mod tests {
         let path = std::env::temp_dir().join(format!("rtcrm-config-{}-{name}", std::process::id()));
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    #[test]
+    fn internal_and_control_topics_follow_the_group_and_the_triggers_topic() {
+        let s = Settings::load(&RunArgs::default()).unwrap();
+        assert_eq!((s.changelog_topic.as_str(), s.repartition_topic.as_str(), s.control_topic.as_str()), ("rtcrm-state-changelog", "rtcrm-events-by-player", "crm-triggers-control"));
+        let s = Settings::load(&RunArgs { group_id: Some("crm a".into()), trigger_topic: Some("t1".into()), ..RunArgs::default() }).unwrap();
+        assert_eq!((s.changelog_topic.as_str(), s.repartition_topic.as_str(), s.control_topic.as_str()), ("crm_a-rtcrm-state-changelog", "crm_a-rtcrm-events-by-player", "t1-control"));
+        let s = Settings::load(&RunArgs { group_id: Some("g".into()), changelog_topic: Some("mine".into()), ..RunArgs::default() }).unwrap();
+        assert_eq!(s.changelog_topic, "mine");
     }
 
     #[test]

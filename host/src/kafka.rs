@@ -121,7 +121,9 @@ pub fn event_consumer_config(settings: &Settings, exactly_once: bool) -> ClientC
             },
         )
         .set("session.timeout.ms", "10000")
-        .set("partition.assignment.strategy", "cooperative-sticky")
+        // Partition p of the events and the repartition topic share one state store: the range
+        // assignor gives both to the same member (co-partitioning, as Kafka Streams requires).
+        .set("partition.assignment.strategy", "range")
         // Consumer lag, per partition, for `rtcrm_consumer_lag`.
         .set("statistics.interval.ms", "5000");
     if settings.instance_id_explicit {
@@ -170,6 +172,9 @@ fn admin(settings: &Settings, errors: &ClientErrors) -> Result<AdminClient<Kafka
 /// id). The campaigns topic keeps every message forever instead: Kafka refuses records without a
 /// key on a compacted topic, and the original system (and its README's `kcat -P`) writes
 /// campaigns without a key. Operators who only publish keyed campaigns may compact it.
+///
+/// The internal topics of per-player state (spec §1, §12) — the changelog (compacted), the
+/// repartition topic — have as many partitions as the events topic, which is read first.
 pub async fn create_topics(settings: &Settings, errors: &ClientErrors) -> Result<()> {
     let admin = admin(settings, errors)?;
     let compact = [("cleanup.policy", "compact")];
@@ -182,11 +187,37 @@ pub async fn create_topics(settings: &Settings, errors: &ClientErrors) -> Result
         (settings.trigger_topic.as_str(), &[][..]),
         (settings.status_topic.as_str(), &compact[..]),
         (settings.dlq_topic.as_str(), &[][..]),
+        (settings.control_topic.as_str(), &[][..]),
     ];
+    create(&admin, settings, errors, &topics, settings.partitions).await?;
+    let partitions = partition_count(admin.inner(), &settings.event_topic, CONNECT_TIMEOUT)?
+        .with_context(|| format!("the events topic `{}` has no partitions", settings.event_topic))?;
+    let internal = [(settings.changelog_topic.as_str(), &compact[..]), (settings.repartition_topic.as_str(), &[][..])];
+    create(&admin, settings, errors, &internal, partitions as i32).await?;
+    for (topic, _) in internal {
+        let n = partition_count(admin.inner(), topic, CONNECT_TIMEOUT)?.unwrap_or(0);
+        if n != partitions {
+            anyhow::bail!(
+                "the topic `{topic}` has {n} partitions, the events topic `{}` {partitions}: per-player state needs the same \
+                 number (delete it, or give --changelog-topic / --repartition-topic a new name)",
+                settings.event_topic
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The number of partitions of `topic` (`None`: it does not exist).
+pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str, timeout: Duration) -> Result<Option<usize>> {
+    let metadata = client.fetch_metadata(Some(topic), timeout).with_context(|| format!("reading the metadata of `{topic}`"))?;
+    Ok(metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map(|t| t.partitions().len()).filter(|n| *n > 0))
+}
+
+async fn create(admin: &AdminClient<KafkaContext>, settings: &Settings, errors: &ClientErrors, topics: &[(&str, &[(&str, &str)])], partitions: i32) -> Result<()> {
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|(name, configs)| {
-            let mut t = NewTopic::new(name, settings.partitions, TopicReplication::Fixed(-1));
+            let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(-1));
             for (k, v) in configs.iter() {
                 t = t.set(k, v);
             }

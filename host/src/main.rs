@@ -6,12 +6,14 @@
 mod campaigns;
 mod cli;
 mod config;
+mod dryrun;
 mod events;
 mod examples;
 mod health;
 mod http;
 mod kafka;
 mod processor;
+mod state;
 mod supervisor;
 mod telemetry;
 

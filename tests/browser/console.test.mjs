@@ -1,8 +1,9 @@
 // End-to-end test of the rtcrm console (issue 5) in Debian's headless Chromium, driven by
 // playwright-core: the original Demo UI's flow (create campaign 4711 from the example, send the
 // example event, see the trigger in the feed and its toast), the campaigns table, and inline
-// compile errors that refuse the send. Fails on any browser console error. Takes the README's
-// screenshots (docs/console-*.png).
+// compile errors that refuse the send; the estimate before "send", "why no trigger?" and a
+// filter's last runtime error in the table (issue 9). Fails on any browser console error. Takes
+// the README's screenshots (docs/console-*.png).
 //
 // Run (after `cargo build --release -p rtcrm`): npm ci && node --test console.test.mjs
 // Environment: RTCRM_BIN (default target/release/rtcrm), CHROMIUM (default /usr/bin/chromium).
@@ -134,6 +135,66 @@ test('the console: campaign, event, live trigger, table, inline compile errors',
       await page.screenshot({ path: path.join(docs, 'console-1280x800.png') });
     });
 
+    // Issue 9: estimate before "send", "why no trigger?", runtime errors in the table.
+    await t.test('estimates the campaign in the editor over the last 7 days of events', async () => {
+      // The editor holds campaign 4711; the events topic holds the one example event.
+      assert.equal(await page.locator('#estimate-range').inputValue(), 'now-7d');
+      await page.locator('#campaign-estimate:enabled').click();
+      const triggers = page.locator('#estimate-figures [data-figure="triggers"] dd');
+      await triggers.filter({ hasText: /^1$/ }).waitFor();
+      const value = async (name) => page.locator(`#estimate-figures [data-figure="${name}"] dd`).innerText();
+      assert.equal(await value('events'), '1');
+      assert.equal(await value('candidates'), '1');
+      assert.equal(await value('matches'), '1');
+      assert.equal(await value('players'), '1');
+      assert.equal(await value('control'), '0');
+      assert.equal(await value('errors'), '0');
+      assert.match(await page.locator('#estimate-status').innerText(), /^campaign 4711 would have triggered 1 time for 1 player in 1 event$/);
+      assert.equal(await page.locator('#estimate-histogram .bar').count(), 1);
+      assert.match(await page.locator('#estimate-histogram .axis').innerText(), /triggers per hour \(UTC\)/);
+      assert.ok(requests.includes('POST /api/backtest'));
+      assert.ok(requests.some((r) => /^GET \/api\/backtest\/\d+$/.test(r)), 'the job is polled');
+      await page.locator('#campaign-estimate:enabled').waitFor();
+      await page.screenshot({ path: path.join(docs, 'console-estimate.png') });
+    });
+
+    await t.test('explains why an event triggers or not, campaign by campaign', async () => {
+      const decision = (id) => page.locator(`#explain-list li[data-campaign="${id}"]`);
+      await page.locator('#event-explain:enabled').click();
+      await decision(4711).and(page.locator('[data-decision="trigger"]')).waitFor();
+      assert.match(await page.locator('#explain-summary').innerText(), /event time 2023-11-20T11:00:00Z \(created_at\) · player 12345 · 1 of 1 campaigns of game foe would trigger/);
+      // An event created before the campaign's start: no trigger, and why.
+      const event = JSON.parse(await page.locator('#event-json').inputValue());
+      event.created_at = '2023-08-01T09:00:00Z';
+      await page.locator('#event-json').fill(JSON.stringify(event, null, 2));
+      assert.equal(await page.locator('#explain').isHidden(), true, 'an edit hides the stale explanation');
+      await page.locator('#event-explain:enabled').click();
+      await decision(4711).and(page.locator('[data-decision="before_start"]')).waitFor();
+      assert.equal(await decision(4711).locator('.reason').innerText(),
+        "the event's time 2023-08-01T09:00:00Z (created_at) is not after start_date 2023-09-01T10:00:00Z");
+      assert.match(await page.locator('#explain-summary').innerText(), /0 of 1 campaigns of game foe would trigger/);
+      assert.ok(requests.includes('POST /api/explain'));
+      await page.screenshot({ path: path.join(docs, 'console-explain.png') });
+      await page.locator('#event-example').click();
+      assert.equal(await page.locator('#explain').isHidden(), true, 'a new event hides the stale explanation');
+    });
+
+    await t.test('a filter that throws shows its last error in the table', async () => {
+      const campaign = JSON.parse(await page.locator('#campaign-json').inputValue());
+      campaign.campaign_id = 4712;
+      campaign.filter = 'e => e.data.nope.deeper';
+      await page.locator('#campaign-json').fill(JSON.stringify(campaign, null, 2));
+      assert.equal(await page.locator('#estimate-figures').isHidden(), true, "an edit hides the previous campaign's estimate");
+      assert.equal(await page.locator('#estimate-status').innerText(), '');
+      await page.locator('#compile-status', { hasText: 'the filter compiles' }).waitFor();
+      await page.locator('#campaign-send:enabled').click();
+      await page.locator('#campaigns tbody tr[data-id="4712"][data-state="active"]').waitFor();
+      await page.locator('#event-send:enabled').click();
+      const error = row(4712).locator('td.error .last-error');
+      await error.filter({ hasText: /^last exception: TypeError: .* \(partition 0, offset \d+, \d+ s ago\)$/ }).waitFor();
+      assert.equal(await row(4711).locator('td.error').innerText(), '');
+    });
+
     await t.test('a filter with a syntax error shows line and column and refuses the send', async () => {
       const before = requests.filter((r) => r === 'POST /api/campaigns').length;
       const filter = page.locator('#filter');
@@ -144,6 +205,7 @@ test('the console: campaign, event, live trigger, table, inline compile errors',
       assert.equal(await page.locator('#filter-gutter .err').innerText(), '2', 'the error line is marked');
       assert.equal(await page.locator('#filter-backdrop .err-line mark').count(), 1, 'the error column is marked');
       assert.equal(await page.locator('#campaign-send').isDisabled(), true, 'send is refused');
+      assert.equal(await page.locator('#campaign-estimate').isDisabled(), true, 'so is the estimate');
       // The campaign JSON follows the filter editor.
       assert.match(await page.locator('#campaign-json').inputValue(), /=== ;/);
       await page.locator('#campaign-send').click({ force: true });
@@ -163,7 +225,7 @@ test('the console: campaign, event, live trigger, table, inline compile errors',
       await sleep(300);
       const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
       assert.ok(overflow <= 0, `the page is ${overflow}px wider than the window`);
-      for (const id of ['#campaign-send', '#campaign-example', '#filter', '#event-send', '#feed-panel', '#campaigns']) {
+      for (const id of ['#campaign-send', '#campaign-example', '#campaign-estimate', '#filter', '#event-send', '#event-explain', '#feed-panel', '#campaigns']) {
         const box = await page.locator(id).boundingBox();
         assert.ok(box && box.x >= 0 && box.x + box.width <= 400 + 1, `${id} fits the width: ${JSON.stringify(box)}`);
       }

@@ -186,14 +186,26 @@ pub fn free_port() -> u16 {
 
 /// A minimal HTTP/1.1 GET: returns (status code, body).
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, None)
+}
+
+/// A minimal HTTP/1.1 request (`method` with an optional JSON body): returns (status code, body).
+/// Waits up to 60 s for the answer.
+pub fn http_request(addr: &str, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
     let sa = addr
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| std::io::Error::other(format!("cannot resolve {addr}")))?;
     let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n");
+    let req = match body {
+        None => format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n"),
+        Some(b) => format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+            b.len()
+        ),
+    };
     let wrote = s.write_all(req.as_bytes());
     let mut raw = Vec::new();
     let read = s.read_to_end(&mut raw);
@@ -490,6 +502,15 @@ impl Processor {
             .unwrap_or_else(|e| self.fail(&format!("GET http://{}{path} failed: {e}", self.http)))
     }
 
+    /// `method path` with an optional JSON body on the processor's HTTP address; the answer's
+    /// status and body parsed as JSON (panics if the body is not JSON).
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let (code, text) = http_request(&self.http, method, path, body)
+            .unwrap_or_else(|e| self.fail(&format!("{method} http://{}{path} failed: {e}", self.http)));
+        let value = serde_json::from_str(&text).unwrap_or_else(|e| self.fail(&format!("{method} {path} answered {code}, not JSON ({e}): {text}")));
+        (code, value)
+    }
+
     /// `GET /metrics` (panics unless 200).
     pub fn metrics(&self) -> String {
         let (code, body) = self.get("/metrics");
@@ -594,6 +615,13 @@ pub struct Topics {
     pub status: String,
     pub dlq: String,
     pub group: String,
+    /// The control topic rtcrm derives from the triggers topic (`<triggers>-control`).
+    pub control: String,
+    /// The internal topics rtcrm derives from the group (`<group>-rtcrm-...`).
+    pub changelog: String,
+    pub repartition: String,
+    /// The per-player state directory of this test's processors.
+    pub state_dir: PathBuf,
 }
 
 impl Topics {
@@ -606,10 +634,15 @@ impl Topics {
             status: format!("{prefix}-status-{s}"),
             dlq: format!("{prefix}-dlq-{s}"),
             group: format!("{prefix}-group-{s}"),
+            control: format!("{prefix}-triggers-{s}-control"),
+            changelog: format!("{prefix}-group-{s}-rtcrm-state-changelog"),
+            repartition: format!("{prefix}-group-{s}-rtcrm-events-by-player"),
+            state_dir: target_dir().join("rtcrm-it-state").join(format!("{prefix}-{s}")),
         }
     }
 
-    /// `--group-id --event-topic --campaign-topic --trigger-topic --status-topic --dlq-topic`.
+    /// `--group-id --event-topic --campaign-topic --trigger-topic --status-topic --dlq-topic
+    /// --state-dir`.
     pub fn args(&self) -> Vec<String> {
         [
             ("--group-id", &self.group),
@@ -618,6 +651,7 @@ impl Topics {
             ("--trigger-topic", &self.triggers),
             ("--status-topic", &self.status),
             ("--dlq-topic", &self.dlq),
+            ("--state-dir", &self.state_dir.to_string_lossy().into_owned()),
         ]
         .iter()
         .flat_map(|(f, v)| [f.to_string(), v.to_string()])
@@ -635,18 +669,25 @@ pub struct Msg {
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub partition: Option<i32>,
+    /// The record timestamp (Unix milliseconds); None: the producer's clock.
+    pub timestamp: Option<i64>,
 }
 
 impl Msg {
     pub fn keyless(payload: impl AsRef<[u8]>) -> Msg {
-        Msg { key: None, payload: Some(payload.as_ref().to_vec()), partition: None }
+        Msg { key: None, payload: Some(payload.as_ref().to_vec()), partition: None, timestamp: None }
     }
     pub fn keyed(key: impl AsRef<[u8]>, payload: impl AsRef<[u8]>) -> Msg {
-        Msg { key: Some(key.as_ref().to_vec()), payload: Some(payload.as_ref().to_vec()), partition: None }
+        Msg { key: Some(key.as_ref().to_vec()), payload: Some(payload.as_ref().to_vec()), partition: None, timestamp: None }
     }
     /// A key with a null value.
     pub fn tombstone(key: impl AsRef<[u8]>) -> Msg {
-        Msg { key: Some(key.as_ref().to_vec()), payload: None, partition: None }
+        Msg { key: Some(key.as_ref().to_vec()), payload: None, partition: None, timestamp: None }
+    }
+    /// This message with an explicit record timestamp (Unix milliseconds).
+    pub fn at(mut self, timestamp_ms: i64) -> Msg {
+        self.timestamp = Some(timestamp_ms);
+        self
     }
 }
 
@@ -705,6 +746,9 @@ pub fn produce_to(bootstrap: &str, topic: &str, msgs: &[Msg]) -> Vec<Delivered> 
             }
             if let Some(part) = m.partition {
                 rec = rec.partition(part);
+            }
+            if let Some(ts) = m.timestamp {
+                rec = rec.timestamp(ts);
             }
             match producer.send(rec) {
                 Ok(()) => break,

@@ -1,5 +1,6 @@
 //! Campaign messages (spec §2): parsing and validation, before compilation.
 
+use crate::state::controls::Controls;
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -24,6 +25,8 @@ pub struct CampaignDef {
     pub raw: Box<RawValue>,
     /// SHA-256 of the message value, hex.
     pub digest: String,
+    /// Per-player controls (spec §12); all absent for a campaign of spec §4.
+    pub controls: Controls,
 }
 
 /// Where a time lies relative to a campaign's window.
@@ -84,8 +87,14 @@ fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
 }
 
 impl CampaignDef {
-    /// Validates a campaign message. `key` is the message key, if any.
+    /// Validates a campaign message under the default cap of per-player state
+    /// (`state_max_bytes`). `key` is the message key, if any.
     pub fn parse(key: Option<&[u8]>, value: &[u8]) -> Result<CampaignDef, Rejection> {
+        CampaignDef::parse_with(key, value, crate::state::controls::DEFAULT_STATE_MAX_BYTES)
+    }
+
+    /// Validates a campaign message; `state_max_bytes` is the host's cap of `state.max_bytes`.
+    pub fn parse_with(key: Option<&[u8]>, value: &[u8], state_max_bytes: usize) -> Result<CampaignDef, Rejection> {
         let key_id = key.and_then(id_from_key);
         let reject = |id: Option<i64>, reason: String| Rejection { id: id.or(key_id), reason };
         let raw: Box<RawValue> = serde_json::from_slice(value)
@@ -164,7 +173,11 @@ impl CampaignDef {
             }
             Some(other) => return Err(reject(format!("limits `{other}` must be an object like {{\"fuel\": 1000000}}"))),
         }
-        Ok(CampaignDef { id, enabled, game, event_name, start, end, filter, fuel, memory_mb, raw, digest: digest(value) })
+        let controls = Controls::parse(&obj, state_max_bytes).map_err(reject)?;
+        if controls.state.is_some() && !matches!(filter, FilterSource::Js(_)) {
+            return Err(reject("state (a per-player state for filter(event, state)) needs a JavaScript filter; filter_wasm modules of ABI version 1 see one event at a time (filter-sdk/ABI.md)".into()));
+        }
+        Ok(CampaignDef { id, enabled, game, event_name, start, end, filter, fuel, memory_mb, raw, digest: digest(value), controls })
     }
 
     /// The campaign as triggers echo it (spec §9): as received, except that a `filter_wasm`

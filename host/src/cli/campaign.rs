@@ -51,6 +51,10 @@ pub enum CampaignCommand {
         #[command(flatten)]
         cluster: Cluster,
     },
+    /// Run a campaign over past events with the processor's evaluation code and limits,
+    /// producing nothing: events read, matches, triggers, unique players, triggers per hour or
+    /// day, errors, fuel, sample triggers.
+    Backtest(crate::cli::backtest::BacktestArgs),
 }
 
 pub fn run(cmd: CampaignCommand) -> Result<()> {
@@ -70,26 +74,37 @@ pub fn run(cmd: CampaignCommand) -> Result<()> {
             Ok(())
         }
         CampaignCommand::List { cluster } => list(&cluster),
+        CampaignCommand::Backtest(args) => crate::cli::backtest::run(args),
     }
 }
 
 /// Reads a campaign file (with `--wasm`, its module as `filter_wasm`), validates it and compiles
 /// its filter, so a broken campaign is reported before it is published. Returns the message.
 fn validated(file: &std::path::Path, wasm: Option<&std::path::Path>) -> Result<String> {
+    let sandbox = rtcrm_sandbox::Sandbox::new(rtcrm_sandbox::SandboxConfig::default())?;
+    load(&sandbox, file, wasm).map(|(text, _, _)| text)
+}
+
+/// Reads, validates and compiles a campaign file (with `--wasm`, its module as `filter_wasm`):
+/// the message's text, the campaign and its compiled filter. A file that is not a valid
+/// campaign, or whose filter does not compile, is exit 2 with `FILE: reason`.
+pub fn load(sandbox: &rtcrm_sandbox::Sandbox, file: &std::path::Path, wasm: Option<&std::path::Path>) -> Result<(String, CampaignDef, rtcrm_sandbox::CompiledFilter)> {
     let mut bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     if let Some(wasm) = wasm {
         bytes = with_wasm_filter(file, &bytes, wasm)?;
     }
     let def = CampaignDef::parse(None, &bytes).map_err(|r| Exit { code: 2, message: format!("{}: {}", file.display(), r.reason) })?;
-    let sandbox = rtcrm_sandbox::Sandbox::new(rtcrm_sandbox::SandboxConfig::default())?;
-    if let Err(rejection) = crate::campaigns::loader::compile_filter(&sandbox, &def.filter) {
-        let reason = match rejection {
-            FilterRejection::Js(e) => crate::campaigns::loader::describe(&e),
-            FilterRejection::Wasm(e) => e.to_string(),
-        };
-        return Err(Exit { code: 2, message: format!("{}: filter: {reason}", file.display()) }.into());
-    }
-    Ok(String::from_utf8_lossy(&bytes).trim().to_owned())
+    let compiled = match crate::campaigns::loader::compile_filter(sandbox, &def.filter) {
+        Ok(compiled) => compiled,
+        Err(rejection) => {
+            let reason = match rejection {
+                FilterRejection::Js(e) => crate::campaigns::loader::describe(&e),
+                FilterRejection::Wasm(e) => e.to_string(),
+            };
+            return Err(Exit { code: 2, message: format!("{}: filter: {reason}", file.display()) }.into());
+        }
+    };
+    Ok((String::from_utf8_lossy(&bytes).trim().to_owned(), def, compiled))
 }
 
 /// The campaign JSON with `filter_wasm` set to the module (base64) and `filter` removed.

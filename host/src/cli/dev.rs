@@ -37,6 +37,10 @@ pub fn run(args: DevArgs) -> Result<()> {
             trigger_topic: "crm-triggers".into(),
             status_topic: "crm-campaign-status".into(),
             dlq_topic: "events-dlq".into(),
+            control_topic: "crm-triggers-control".into(),
+            changelog_topic: "rtcrm-state-changelog".into(),
+            repartition_topic: "rtcrm-events-by-player".into(),
+            state_dir: std::env::temp_dir().join(format!("rtcrm-dev-state-{}", std::process::id())),
             clock: Clock::Event,
             workers: args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             partitions: 1,
@@ -54,7 +58,16 @@ pub fn run(args: DevArgs) -> Result<()> {
             kafka: Default::default(),
             limits: Default::default(),
         };
-        for topic in [&settings.event_topic, &settings.campaign_topic, &settings.trigger_topic, &settings.status_topic, &settings.dlq_topic] {
+        for topic in [
+            &settings.event_topic,
+            &settings.campaign_topic,
+            &settings.trigger_topic,
+            &settings.status_topic,
+            &settings.dlq_topic,
+            &settings.control_topic,
+            &settings.changelog_topic,
+            &settings.repartition_topic,
+        ] {
             cluster.create_topic(topic, 1, 1).with_context(|| format!("creating topic {topic} on the embedded broker"))?;
         }
         let producer = crate::kafka::control_producer(&settings, &Default::default())?;

@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub mod backtest;
 pub mod campaign;
 pub mod dev;
 pub mod filter;

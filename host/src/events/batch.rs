@@ -7,26 +7,35 @@
 //! consumption order and releases offsets only for the done prefix: an offset is never committed
 //! past an event that is still in flight.
 
+use crate::state::decide::Source;
+use crate::state::store::Deadline;
 use rtcrm_sandbox::{Event, EventLimits};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-/// What a consumed message holds.
+/// What a job holds.
 pub enum Payload {
     /// A JSON object: the event, parsed once.
     Event(Event),
     /// Not an event: goes to the dead-letter topic with `reason`.
     Invalid { bytes: Option<Box<[u8]>>, reason: String },
+    /// A per-player deadline that came due (no message: `offset` is -1).
+    Deadline(Deadline),
+    /// A timer trigger of this state key was delivered: clear its pending firing.
+    Confirmed(String),
 }
 
-/// One consumed message.
+/// One consumed message (or one piece of per-player work of a partition).
 pub struct Job {
+    pub source: Source,
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Box<[u8]>>,
     pub payload: Payload,
+    /// For a repartitioned event: its partition and offset in the events topic.
+    pub origin: Option<(i32, i64)>,
 }
 
 impl Job {
@@ -40,7 +49,31 @@ impl Job {
                 Err(e) => Payload::Invalid { bytes: Some(bytes.into()), reason: e.to_string() },
             },
         };
-        Job { partition, offset, key: key.map(Into::into), payload }
+        Job { source: Source::Events, partition, offset, key: key.map(Into::into), payload, origin: None }
+    }
+
+    /// Per-player work on `partition`'s state (not a message).
+    pub fn state_work(partition: i32, payload: Payload) -> Job {
+        Job { source: Source::Events, partition, offset: -1, key: None, payload, origin: None }
+    }
+
+    /// The player this job concerns, as text (the state key's player; the event's `player_id`).
+    pub fn player(&self) -> Option<std::borrow::Cow<'_, str>> {
+        let from_key = |key: &str| key.split_once(':').map(|(_, p)| p.to_owned());
+        match &self.payload {
+            Payload::Event(e) => {
+                let raw = e.field("player_id")?;
+                match raw.first() {
+                    Some(b'"') if !raw.contains(&b'\\') => std::str::from_utf8(&raw[1..raw.len() - 1]).ok().map(Into::into),
+                    Some(b'"') => serde_json::from_slice::<String>(raw).ok().map(Into::into),
+                    _ if raw == b"null" => None,
+                    _ => std::str::from_utf8(raw).ok().map(Into::into),
+                }
+            }
+            Payload::Invalid { .. } => None,
+            Payload::Deadline(d) => from_key(&d.key).map(Into::into),
+            Payload::Confirmed(key) => from_key(key).map(Into::into),
+        }
     }
 
     /// The original bytes (for the dead-letter topic).
@@ -48,21 +81,27 @@ impl Job {
         match &self.payload {
             Payload::Event(e) => Some(e.as_bytes()),
             Payload::Invalid { bytes, .. } => bytes.as_deref(),
+            Payload::Deadline(_) | Payload::Confirmed(_) => None,
         }
     }
 
-    /// Which of `shards` evaluates this event: by its player (the raw `player_id`), else by the
-    /// message key, else by offset (an event without either has no order to keep).
-    fn shard(&self, shards: usize) -> usize {
-        let basis: Option<&[u8]> = match &self.payload {
-            Payload::Event(e) => e.field("player_id").or(self.key.as_deref()),
-            Payload::Invalid { .. } => self.key.as_deref(),
-        };
-        match basis {
+    /// Which of `shards` evaluates this job: by its player (as text, so an event and the state
+    /// work of its player land on the same worker), else by the message key, else by offset (an
+    /// event without either has no order to keep).
+    pub fn shard(&self, shards: usize) -> usize {
+        if let Some(player) = self.player() {
+            return shard_of(&player, shards);
+        }
+        match self.key.as_deref() {
             Some(bytes) => fnv1a(bytes) as usize % shards,
             None => self.offset.unsigned_abs() as usize % shards,
         }
     }
+}
+
+/// The worker (and state overlay) of `player`.
+pub fn shard_of(player: &str, shards: usize) -> usize {
+    fnv1a(player.as_bytes()) as usize % shards.max(1)
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -74,8 +113,8 @@ pub struct Batch {
     pub jobs: Vec<Job>,
     /// Per worker: indices into `jobs`, in consumption order.
     pub shards: Vec<Vec<u32>>,
-    /// The next offset to consume, per partition, once this batch is done.
-    next_offsets: Vec<(i32, i64)>,
+    /// The next offset to consume, per (topic, partition), once this batch is done.
+    next_offsets: Vec<((Source, i32), i64)>,
     /// Unfinished shards plus unacknowledged records.
     pending: AtomicUsize,
     done: AtomicBool,
@@ -86,11 +125,13 @@ impl Batch {
     /// Splits `jobs` into `shards` shards and registers the batch with `tracker`.
     pub fn dispatch(jobs: Vec<Job>, shards: usize, tracker: &Arc<Tracker>) -> Arc<Batch> {
         let mut split = vec![Vec::new(); shards];
-        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut next: BTreeMap<(Source, i32), i64> = BTreeMap::new();
         for (i, job) in jobs.iter().enumerate() {
             split[job.shard(shards)].push(i as u32);
-            let n = next.entry(job.partition).or_insert(job.offset + 1);
-            *n = (*n).max(job.offset + 1);
+            if job.offset >= 0 {
+                let n = next.entry((job.source, job.partition)).or_insert(job.offset + 1);
+                *n = (*n).max(job.offset + 1);
+            }
         }
         let busy = split.iter().filter(|s| !s.is_empty()).count();
         let batch = Arc::new(Batch {
@@ -123,6 +164,9 @@ impl Batch {
     }
 }
 
+/// The next offset to consume, per (topic, partition).
+pub type Offsets = BTreeMap<(Source, i32), i64>;
+
 /// The batches in flight, in consumption order.
 #[derive(Default)]
 pub struct Tracker {
@@ -153,8 +197,8 @@ impl Tracker {
     }
 
     /// Removes the done batches at the front and returns the offsets they release: the next
-    /// offset to consume, per partition.
-    pub fn pop_done(&self) -> BTreeMap<i32, i64> {
+    /// offset to consume, per (topic, partition).
+    pub fn pop_done(&self) -> Offsets {
         let mut offsets = BTreeMap::new();
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         while queue.front().is_some_and(|b| b.is_done()) {
@@ -183,7 +227,7 @@ impl Tracker {
 
     /// Waits until every batch is done, releasing offsets through `release` as they complete.
     /// `still` is asked every 100 ms whether to keep waiting (false: give up, returns false).
-    pub fn drain(&self, mut release: impl FnMut(BTreeMap<i32, i64>), mut still: impl FnMut() -> bool) -> bool {
+    pub fn drain(&self, mut release: impl FnMut(Offsets), mut still: impl FnMut() -> bool) -> bool {
         loop {
             let offsets = self.pop_done();
             if !offsets.is_empty() {
@@ -224,7 +268,7 @@ mod tests {
         a.release();
         assert!(!a.is_done());
         a.release();
-        assert_eq!(tracker.pop_done(), BTreeMap::from([(0, 12), (1, 6)]));
+        assert_eq!(tracker.pop_done(), BTreeMap::from([((Source::Events, 0), 12), ((Source::Events, 1), 6)]));
         assert!(tracker.is_empty());
         assert_eq!(tracker.in_flight_events(), 0);
     }
@@ -258,7 +302,7 @@ mod tests {
         });
         let mut released = Vec::new();
         assert!(tracker.drain(|o| released.push(o), || true));
-        assert_eq!(released, vec![BTreeMap::from([(3, 1)])]);
+        assert_eq!(released, vec![BTreeMap::from([((Source::Events, 3), 1)])]);
         t.join().unwrap();
         let _stuck = Batch::dispatch(vec![job(3, 1, 1)], 1, &tracker);
         let mut asked = 0;

@@ -1,35 +1,49 @@
-//! The consumer thread: polls the events topic, owns the assigned partitions, cuts batches and
-//! hands them to the workers, and drives the sink (offsets, transactions) between polls.
+//! The consumer thread: polls the events topic (and the repartition topic), owns the assigned
+//! partitions and their per-player state, cuts batches and hands them to the workers, runs the
+//! partitions' due deadlines (inactivity timers, expiries), and drives the sink (offsets,
+//! transactions) between polls.
 //!
-//! Partition ownership follows the group's rebalances: a partition is owned from its
-//! assignment; before it is revoked, the sink finishes every batch in flight, delivers and
-//! commits (exactly-once: commits the open transaction), and messages of the revoked partitions
-//! that were polled but not yet dispatched are dropped (their next owner reads them from the
-//! commit).
+//! Partition ownership follows the group's rebalances. On assignment a partition's state store
+//! is opened and restored (from its checkpoint and the changelog) on a thread of its own; the
+//! partition is paused meanwhile and whatever was already fetched for it is held back, so no
+//! event is evaluated before its state is there. Before a partition is revoked, the sink
+//! finishes every batch in flight, delivers and commits (exactly-once: commits the open
+//! transaction), the state store is flushed and released, and messages polled for it but not yet
+//! dispatched are dropped (their next owner reads them from the commit). Partition `p` of both
+//! topics shares one store (the range assignor gives both to the same member).
 
-use crate::events::batch::{Batch, Job, Tracker};
+use crate::events::batch::{Batch, Job, Payload, Tracker};
+use crate::events::evaluate::event_time;
 use crate::events::sink::at_least_once::AtLeastOnce;
 use crate::events::sink::exactly_once::ExactlyOnce;
 use crate::events::sink::Sink;
 use crate::events::workers::Workers;
 use crate::processor::Processor;
+use crate::state::decide::Source;
+use crate::state::store::DeadlineKind;
+use crate::state::stores::States;
 use crate::telemetry::logging::LogLimiter;
 use anyhow::{anyhow, Context, Result};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::statistics::Statistics;
-use std::collections::BTreeSet;
+use rdkafka::TopicPartitionList;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Most events in one batch.
 pub const MAX_BATCH: usize = 500;
 /// How long one poll waits for the first message of a batch.
 const POLL_WAIT: Duration = Duration::from_millis(50);
+/// How often due deadlines are looked for (and, at-least-once, the stores flushed).
+const DEADLINE_SCAN: Duration = Duration::from_millis(250);
+/// Most deadlines run per scan and partition.
+const DEADLINES_PER_SCAN: usize = 2_000;
 
 /// The events consumer.
 pub type EventConsumer = BaseConsumer<EventsContext>;
@@ -38,10 +52,15 @@ pub type EventConsumer = BaseConsumer<EventsContext>;
 pub struct EventsContext {
     processor: Arc<Processor>,
     sink: Arc<dyn Sink>,
-    /// The partitions this process owns.
+    states: Arc<States>,
+    /// The events-topic partitions this process owns.
     owned: Mutex<BTreeSet<i32>>,
-    /// Partitions revoked during the current poll.
-    revoked: Mutex<BTreeSet<i32>>,
+    /// (topic, partition) revoked during the current poll.
+    revoked: Mutex<BTreeSet<(Source, i32)>>,
+    /// State partitions whose store is restoring (their topic partitions are paused).
+    restoring: Mutex<BTreeSet<i32>>,
+    /// Jobs polled for partitions still restoring, held back in order.
+    held: Mutex<BTreeMap<i32, Vec<Job>>>,
     /// A fatal consumer error (fenced static member, ...).
     fatal: Mutex<Option<String>>,
     /// The event path failed: revocations while closing commit nothing.
@@ -51,9 +70,20 @@ pub struct EventsContext {
 
 impl EventsContext {
     fn check_fatal(&self) -> Result<()> {
-        match self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(reason) = self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Err(anyhow!(reason));
+        }
+        match self.states.failure() {
             Some(reason) => Err(anyhow!(reason)),
             None => Ok(()),
+        }
+    }
+
+    fn source(&self, topic: &str) -> Source {
+        if topic == self.processor.settings.repartition_topic {
+            Source::Repartitioned
+        } else {
+            Source::Events
         }
     }
 
@@ -61,16 +91,23 @@ impl EventsContext {
     fn drop_revoked(&self, jobs: &mut Vec<Job>) {
         let revoked = std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()));
         if !revoked.is_empty() {
-            jobs.retain(|j| !revoked.contains(&j.partition));
+            jobs.retain(|j| !revoked.contains(&(j.source, j.partition)));
         }
-    }
-
-    fn partitions(&self, rebalance_list: &rdkafka::TopicPartitionList) -> Vec<i32> {
-        rebalance_list.elements_for_topic(&self.processor.settings.event_topic).iter().map(|e| e.partition()).collect()
     }
 
     fn owned_count(&self) -> usize {
         self.owned.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Both topics' partition `p`, as far as they are assigned.
+    fn topic_partitions(&self, consumer: &BaseConsumer<Self>, p: i32) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        if let Ok(assigned) = consumer.assignment() {
+            for e in assigned.elements().iter().filter(|e| e.partition() == p) {
+                tpl.add_partition(e.topic(), p);
+            }
+        }
+        tpl
     }
 }
 
@@ -91,7 +128,7 @@ impl ClientContext for EventsContext {
     }
 
     fn stats(&self, stats: Statistics) {
-        let owned: BTreeSet<i32> = self.owned.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let owned = self.owned.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let lag = stats
             .topics
             .get(&self.processor.settings.event_topic)
@@ -103,32 +140,61 @@ impl ClientContext for EventsContext {
 
 impl ConsumerContext for EventsContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(list) = rebalance {
-            let partitions = self.partitions(list);
-            self.revoked.lock().unwrap_or_else(|p| p.into_inner()).extend(&partitions);
-            if self.abandoned.load(Ordering::SeqCst) {
-                tracing::info!(?partitions, "partitions released after a failure (nothing more is committed)");
-            } else if consumer.assignment_lost() {
-                self.sink.lost(consumer);
-            } else {
-                self.sink.before_revoke(consumer);
-            }
-            let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
-            for p in &partitions {
+        let Rebalance::Revoke(list) = rebalance else { return };
+        let revoked: Vec<(Source, i32)> = list.elements().iter().map(|e| (self.source(e.topic()), e.partition())).collect();
+        self.revoked.lock().unwrap_or_else(|p| p.into_inner()).extend(&revoked);
+        if self.abandoned.load(Ordering::SeqCst) {
+            tracing::info!(?revoked, "partitions released after a failure (nothing more is committed)");
+            return;
+        }
+        if consumer.assignment_lost() {
+            self.sink.lost(consumer);
+        } else {
+            self.sink.before_revoke(consumer);
+        }
+        // A state partition is released when neither topic's partition of its number stays.
+        let remaining: BTreeSet<i32> = consumer
+            .assignment()
+            .map(|a| a.elements().iter().filter(|e| !revoked.contains(&(self.source(e.topic()), e.partition()))).map(|e| e.partition()).collect())
+            .unwrap_or_default();
+        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        for (source, p) in &revoked {
+            if *source == Source::Events {
                 owned.remove(p);
             }
-            tracing::info!(?partitions, "partitions revoked (drained and committed)");
+            if !remaining.contains(p) {
+                self.states.release(*p);
+                self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(p);
+                self.restoring.lock().unwrap_or_else(|p| p.into_inner()).remove(p);
+            }
         }
+        tracing::info!(?revoked, "partitions revoked (drained, committed, state flushed)");
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
-                let partitions = self.partitions(list);
-                let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
-                owned.extend(&partitions);
-                drop(owned);
-                tracing::info!(?partitions, owned = self.owned_count(), "partitions assigned");
+                let assigned: Vec<(Source, i32)> = list.elements().iter().map(|e| (self.source(e.topic()), e.partition())).collect();
+                self.owned
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(assigned.iter().filter(|(s, _)| *s == Source::Events).map(|(_, p)| *p));
+                let numbers: BTreeSet<i32> = assigned.iter().map(|(_, p)| *p).collect();
+                for p in numbers {
+                    match self.states.assign(&self.processor, p) {
+                        Ok(true) => {
+                            self.restoring.lock().unwrap_or_else(|p| p.into_inner()).insert(p);
+                            if let Err(e) = consumer.pause(&self.topic_partitions(consumer, p)) {
+                                tracing::warn!(partition = p, error = %e, "pausing a partition while its state is restored");
+                            }
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            self.fatal.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| format!("opening the per-player state: {e}"));
+                        }
+                    }
+                }
+                tracing::info!(?assigned, owned = self.owned_count(), "partitions assigned");
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "consumer group rebalance failed"),
@@ -150,32 +216,46 @@ pub fn run(processor: Arc<Processor>, stop: watch::Receiver<bool>) -> Result<()>
     }
     let settings = &processor.settings;
     let exactly_once = settings.delivery == crate::config::Delivery::ExactlyOnce;
+    let partitions = crate::kafka::partition_count(rdkafka::producer::Producer::client(&processor.producer), &settings.event_topic, Duration::from_secs(30))?
+        .with_context(|| format!("the events topic `{}` does not exist", settings.event_topic))?;
+    let states = States::open(&processor, partitions as i32)?;
     let tracker = Arc::new(Tracker::default());
     let limits = *processor.record_limits.lock().unwrap_or_else(|p| p.into_inner());
     let sink: Arc<dyn Sink> = if exactly_once {
-        Arc::new(ExactlyOnce::new(processor.clone(), tracker.clone(), limits, stop.clone())?)
+        Arc::new(ExactlyOnce::new(processor.clone(), tracker.clone(), limits, stop.clone(), states.clone())?)
     } else {
-        Arc::new(AtLeastOnce::new(processor.clone(), tracker.clone(), limits)?)
+        Arc::new(AtLeastOnce::new(processor.clone(), tracker.clone(), limits, states.clone())?)
     };
     let context = EventsContext {
         processor: processor.clone(),
         sink: sink.clone(),
+        states: states.clone(),
         owned: Mutex::default(),
         revoked: Mutex::default(),
+        restoring: Mutex::default(),
+        held: Mutex::default(),
         fatal: Mutex::default(),
         abandoned: AtomicBool::new(false),
         limiter: LogLimiter::default(),
     };
     let consumer: EventConsumer =
         crate::kafka::event_consumer_config(settings, exactly_once).create_with_context(context).context("creating the events consumer")?;
-    consumer.subscribe(&[&settings.event_topic]).with_context(|| format!("subscribing to `{}`", settings.event_topic))?;
-    let workers = Workers::start(&processor, &sink, settings.workers)?;
-    let consumed = consume(&processor, &consumer, &*sink, &workers, &tracker, &stop);
+    consumer
+        .subscribe(&[&settings.event_topic, &settings.repartition_topic])
+        .with_context(|| format!("subscribing to `{}` and `{}`", settings.event_topic, settings.repartition_topic))?;
+    let workers = Workers::start(&processor, &sink, &states, settings.workers)?;
+    let consumed = consume(&processor, &consumer, &*sink, &workers, &tracker, &states, &stop);
     tracing::info!("stopping: finishing in-flight events");
     // After a failure nothing more is committed: what was not, is processed again by the next
     // owner (at-least-once) or was never part of a committed transaction (exactly-once).
     let closed = if consumed.is_ok() {
-        sink.close(&consumer)
+        let closed = sink.close(&consumer);
+        if closed.is_ok() && !exactly_once {
+            if let Err(e) = states.flush_all() {
+                tracing::warn!(error = %e, "flushing the per-player state at shutdown");
+            }
+        }
+        closed
     } else {
         consumer.context().abandoned.store(true, Ordering::SeqCst);
         Ok(())
@@ -183,17 +263,48 @@ pub fn run(processor: Arc<Processor>, stop: watch::Receiver<bool>) -> Result<()>
     workers.stop();
     consumer.unsubscribe();
     drop(consumer);
+    for store in states.all() {
+        let _ = store.persist();
+    }
     consumed?;
     closed?;
     tracing::info!("events consumer stopped; offsets committed");
     Ok(())
 }
 
-fn consume(processor: &Processor, consumer: &EventConsumer, sink: &dyn Sink, workers: &Workers, tracker: &Arc<Tracker>, stop: &watch::Receiver<bool>) -> Result<()> {
+/// Turns a polled message into a job (the repartition topic's records carry their origin).
+fn job(context: &EventsContext, m: &rdkafka::message::BorrowedMessage<'_>, limits: &rtcrm_sandbox::EventLimits) -> Job {
+    let mut job = Job::new(m.partition(), m.offset(), m.key(), m.payload(), limits);
+    job.source = context.source(m.topic());
+    if job.source == Source::Repartitioned {
+        let header = |name: &str| -> Option<i64> {
+            let headers = m.headers()?;
+            let h = headers.iter().find(|h| h.key == name)?;
+            std::str::from_utf8(h.value?).ok()?.parse().ok()
+        };
+        if let (Some(p), Some(o)) = (header("rtcrm.source.partition"), header("rtcrm.source.offset")) {
+            job.origin = Some((p as i32, o));
+        }
+    }
+    job
+}
+
+#[allow(clippy::too_many_arguments)]
+fn consume(
+    processor: &Processor,
+    consumer: &EventConsumer,
+    sink: &dyn Sink,
+    workers: &Workers,
+    tracker: &Arc<Tracker>,
+    states: &Arc<States>,
+    stop: &watch::Receiver<bool>,
+) -> Result<()> {
     let metrics = &processor.metrics;
     let context = consumer.context();
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let limits = processor.sandbox.event_limits();
+    let mut last_scan = Instant::now();
+    let mut deadline_batch: Option<Arc<Batch>> = None;
     loop {
         if *stop.borrow() {
             return Ok(());
@@ -205,7 +316,7 @@ fn consume(processor: &Processor, consumer: &EventConsumer, sink: &dyn Sink, wor
         while jobs.len() < MAX_BATCH {
             match consumer.poll(wait) {
                 None => break,
-                Some(Ok(m)) => jobs.push(Job::new(m.partition(), m.offset(), m.key(), m.payload(), &limits)),
+                Some(Ok(m)) => jobs.push(job(context, &m, &limits)),
                 Some(Err(e)) => {
                     if context.limiter.allow("poll") {
                         tracing::warn!(error = %e, "consuming events");
@@ -218,14 +329,92 @@ fn consume(processor: &Processor, consumer: &EventConsumer, sink: &dyn Sink, wor
         context.drop_revoked(&mut jobs);
         if sink.take_rewind(consumer)? {
             jobs.clear();
+            context.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
-        if !jobs.is_empty() {
+        let jobs_now = release_restored(context, consumer, states, std::mem::take(&mut jobs));
+        if !jobs_now.is_empty() {
+            advance_clocks(processor, states, &jobs_now);
             sink.before_dispatch()?;
-            metrics.events.inc_by(jobs.len() as u64);
-            let batch = Batch::dispatch(std::mem::take(&mut jobs), workers.len(), tracker);
+            metrics.events.inc_by(jobs_now.iter().filter(|j| j.offset >= 0).count() as u64);
+            let batch = Batch::dispatch(jobs_now, workers.len(), tracker);
             workers.dispatch(&batch)?;
         }
         sink.after_poll(consumer)?;
+        if last_scan.elapsed() >= DEADLINE_SCAN && deadline_batch.as_ref().is_none_or(|b| b.is_done()) && sink.state_settled() {
+            last_scan = Instant::now();
+            deadline_batch = run_deadlines(processor, states, sink, workers, tracker)?;
+        }
         metrics.in_flight_events.set(tracker.in_flight_events() as i64);
     }
+}
+
+/// The jobs that may be dispatched now: those of partitions whose state is restored, after the
+/// jobs held back for partitions that have just finished restoring (which are resumed).
+fn release_restored(context: &EventsContext, consumer: &EventConsumer, states: &States, jobs: Vec<Job>) -> Vec<Job> {
+    let mut held = context.held.lock().unwrap_or_else(|p| p.into_inner());
+    let mut restoring = context.restoring.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = Vec::with_capacity(jobs.len());
+    let done: Vec<i32> = restoring.iter().copied().filter(|p| states.store(*p).is_some_and(|s| s.is_restored())).collect();
+    for p in done {
+        restoring.remove(&p);
+        out.extend(held.remove(&p).unwrap_or_default());
+        if let Err(e) = consumer.resume(&context.topic_partitions(consumer, p)) {
+            tracing::warn!(partition = p, error = %e, "resuming a restored partition");
+        }
+    }
+    for job in jobs {
+        if restoring.contains(&job.partition) {
+            held.entry(job.partition).or_default().push(job);
+        } else {
+            out.push(job);
+        }
+    }
+    out
+}
+
+/// Advances the partition clocks with the batch's event times (spec §12: time per partition).
+fn advance_clocks(processor: &Processor, states: &States, jobs: &[Job]) {
+    let mut latest: BTreeMap<i32, i64> = BTreeMap::new();
+    for job in jobs {
+        if let Payload::Event(event) = &job.payload {
+            let t = event_time(event, processor.settings.clock).timestamp_millis();
+            let e = latest.entry(job.partition).or_insert(t);
+            *e = (*e).max(t);
+        }
+    }
+    for (p, t) in latest {
+        if let Some(store) = states.store(p) {
+            store.saw(t);
+        }
+    }
+}
+
+/// Dispatches the due deadlines and confirmed timer triggers of every restored partition as one
+/// batch (state work only; it commits no offset). At-least-once flushes the stores first, so the
+/// scan sees every change made so far.
+fn run_deadlines(processor: &Processor, states: &Arc<States>, sink: &dyn Sink, workers: &Workers, tracker: &Arc<Tracker>) -> Result<Option<Arc<Batch>>> {
+    if processor.settings.delivery != crate::config::Delivery::ExactlyOnce {
+        states.flush_all().map_err(|e| anyhow!("writing the per-player state: {e}"))?;
+    }
+    let mut jobs = Vec::new();
+    for store in states.all().into_iter().filter(|s| s.is_restored()) {
+        let p = store.partition;
+        for key in states.take_confirmed(p) {
+            jobs.push(Job::state_work(p, Payload::Confirmed(key)));
+        }
+        let now = store.now();
+        for deadline in store.due(now, DEADLINES_PER_SCAN).map_err(|e| anyhow!("{e}"))? {
+            if deadline.kind == DeadlineKind::Pending && states.is_in_flight(p, &deadline.key) {
+                continue;
+            }
+            jobs.push(Job::state_work(p, Payload::Deadline(deadline)));
+        }
+    }
+    if jobs.is_empty() {
+        return Ok(None);
+    }
+    sink.before_dispatch()?;
+    let batch = Batch::dispatch(jobs, workers.len(), tracker);
+    workers.dispatch(&batch)?;
+    Ok(Some(batch))
 }

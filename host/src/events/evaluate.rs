@@ -11,6 +11,12 @@ use crate::config::Clock;
 use crate::events::batch::{Batch, Job, Payload};
 use crate::events::sink::{dead_letter, Record, RecordKind, Sink};
 use crate::processor::Processor;
+use crate::state::controls::Controls;
+use crate::state::decide::{self, Input, Outcome, PlayerState, Position, Source};
+use crate::state::partitioning::state_partition;
+use crate::state::store::{split_key, state_key, Deadline, DeadlineKind, PartitionStore};
+use crate::state::stores::States;
+use rdkafka::message::{Header, OwnedHeaders};
 use chrono::{DateTime, Utc};
 use crate::campaigns::instances::InstanceBudget;
 use crate::telemetry::stats::LastError;
@@ -184,22 +190,36 @@ fn failed(processor: &Arc<Processor>, campaign: &LiveCampaign, err: &EvalError, 
     }
 }
 
-/// One worker's evaluation state: scratch buffers reused across events.
+/// What a trigger carries besides spec §9's fields (spec §12).
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// A control-group player's would-be trigger: to the control topic, with `"group": "control"`.
+    pub control: bool,
+    pub variant: Option<String>,
+    /// `"reason": "inactivity"` for an inactivity timer's trigger.
+    pub inactivity: bool,
+}
+
+/// One worker's evaluation state: scratch buffers reused across events, and its shard (it
+/// evaluates the players hashed to it, and owns their per-player state changes).
 pub struct Evaluator {
     processor: Arc<Processor>,
+    states: Arc<States>,
+    shard: usize,
     pair: String,
     payload: Vec<u8>,
     triggered_at: String,
 }
 
 impl Evaluator {
-    pub fn new(processor: Arc<Processor>) -> Evaluator {
-        Evaluator { processor, pair: String::new(), payload: Vec::with_capacity(4096), triggered_at: String::new() }
+    pub fn new(processor: Arc<Processor>, states: Arc<States>, shard: usize) -> Evaluator {
+        Evaluator { processor, states, shard, pair: String::new(), payload: Vec::with_capacity(4096), triggered_at: String::new() }
     }
 
     /// Evaluates shard `shard` of `batch` against the campaigns in force now (one snapshot for
     /// the whole shard), sending its records to `sink`.
     pub fn shard(&mut self, batch: &Arc<Batch>, shard: usize, sink: &dyn Sink) {
+        debug_assert_eq!(shard, self.shard);
         let set = self.processor.registry.snapshot();
         let tick = self.processor.instances.tick();
         self.triggered_at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -212,66 +232,343 @@ impl Evaluator {
 
     fn process(&mut self, set: &CampaignSet, batch: &Arc<Batch>, index: u32, sink: &dyn Sink, tick: u64) {
         let job = &batch.jobs[index as usize];
-        let processor = self.processor.clone();
-        let settings = &processor.settings;
-        let event = match &job.payload {
-            Payload::Event(event) => event,
+        match &job.payload {
+            Payload::Event(event) => self.event(set, event, batch, index, sink, tick),
             Payload::Invalid { reason, .. } => {
                 tracing::warn!(partition = job.partition, offset = job.offset, reason = %reason, "event sent to the dead-letter topic");
                 self.processor.metrics.dead_letters.inc();
-                sink.send(dead_letter(settings, job, reason, None), batch, index);
-                return;
+                sink.send(dead_letter(&self.processor.settings, job, reason, None), batch, index);
+            }
+            Payload::Deadline(deadline) => self.deadline(set, deadline, batch, index, sink),
+            Payload::Confirmed(key) => self.confirmed(set, key, batch, index, sink),
+        }
+    }
+
+    fn event(&mut self, set: &CampaignSet, event: &Event, batch: &Arc<Batch>, index: u32, sink: &dyn Sink, tick: u64) {
+        let processor = self.processor.clone();
+        let settings = &processor.settings;
+        let job = &batch.jobs[index as usize];
+        let Some(meta) = EventMeta::read(event, settings.clock) else { return };
+        let repartitioned = job.source == Source::Repartitioned;
+        let player = job.player();
+        let mut event_fault = None;
+        let mut forward_to = None;
+        let mut note_fault = |err: &EvalError, campaign: &LiveCampaign| {
+            if err.caused_by_event() && event_fault.is_none() {
+                event_fault = Some(format!("the event made the filter of campaign {} fail: {err}", campaign.def.id));
             }
         };
-        let Some(meta) = EventMeta::read(event, settings.clock) else { return };
-        let mut event_fault = None;
         for campaign in set.candidates(&meta.game, &meta.event_name, &mut self.pair) {
             if precheck(campaign, &meta).is_some() {
                 continue;
             }
-            match evaluate_filter(&self.processor, campaign, event, job, tick) {
-                Ok(Verdict { matched: true, .. }) => self.trigger(campaign, event, job, batch, index, sink),
-                Err(err) if err.caused_by_event() && event_fault.is_none() => {
-                    event_fault = Some(format!("the event made the filter of campaign {} fail: {err}", campaign.def.id));
-                }
-                _ => {}
+            let controls = &campaign.def.controls;
+            // Campaigns without per-player state are evaluated where the event was first read.
+            if repartitioned && !controls.needs_state() {
+                continue;
             }
+            if !controls.any() {
+                match evaluate_filter(&processor, campaign, event, job, tick) {
+                    Ok(Verdict { matched: true, .. }) => {
+                        let id = self.trigger_id(campaign.def.id, event, job);
+                        self.trigger(campaign, event.as_bytes(), &id, player.as_deref().unwrap_or(""), Extras::default(), None, batch, index, sink);
+                    }
+                    Err(err) => note_fault(&err, campaign),
+                    _ => {}
+                }
+                continue;
+            }
+            let Some(player) = player.as_deref() else {
+                campaign.telemetry.no_player.inc();
+                continue;
+            };
+            if !controls.needs_state() {
+                // Holdout and variants only: decided by the player's hash, no state.
+                match evaluate_filter(&processor, campaign, event, job, tick) {
+                    Ok(Verdict { matched: true, .. }) => {
+                        let control = decide::in_control_group(campaign.def.id, player, controls.holdout_bp);
+                        let variant = if control { None } else { decide::variant(campaign.def.id, player, controls) };
+                        let id = self.trigger_id(campaign.def.id, event, job);
+                        self.trigger(campaign, event.as_bytes(), &id, player, Extras { control, variant, inactivity: false }, None, batch, index, sink);
+                    }
+                    Err(err) => note_fault(&err, campaign),
+                    _ => {}
+                }
+                continue;
+            }
+            let home = state_partition(player, self.states.partitions);
+            if home != job.partition {
+                if !repartitioned {
+                    forward_to = Some(home);
+                } else {
+                    tracing::warn!(partition = job.partition, home, player, "a repartitioned event on the wrong partition; skipped");
+                }
+                continue;
+            }
+            if let Err(err) = self.stateful(campaign, event, &meta, player, home, batch, index, sink, tick) {
+                note_fault(&err, campaign);
+            }
+        }
+        if let Some(partition) = forward_to {
+            self.forward(event, partition, player.as_deref().unwrap_or(""), batch, index, sink);
         }
         // One dead letter per event, however many filters it made fail; the other campaigns'
         // triggers went out.
         if let Some(reason) = event_fault {
             tracing::warn!(partition = job.partition, offset = job.offset, reason = %reason, "event sent to the dead-letter topic");
-            self.processor.metrics.dead_letters.inc();
+            processor.metrics.dead_letters.inc();
             sink.send(dead_letter(settings, job, &reason, None), batch, index);
         }
     }
 
-    /// Builds the trigger (spec §9) in the worker's buffer and sends it, keyed by the player.
-    fn trigger(&mut self, campaign: &LiveCampaign, event: &Event, job: &Job, batch: &Arc<Batch>, index: u32, sink: &dyn Sink) {
+    /// Spec §12's checks for one stateful campaign and the event, on the player's stored state.
+    #[allow(clippy::too_many_arguments)]
+    fn stateful(
+        &mut self,
+        campaign: &LiveCampaign,
+        event: &Event,
+        meta: &EventMeta<'_>,
+        player: &str,
+        partition: i32,
+        batch: &Arc<Batch>,
+        index: u32,
+        sink: &dyn Sink,
+        tick: u64,
+    ) -> Result<(), EvalError> {
+        let job = &batch.jobs[index as usize];
+        let Some(store) = self.states.store(partition) else {
+            tracing::error!(partition, "no state store for an owned partition; the event is not evaluated for campaign {}", campaign.def.id);
+            return Ok(());
+        };
+        let controls = &campaign.def.controls;
+        let key = state_key(campaign.def.id, player);
+        let (prev, prev_bytes) = self.load(&store, &key);
+        let at = Position { source: job.source, offset: job.offset };
+        let trigger_id = self.trigger_id(campaign.def.id, event, job);
+        let (matched, js) = if decide::is_replay(prev.as_ref(), controls, at) {
+            (true, None)
+        } else {
+            let verdict = evaluate_filter(&self.processor, campaign, event, job, tick)?;
+            (verdict.matched, None)
+        };
+        let input = Input {
+            campaign_id: campaign.def.id,
+            player,
+            now: meta.time.timestamp_millis(),
+            at,
+            matched,
+            event: event.as_bytes(),
+            trigger_id: &trigger_id,
+            js,
+        };
+        let (outcome, next) = decide::decide(controls, prev.clone(), &input);
+        if let Some(next) = next {
+            self.save(&store, campaign, &key, prev.as_ref(), prev_bytes, Some(&next), batch, index, sink);
+        }
+        self.trigger_or_count(campaign, outcome, event.as_bytes(), &trigger_id, player, None, batch, index, sink);
+        Ok(())
+    }
+
+    /// What a decision leads to: a trigger (or its repetition after a replay), or a count.
+    #[allow(clippy::too_many_arguments)]
+    fn trigger_or_count(&mut self, campaign: &LiveCampaign, outcome: Outcome, event: &[u8], trigger_id: &str, player: &str, confirm: Option<(i32, String)>, batch: &Arc<Batch>, index: u32, sink: &dyn Sink) {
+        let telemetry = &campaign.telemetry;
+        let controls = &campaign.def.controls;
+        let inactivity = confirm.is_some() || controls.inactivity_ms.is_some();
+        match outcome {
+            Outcome::Trigger { control, variant } => {
+                self.trigger(campaign, event, trigger_id, player, Extras { control, variant, inactivity }, confirm, batch, index, sink)
+            }
+            Outcome::Replayed { triggered: true } => {
+                let control = decide::in_control_group(campaign.def.id, player, controls.holdout_bp);
+                let variant = if control { None } else { decide::variant(campaign.def.id, player, controls) };
+                self.trigger(campaign, event, trigger_id, player, Extras { control, variant, inactivity }, confirm, batch, index, sink)
+            }
+            Outcome::Cooldown { .. } => {
+                telemetry.cooldown.inc();
+            }
+            Outcome::Cap { .. } => {
+                telemetry.cap.inc();
+            }
+            Outcome::Counting { .. } => {
+                telemetry.counting.inc();
+            }
+            Outcome::NoMatch | Outcome::Armed { .. } | Outcome::Replayed { triggered: false } => {}
+        }
+    }
+
+    /// The stored state under `key` and its size (a corrupt one counts as none, and is logged).
+    fn load(&self, store: &PartitionStore, key: &str) -> (Option<PlayerState>, usize) {
+        match store.get_sized(self.shard, key) {
+            Ok(Some((state, bytes))) => (Some(state), bytes),
+            Ok(None) => (None, 0),
+            Err(e) => {
+                tracing::error!(error = %e, "reading a per-player state; treating it as empty");
+                (None, 0)
+            }
+        }
+    }
+
+    /// Records a state change in the store and the changelog (`next` None: deleted).
+    #[allow(clippy::too_many_arguments)]
+    fn save(&mut self, store: &PartitionStore, campaign: &LiveCampaign, key: &str, prev: Option<&PlayerState>, prev_bytes: usize, next: Option<&PlayerState>, batch: &Arc<Batch>, index: u32, sink: &dyn Sink) {
+        let json = store.put(self.shard, key, prev, next, &campaign.def.controls);
+        let telemetry = &campaign.telemetry;
+        telemetry.state_entries.inc_by(i64::from(next.is_some()) - i64::from(prev.is_some()));
+        telemetry.state_bytes.inc_by(json.as_ref().map_or(0, Vec::len) as i64 - prev_bytes as i64);
+        let armed = |s: Option<&PlayerState>| i64::from(s.is_some_and(|s| s.inactive.is_some()));
+        telemetry.timers.inc_by(armed(next) - armed(prev));
         let settings = &self.processor.settings;
-        let id = trigger_id(campaign.def.id, event, &settings.event_topic, job.partition, job.offset);
-        let out = &mut self.payload;
-        out.clear();
-        out.extend_from_slice(b"{\"campaign\":");
-        out.extend_from_slice(campaign.trigger_json.get().as_bytes());
-        out.extend_from_slice(b",\"event\":");
-        out.extend_from_slice(event.as_bytes());
-        out.extend_from_slice(b",\"trigger_id\":");
-        out.extend_from_slice(serde_json::to_string(&id).expect("a string serializes").as_bytes());
-        out.extend_from_slice(b",\"triggered_at\":\"");
-        out.extend_from_slice(self.triggered_at.as_bytes());
-        out.extend_from_slice(b"\"}");
-        let key = player_key(event);
-        self.processor.metrics.triggers.inc();
         let record = Record {
-            kind: RecordKind::Trigger { campaign: campaign.def.id },
-            topic: &settings.trigger_topic,
-            key: Some(key.as_bytes()),
-            payload: Some(&self.payload),
-            headers: None,
+            partition: Some(store.partition),
+            ..Record::new(RecordKind::Changelog { partition: store.partition }, &settings.changelog_topic, Some(key.as_bytes()), json.as_deref())
         };
         sink.send(record, batch, index);
     }
+
+    /// A per-player deadline came due: an inactivity timer fires, a fired timer's trigger is sent
+    /// again (after a restore), or a state that holds nothing needed is deleted.
+    fn deadline(&mut self, set: &CampaignSet, deadline: &Deadline, batch: &Arc<Batch>, index: u32, sink: &dyn Sink) {
+        let job = &batch.jobs[index as usize];
+        let Some(store) = self.states.store(job.partition) else { return };
+        let Some((campaign_id, player)) = split_key(&deadline.key) else {
+            store.remove_deadline(self.shard, deadline);
+            return;
+        };
+        let (prev, prev_bytes) = self.load(&store, &deadline.key);
+        let Some(campaign) = set.get(campaign_id) else {
+            // The campaign is gone: so is its state.
+            store.remove_deadline(self.shard, deadline);
+            if let Some(prev) = &prev {
+                let _ = store.put(self.shard, &deadline.key, Some(prev), None, &Controls::default());
+                let settings = &self.processor.settings;
+                let record = Record {
+                    partition: Some(store.partition),
+                    ..Record::new(RecordKind::Changelog { partition: store.partition }, &settings.changelog_topic, Some(deadline.key.as_bytes()), None)
+                };
+                sink.send(record, batch, index);
+            }
+            return;
+        };
+        let controls = &campaign.def.controls;
+        let two_phase = self.processor.settings.delivery != crate::config::Delivery::ExactlyOnce;
+        let now = store.now();
+        match (deadline.kind, prev) {
+            (DeadlineKind::Inactivity, Some(prev)) => match decide::fire(controls, campaign_id, player, prev.clone(), now) {
+                Some((outcome, armed, mut next)) => {
+                    if !two_phase {
+                        // Exactly-once: the trigger and the disarmed state commit together.
+                        next.pending = None;
+                    }
+                    self.save(&store, campaign, &deadline.key, Some(&prev), prev_bytes, Some(&next), batch, index, sink);
+                    let confirm = (two_phase && next.pending.is_some() && self.states.sending(store.partition, &deadline.key))
+                        .then(|| (store.partition, deadline.key.clone()));
+                    if !matches!(outcome, Outcome::Trigger { .. }) {
+                        tracing::debug!(campaign = campaign_id, player, ?outcome, "an inactivity timer fired without a trigger");
+                    }
+                    self.trigger_or_count(campaign, outcome, armed.event.get().as_bytes(), &armed.id, player, confirm, batch, index, sink);
+                }
+                None => store.remove_deadline(self.shard, deadline),
+            },
+            (DeadlineKind::Pending, Some(prev)) => match &prev.pending {
+                Some(fired) if self.states.sending(store.partition, &deadline.key) => {
+                    let extras = Extras { control: fired.control, variant: fired.variant.clone(), inactivity: true };
+                    let confirm = Some((store.partition, deadline.key.clone()));
+                    self.trigger(campaign, fired.armed.event.get().as_bytes(), &fired.armed.id, player, extras, confirm, batch, index, sink);
+                }
+                Some(_) => {}
+                None => store.remove_deadline(self.shard, deadline),
+            },
+            (DeadlineKind::Expiry, Some(prev)) => {
+                if prev.expires(controls).is_some_and(|until| until <= now) {
+                    self.save(&store, campaign, &deadline.key, Some(&prev), prev_bytes, None, batch, index, sink);
+                } else {
+                    store.remove_deadline(self.shard, deadline);
+                }
+            }
+            (_, None) => store.remove_deadline(self.shard, deadline),
+        }
+    }
+
+    /// A fired timer's trigger was delivered: its pending firing is cleared.
+    fn confirmed(&mut self, set: &CampaignSet, key: &str, batch: &Arc<Batch>, index: u32, sink: &dyn Sink) {
+        let job = &batch.jobs[index as usize];
+        let (Some(store), Some((campaign_id, _))) = (self.states.store(job.partition), split_key(key)) else { return };
+        let Some(campaign) = set.get(campaign_id) else { return };
+        let (prev, prev_bytes) = self.load(&store, key);
+        if let Some(next) = prev.clone().and_then(decide::delivered) {
+            self.save(&store, campaign, key, prev.as_ref(), prev_bytes, Some(&next), batch, index, sink);
+        }
+    }
+
+    /// Forwards the event to the repartition topic's `partition` (its player's state partition).
+    fn forward(&mut self, event: &Event, partition: i32, player: &str, batch: &Arc<Batch>, index: u32, sink: &dyn Sink) {
+        let job = &batch.jobs[index as usize];
+        let settings = &self.processor.settings;
+        let (p, o) = (job.partition.to_string(), job.offset.to_string());
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "rtcrm.source.partition", value: Some(p.as_str()) })
+            .insert(Header { key: "rtcrm.source.offset", value: Some(o.as_str()) });
+        self.processor.metrics.repartitioned.inc();
+        let record = Record {
+            partition: Some(partition),
+            headers: Some(headers),
+            ..Record::new(RecordKind::Forward, &settings.repartition_topic, Some(player.as_bytes()), Some(event.as_bytes()))
+        };
+        sink.send(record, batch, index);
+    }
+
+    /// The trigger id of `event` (spec §9); a repartitioned event without `event_id` keeps the
+    /// position it had in the events topic.
+    fn trigger_id(&self, campaign: i64, event: &Event, job: &Job) -> String {
+        let (partition, offset) = job.origin.unwrap_or((job.partition, job.offset));
+        trigger_id(campaign, event, &self.processor.settings.event_topic, partition, offset)
+    }
+
+    /// Builds a trigger (spec §9, plus spec §12's `variant`, `group` and `reason`) in the
+    /// worker's buffer and sends it, keyed by the player: to the control topic for a
+    /// control-group player.
+    #[allow(clippy::too_many_arguments)]
+    fn trigger(&mut self, campaign: &LiveCampaign, event: &[u8], id: &str, player: &str, extras: Extras, confirm: Option<(i32, String)>, batch: &Arc<Batch>, index: u32, sink: &dyn Sink) {
+        let settings = &self.processor.settings;
+        trigger_payload(&mut self.payload, campaign, event, id, &self.triggered_at, &extras);
+        let topic = if extras.control {
+            campaign.telemetry.control_matches.inc();
+            &settings.control_topic
+        } else {
+            self.processor.metrics.triggers.inc();
+            &settings.trigger_topic
+        };
+        let record = Record { confirm, ..Record::new(RecordKind::Trigger { campaign: campaign.def.id }, topic, Some(player.as_bytes()), Some(&self.payload)) };
+        sink.send(record, batch, index);
+    }
+}
+
+/// A trigger's JSON (spec §9, plus spec §12's `variant`, `group` and `reason`) into `out`: the
+/// original's two fields first, unchanged in shape.
+pub fn trigger_payload(out: &mut Vec<u8>, campaign: &LiveCampaign, event: &[u8], trigger_id: &str, triggered_at: &str, extras: &Extras) {
+    out.clear();
+    out.extend_from_slice(b"{\"campaign\":");
+    out.extend_from_slice(campaign.trigger_json.get().as_bytes());
+    out.extend_from_slice(b",\"event\":");
+    out.extend_from_slice(event);
+    out.extend_from_slice(b",\"trigger_id\":");
+    out.extend_from_slice(serde_json::to_string(trigger_id).expect("a string serializes").as_bytes());
+    // RFC 3339 text needs no escaping.
+    out.extend_from_slice(b",\"triggered_at\":\"");
+    out.extend_from_slice(triggered_at.as_bytes());
+    out.push(b'"');
+    if let Some(variant) = &extras.variant {
+        out.extend_from_slice(b",\"variant\":");
+        out.extend_from_slice(serde_json::to_string(variant).expect("a string serializes").as_bytes());
+    }
+    if extras.control {
+        out.extend_from_slice(b",\"group\":\"control\"");
+    }
+    if extras.inactivity {
+        out.extend_from_slice(b",\"reason\":\"inactivity\"");
+    }
+    out.push(b'}');
 }
 
 /// Deterministic per (event, campaign) (spec §9): `<campaign id>:<event_id>`, or

@@ -6,6 +6,7 @@ use crate::events::batch::Batch;
 use crate::events::evaluate::Evaluator;
 use crate::events::sink::Sink;
 use crate::processor::Processor;
+use crate::state::stores::States;
 use anyhow::{anyhow, Context, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
@@ -29,17 +30,17 @@ pub struct Workers {
 }
 
 impl Workers {
-    pub fn start(processor: &Arc<Processor>, sink: &Arc<dyn Sink>, n: usize) -> Result<Workers> {
+    pub fn start(processor: &Arc<Processor>, sink: &Arc<dyn Sink>, states: &Arc<States>, n: usize) -> Result<Workers> {
         let dead = Arc::new(AtomicBool::new(false));
         let mut senders = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         for i in 0..n {
             let (tx, rx) = sync_channel::<Work>(QUEUE_DEPTH);
-            let (processor, sink, dead) = (processor.clone(), sink.clone(), dead.clone());
+            let (processor, sink, dead, states) = (processor.clone(), sink.clone(), dead.clone(), states.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("rtcrm-worker-{i}"))
                 .spawn(move || {
-                    let mut evaluator = Evaluator::new(processor);
+                    let mut evaluator = Evaluator::new(processor, states, i);
                     while let Ok(work) = rx.recv() {
                         let evaluated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                             evaluator.shard(&work.batch, work.shard, &*sink);

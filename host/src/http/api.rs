@@ -13,7 +13,8 @@
 //!
 //! A view: `{"campaign_id", "state", "error", "campaign": <the JSON in force, or null>, "counters":
 //! {"evaluations", "matches", "errors": {kind: n}, "errors_total", "fuel_p50", "fuel_p99",
-//! "last_match_at"}}`. Bodies are capped at [`BODY_LIMIT`] (413 beyond).
+//! "last_match_at", "last_error": null | {"kind", "message", "partition", "offset", "at"}}}`.
+//! Backtests and explain (`/api/backtest`, `/api/explain`) are in `backtest.rs`. Bodies are capped at [`BODY_LIMIT`] (413 beyond).
 
 use crate::campaigns::definition::CampaignDef;
 use crate::campaigns::loader::FilterRejection;
@@ -91,7 +92,7 @@ async fn drain(mut stream: impl Stream<Item = Result<Bytes, axum::Error>> + Unpi
 }
 
 /// The request body, at most [`BODY_LIMIT`] bytes.
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let mut stream = body.into_data_stream();
     if content_length(headers).is_some_and(|n| n > BODY_LIMIT as u64) {
         drain(stream, 0).await;
@@ -110,7 +111,7 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
 }
 
 /// The body as a JSON object; `what` names it in errors ("the event").
-fn json_object(bytes: &[u8], what: &str) -> Result<serde_json::Map<String, Value>, ApiError> {
+pub(crate) fn json_object(bytes: &[u8], what: &str) -> Result<serde_json::Map<String, Value>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the request body is empty; send {what} as a JSON object")));
     }
@@ -142,6 +143,8 @@ struct Counters {
     fuel_p50: Option<u64>,
     fuel_p99: Option<u64>,
     last_match_at: Option<String>,
+    /// The last failed evaluation (spec §13): `{"kind", "message", "partition", "offset", "at"}`.
+    last_error: Option<Value>,
 }
 
 #[derive(Serialize)]
@@ -168,6 +171,15 @@ fn counters(processor: &Processor, id: i64) -> Counters {
             .last_match_ms
             .and_then(chrono::DateTime::from_timestamp_millis)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        last_error: s.last_error.map(|e| {
+            j!({
+                "kind": e.kind.as_str(),
+                "message": e.message,
+                "partition": e.partition,
+                "offset": e.offset,
+                "at": chrono::DateTime::from_timestamp_millis(e.at_ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            })
+        }),
     }
 }
 
@@ -212,7 +224,7 @@ async fn get_campaign(State(http): State<Http>, Path(id): Path<String>) -> Resul
 }
 
 /// A compile error as `{"message", "line", "column"}` (line and column null when not a syntax error).
-fn compile_error(err: &CompileError) -> Value {
+pub(crate) fn compile_error(err: &CompileError) -> Value {
     match err {
         CompileError::Syntax { message, line, column } => j!({ "message": message, "line": line, "column": column }),
         other => j!({ "message": other.to_string(), "line": null, "column": null }),

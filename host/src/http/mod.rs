@@ -11,6 +11,7 @@
 //! Errors are JSON: `{"error": "..."}` with the matching status.
 
 pub mod api;
+pub mod backtest;
 pub mod console;
 
 use crate::http::api::TriggerHub;
@@ -37,6 +38,8 @@ pub struct Http {
     pub hub: Arc<TriggerHub>,
     /// Turns true at shutdown (ends the server-sent event streams).
     pub shutdown: watch::Receiver<bool>,
+    /// Backtest jobs and explain slots (`backtest.rs`).
+    pub dry: Arc<crate::http::backtest::DryRuns>,
 }
 
 /// Binds the address now (so a busy port fails the start); the future serves until `shutdown`.
@@ -54,7 +57,7 @@ pub async fn bind(processor: Arc<Processor>, mut shutdown: watch::Receiver<bool>
              POST and DELETE requests are refused (set --api-token, RTCRM_API_TOKEN or api_token)"
         );
     }
-    let app = router(Http { processor, hub: Arc::new(TriggerHub::default()), shutdown: shutdown.clone() });
+    let app = router(Http { processor, hub: Arc::new(TriggerHub::default()), shutdown: shutdown.clone(), dry: Default::default() });
     Ok(async move {
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;
@@ -70,6 +73,7 @@ pub fn router(http: Http) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(crate::http::api::routes())
+        .merge(crate::http::backtest::routes())
         .merge(crate::http::console::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such resource; the API is under /api, the console at /") })
         .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this resource") })

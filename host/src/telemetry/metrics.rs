@@ -132,6 +132,26 @@ pub struct Metrics {
     pub transactions: Family<KindLabel, Counter>,
     /// Events consumed but not yet finished (evaluated and delivered).
     pub in_flight_events: Gauge,
+    /// Would-be triggers of control-group players (spec §12), by campaign.
+    pub control_matches: Family<CampaignLabel, Counter>,
+    /// Matches that did not trigger, by campaign and reason (`cooldown`, `cap`, `count`).
+    pub suppressed: Family<ReasonLabels, Counter>,
+    /// Events a campaign with per-player controls could not consider: no `player_id`.
+    pub no_player: Family<CampaignLabel, Counter>,
+    /// Armed inactivity timers, by campaign.
+    pub timers_pending: Family<CampaignLabel, Gauge>,
+    /// Per-player states held by this instance, by campaign.
+    pub state_entries: Family<CampaignLabel, Gauge>,
+    /// Their size (JSON), by campaign.
+    pub state_bytes: Family<CampaignLabel, Gauge>,
+    /// Events forwarded to the repartition topic.
+    pub repartitioned: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub campaign: String,
+    pub reason: String,
 }
 
 impl Metrics {
@@ -155,6 +175,13 @@ impl Metrics {
             delivery_failures: Family::default(),
             transactions: Family::default(),
             in_flight_events: Gauge::default(),
+            control_matches: Family::default(),
+            suppressed: Family::default(),
+            no_player: Family::default(),
+            timers_pending: Family::default(),
+            state_entries: Family::default(),
+            state_bytes: Family::default(),
+            repartitioned: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("rtcrm_events", "Events consumed", m.events.clone());
@@ -173,6 +200,13 @@ impl Metrics {
         registry.register("rtcrm_delivery_failures", "Failed deliveries by what was done about them", m.delivery_failures.clone());
         registry.register("rtcrm_transactions", "Kafka transactions by outcome (exactly-once)", m.transactions.clone());
         registry.register("rtcrm_in_flight_events", "Events consumed and not yet finished", m.in_flight_events.clone());
+        registry.register("rtcrm_control_matches", "Would-be triggers of control-group players, by campaign", m.control_matches.clone());
+        registry.register("rtcrm_suppressed", "Matches that did not trigger, by campaign and reason (cooldown, cap, count)", m.suppressed.clone());
+        registry.register("rtcrm_no_player", "Events without player_id, for campaigns with per-player controls", m.no_player.clone());
+        registry.register("rtcrm_timers_pending", "Armed inactivity timers, by campaign", m.timers_pending.clone());
+        registry.register("rtcrm_state_entries", "Per-player states held by this instance, by campaign", m.state_entries.clone());
+        registry.register("rtcrm_state_bytes", "Bytes of the per-player states held by this instance, by campaign", m.state_bytes.clone());
+        registry.register("rtcrm_repartitioned_events", "Events forwarded to the repartition topic", m.repartitioned.clone());
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -211,20 +245,48 @@ pub struct CampaignTelemetry {
     pub errors: [Counter; ErrorKind::ALL.len()],
     pub fuel: AtomicHistogram,
     pub stats: Arc<CampaignStats>,
+    /// Per-player controls (spec §12).
+    pub control_matches: Counter,
+    pub cooldown: Counter,
+    pub cap: Counter,
+    pub counting: Counter,
+    pub no_player: Counter,
+    pub timers: Gauge,
+    pub state_entries: Gauge,
+    pub state_bytes: Gauge,
 }
 
 impl CampaignTelemetry {
     /// The handles of campaign `id` in `metrics` and `stats`.
     pub fn new(metrics: &Metrics, stats: &crate::telemetry::stats::Stats, id: i64) -> CampaignTelemetry {
         let label = CampaignLabel { campaign: id.to_string() };
+        // One handle per statement: a family's lookup guard lives to the end of its statement,
+        // and a second lookup that creates a series would wait for it.
+        let counter = |family: &Family<CampaignLabel, Counter>| family.get_or_create(&label).clone();
+        let gauge = |family: &Family<CampaignLabel, Gauge>| family.get_or_create(&label).clone();
+        let reason = |reason: &str| {
+            let handle = metrics.suppressed.get_or_create(&ReasonLabels { campaign: label.campaign.clone(), reason: reason.into() }).clone();
+            handle
+        };
+        let errors = ErrorKind::ALL.map(|kind| {
+            let handle = metrics.errors.get_or_create(&ErrorLabels { campaign: label.campaign.clone(), kind: kind.as_str().into() }).clone();
+            handle
+        });
+        let fuel = metrics.fuel.get_or_create(&label).clone();
         CampaignTelemetry {
-            evaluations: metrics.evaluations.get_or_create(&label).clone(),
-            matches: metrics.matches.get_or_create(&label).clone(),
-            errors: ErrorKind::ALL.map(|kind| {
-                metrics.errors.get_or_create(&ErrorLabels { campaign: label.campaign.clone(), kind: kind.as_str().into() }).clone()
-            }),
-            fuel: metrics.fuel.get_or_create(&label).clone(),
+            evaluations: counter(&metrics.evaluations),
+            matches: counter(&metrics.matches),
+            errors,
+            fuel,
             stats: stats.entry(id),
+            control_matches: counter(&metrics.control_matches),
+            cooldown: reason("cooldown"),
+            cap: reason("cap"),
+            counting: reason("count"),
+            no_player: counter(&metrics.no_player),
+            timers: gauge(&metrics.timers_pending),
+            state_entries: gauge(&metrics.state_entries),
+            state_bytes: gauge(&metrics.state_bytes),
             label,
         }
     }
@@ -239,6 +301,14 @@ impl CampaignTelemetry {
             errors: std::array::from_fn(|_| Counter::default()),
             fuel: fuel_histogram(),
             stats: Arc::default(),
+            control_matches: Counter::default(),
+            cooldown: Counter::default(),
+            cap: Counter::default(),
+            counting: Counter::default(),
+            no_player: Counter::default(),
+            timers: Gauge::default(),
+            state_entries: Gauge::default(),
+            state_bytes: Gauge::default(),
         }
     }
 
@@ -251,6 +321,22 @@ impl CampaignTelemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn campaign_handles_register_every_series_and_are_shared_by_versions() {
+        let metrics = Metrics::new();
+        let stats = crate::telemetry::stats::Stats::default();
+        let v1 = CampaignTelemetry::new(&metrics, &stats, 7);
+        let v2 = CampaignTelemetry::new(&metrics, &stats, 7);
+        v1.cooldown.inc();
+        v2.cooldown.inc();
+        v1.state_entries.inc_by(3);
+        let text = metrics.encode();
+        assert!(text.contains("rtcrm_suppressed_total{campaign=\"7\",reason=\"cooldown\"} 2"), "{text}");
+        assert!(text.contains("rtcrm_suppressed_total{campaign=\"7\",reason=\"cap\"} 0"), "{text}");
+        assert!(text.contains("rtcrm_state_entries{campaign=\"7\"} 3"), "{text}");
+        assert!(text.contains("rtcrm_evaluation_errors_total{campaign=\"7\",kind=\"fuel\"} 0"), "{text}");
+    }
 
     #[test]
     fn atomic_histograms_export_cumulative_buckets_and_scaled_sums() {

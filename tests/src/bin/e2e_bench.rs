@@ -6,7 +6,9 @@
 //! target/release/e2e_bench [--events N] [--campaigns M] [--rate R] [--latency-seconds S]
 //!                          [--bootstrap ADDR] [--rtcrm PATH]
 //! ```
-//! (`scripts/bench-e2e.sh` does both.) One run prints one markdown table.
+//! (`scripts/bench-e2e.sh` does both.) One run prints one markdown table. With `--backtest`
+//! (`scripts/bench-backtest.sh`), the bench measures `rtcrm campaign backtest` against
+//! `rtcrm run` on the same events and campaign instead (see [`backtest_bench`]).
 //!
 //! What is measured, and why:
 //!
@@ -88,11 +90,11 @@ const WINDOW: (&str, &str) = ("2023-09-01T10:00:00.00Z", "2023-12-01T10:00:00.00
 #[derive(clap::Parser)]
 #[command(name = "e2e_bench")]
 struct Args {
-    /// Events pre-loaded for each throughput run.
-    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
-    events: u64,
+    /// Events pre-loaded for each throughput run [default: 200000; with --backtest, 1000000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    events: Option<u64>,
     /// Runs of each throughput configuration (figures are their medians).
-    #[arg(long, default_value_t = 3, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..), |n| n as usize))]
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     runs: usize,
     /// Events of the 10,000-campaign run.
     #[arg(long, default_value_t = 20_000)]
@@ -115,6 +117,11 @@ struct Args {
     /// The rtcrm binary [default: target/release/rtcrm].
     #[arg(long)]
     rtcrm: Option<PathBuf>,
+    /// Measure `rtcrm campaign backtest` instead (scripts/bench-backtest.sh): one campaign (the
+    /// original filter) through `rtcrm run` on the pre-loaded events, then backtested over the
+    /// same topic; events/s of both, and the backtest's counts against the expected triggers.
+    #[arg(long)]
+    backtest: bool,
 }
 
 // =============================================================================================
@@ -688,12 +695,7 @@ impl Rtcrm {
 
     /// CPU time the process has used so far (user + system), from /proc.
     fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
-        let fields: Vec<&str> = stat.rsplit_once(") ").map_or(vec![], |(_, rest)| rest.split(' ').collect());
-        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-        let ticks = field(11) + field(12);
-        Duration::from_millis(ticks * 10)
+        process_cpu(self.child.id())
     }
 
     /// Resident memory now (VmRSS) and proportional set size (Pss), in MiB.
@@ -1684,10 +1686,15 @@ fn bench(args: &Args, started: Instant) -> Result<()> {
 
     // The workload, the same bytes for rtcrm and the copier.
     let mut rng = Rng::new(42);
-    let events: Vec<Event> = (0..args.events).map(|_| make_event(&mut rng, false, None)).collect();
+    let n_events = args.events.unwrap_or(if args.backtest { 1_000_000 } else { 200_000 });
+    let events: Vec<Event> = (0..n_events).map(|_| make_event(&mut rng, false, None)).collect();
     let records: Vec<(String, String)> = events.iter().map(|e| (e.player_id.to_string(), e.json.clone())).collect();
     let ten: Vec<Campaign> = (0..args.campaigns as usize).map(make_campaign).collect();
     let original = vec![original_campaign()];
+
+    if args.backtest {
+        return backtest_bench(started, &rt, &bootstrap, &rtcrm, &run, &work, &events, &records, args.runs);
+    }
 
     // Warm-up (not reported): the broker's JVM compiles its produce and fetch paths.
     let warm = &records[..records.len().min(20_000)];
@@ -1737,7 +1744,7 @@ fn bench(args: &Args, started: Instant) -> Result<()> {
     writeln!(
         out,
         "{} events per throughput run, medians of {} runs; {} cores; load average before {} / after {}\n",
-        args.events,
+        n_events,
         args.runs,
         cores,
         load_before.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
@@ -1804,6 +1811,174 @@ fn bench(args: &Args, started: Instant) -> Result<()> {
     print!("{out}");
     std::io::stdout().flush()?;
     Ok(())
+}
+
+// =============================================================================================
+// Backtest mode
+// =============================================================================================
+
+/// `rtcrm campaign backtest` against `rtcrm run` on the same events and the same campaign, in
+/// the same run, `runs` times (figures are medians): `rtcrm run`'s throughput is measured as in
+/// phase 1 (first trigger built to the last one acknowledged); the backtest then reads the same
+/// topic from its start and reports its own events/s (first record read to last event decided;
+/// its process start-up, the sandbox and the offset lookups excluded, as `rtcrm run`'s start-up
+/// is). CPU per event: `rtcrm run`'s from ready to the last trigger, the backtest's whole process
+/// (both from /proc). Every backtest's counts must equal the expected triggers.
+#[allow(clippy::too_many_arguments)]
+fn backtest_bench(
+    started: Instant,
+    rt: &tokio::runtime::Runtime,
+    bootstrap: &str,
+    bin: &Path,
+    run: &str,
+    work: &Path,
+    events: &[Event],
+    records: &[(String, String)],
+    runs: usize,
+) -> Result<()> {
+    let campaign = original_campaign();
+    let n = events.len() as f64;
+    let expected = events.iter().filter(|e| campaign.matches(e)).count() as u64;
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let warm = &records[..records.len().min(20_000)];
+    progress(format!("warm-up: copying {} events", warm.len()));
+    copier_throughput(rt, bootstrap, run, "warmup", warm, 1)?;
+    let file = work.join("campaign.json");
+    std::fs::write(&file, &campaign.json)?;
+
+    let (mut run_rate, mut run_cpu, mut bt_rate, mut bt_cpu, mut bt_whole) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut notes = Vec::new();
+    let mut commands = (String::new(), String::new());
+    for r in 0..runs {
+        let config = Config { phase: format!("backtest-run-{r}"), partitions: 1, delivery: "at-least-once" };
+        let (tput, info) = rtcrm_throughput(rt, bootstrap, bin, run, work, events, records, std::slice::from_ref(&campaign), &config)?;
+        let cpu = info.cpu.as_secs_f64() * 1e6 / n;
+        progress(format!("run {}: rtcrm run {:.0} events/s, {cpu:.1} µs CPU per event", r + 1, tput.events_per_s));
+        run_rate.push(tput.events_per_s);
+        run_cpu.push(cpu);
+        if tput.missing + tput.duplicates + tput.unexpected + tput.malformed > 0 || !info.metrics_errors.is_empty() || !info.exit.success() {
+            notes.push(format!(
+                "rtcrm run {}: {} missing, {} duplicated, {} unexpected, {} malformed triggers; exit {}; evaluation errors {:?}",
+                r + 1, tput.missing, tput.duplicates, tput.unexpected, tput.malformed, info.exit, info.metrics_errors
+            ));
+        }
+        commands.0 = info.command.clone();
+
+        let b = backtest_once(bin, &file, bootstrap, &Topics::new(run, &config.phase).events)?;
+        commands.1 = b.command.clone();
+        let (read, triggers) = (b.report["events_read"].as_u64().unwrap_or(0), b.report["triggers"].as_u64().unwrap_or(0));
+        if read != n as u64 || triggers != expected || b.report["errors_total"] != 0 {
+            bail!("backtest {}: {read} events read (of {n}), {triggers} triggers (expected {expected}), errors {}", r + 1, b.report["errors"]);
+        }
+        let rate = b.report["events_per_second"].as_f64().unwrap_or(f64::NAN);
+        let cpu = b.cpu.as_secs_f64() * 1e6 / n;
+        progress(format!("run {}: backtest {rate:.0} events/s ({:.2} s with start-up), {cpu:.1} µs CPU per event", r + 1, b.wall));
+        bt_rate.push(rate);
+        bt_cpu.push(cpu);
+        bt_whole.push(n / b.wall);
+    }
+
+    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = |l: &str| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+    let ratio = |a: f64, b: f64| if a.is_finite() && b.is_finite() && b > 0.0 { format!("{:.2}", a / b) } else { "—".into() };
+    let each = |xs: &[f64]| xs.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+    let mut out = String::new();
+    writeln!(out, "## rtcrm campaign backtest against rtcrm run\n")?;
+    writeln!(
+        out,
+        "{} events pre-loaded on a 1-partition topic; campaign {} (the original filter), {expected} triggers expected; \
+         `--workers 2` each; medians of {runs} runs; {} cores; load average before {} / after {}\n",
+        events.len(),
+        campaign.id,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        load(&load_before),
+        load(&load_after),
+    )?;
+    let (bt, rr) = (median(bt_rate.clone()), median(run_rate.clone()));
+    writeln!(out, "| figure | backtest | rtcrm run | ratio |")?;
+    writeln!(out, "| --- | ---: | ---: | ---: |")?;
+    writeln!(out, "| events/s | {bt:.0} | {rr:.0} | {} |", ratio(bt, rr))?;
+    writeln!(out, "| events/s, each run | {} | {} | |", each(&bt_rate), each(&run_rate))?;
+    let whole = median(bt_whole);
+    writeln!(out, "| events/s, whole backtest command (process start to report) | {whole:.0} | | {} |", ratio(whole, rr))?;
+    let (bc, rc) = (median(bt_cpu), median(run_cpu));
+    writeln!(out, "| CPU per event, µs | {bc:.1} | {rc:.1} | {} |", ratio(rc, bc))?;
+    writeln!(out, "| triggers, every run | {expected} (as expected) | {expected} expected | |")?;
+    writeln!(out)?;
+    for note in &notes {
+        writeln!(out, "- {note}")?;
+    }
+    writeln!(out, "command: {}", shell_line(std::env::args()))?;
+    writeln!(out, "rtcrm run: {}", commands.0)?;
+    writeln!(out, "backtest:  {}", commands.1)?;
+    writeln!(out, "wall time: {:.1} s", started.elapsed().as_secs_f64())?;
+    print!("{out}");
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+/// One `rtcrm campaign backtest --json` over `topic`: its report, wall time and CPU time.
+struct BacktestOnce {
+    report: Value,
+    wall: f64,
+    cpu: Duration,
+    command: String,
+}
+
+fn backtest_once(bin: &Path, campaign: &Path, bootstrap: &str, topic: &str) -> Result<BacktestOnce> {
+    let args: Vec<String> = [
+        "campaign", "backtest", &campaign.to_string_lossy(), "--from", "1970-01-01T00:00:00Z", "--bootstrap-servers", bootstrap,
+        "--event-topic", topic, "--workers", "2", "--json", "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let command = shell_line(std::iter::once(bin.to_string_lossy().into_owned()).chain(args.iter().cloned()));
+    let t0 = Instant::now();
+    let mut child = Command::new(bin)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running rtcrm campaign backtest")?;
+    let (mut stdout, mut stderr) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+    let out = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut b);
+        b
+    });
+    let err = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stderr, &mut b);
+        b
+    });
+    // CPU time from /proc until the process exits (the last sample is at most 10 ms old).
+    let mut cpu = Duration::ZERO;
+    let status = loop {
+        check_interrupted()?;
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        cpu = process_cpu(child.id()).max(cpu);
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let wall = t0.elapsed().as_secs_f64();
+    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    if !status.success() {
+        bail!("the backtest failed ({status}): {}", String::from_utf8_lossy(&err));
+    }
+    let report = serde_json::from_slice(&out).context("the backtest's --json report")?;
+    Ok(BacktestOnce { report, wall, cpu, command })
+}
+
+/// CPU time (user + system) process `pid` has used so far, from /proc.
+fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+    let fields: Vec<&str> = stat.rsplit_once(") ").map_or(vec![], |(_, rest)| rest.split(' ').collect());
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    Duration::from_millis((field(11) + field(12)) * 10)
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@
 //! dead letter, and a dead letter is counted and logged at error level, releasing the offset.
 
 use super::{base_record, RecordLimits, dead_letter, enqueue, is_permanent, oversize, Record, RecordKind, Sink};
-use crate::events::batch::{Batch, Tracker};
+use crate::events::batch::{Batch, Offsets, Tracker};
+use crate::state::decide::Source;
+use crate::state::stores::States;
 use crate::events::consumer::EventConsumer;
 use crate::kafka::{client_config, ClientErrors};
 use crate::processor::Processor;
@@ -21,7 +23,6 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message, OwnedHeaders};
 use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, Weak};
@@ -38,6 +39,8 @@ struct Pending {
     job: u32,
     kind: RecordKind,
     attempt: u32,
+    /// A timer trigger to confirm to the state once delivered.
+    confirm: Option<(i32, String)>,
 }
 
 /// A failed delivery, for the retry thread.
@@ -45,6 +48,7 @@ struct Failed {
     pending: Box<Pending>,
     error: KafkaError,
     topic: String,
+    partition: i32,
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
     headers: Option<OwnedHeaders>,
@@ -58,6 +62,7 @@ struct DeliveryContext {
     /// Deliveries are failing (cleared by the next success).
     failing: Arc<AtomicBool>,
     processor: Arc<Processor>,
+    states: Arc<States>,
 }
 
 impl ClientContext for DeliveryContext {
@@ -74,11 +79,20 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
         match result {
-            Ok(_) => {
+            Ok(message) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
                     self.processor.health.set_delivery_failing(None);
                 }
-                pending.batch.release();
+                if let RecordKind::Changelog { partition } = pending.kind {
+                    if let Some(store) = self.states.store(partition) {
+                        store.changelog_acked(message.offset());
+                    }
+                }
+                let Pending { batch, confirm, .. } = *pending;
+                if let Some((partition, key)) = confirm {
+                    self.states.confirm(partition, key);
+                }
+                batch.release();
             }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight), _)) => {
                 // The producer is being destroyed at shutdown, after the drain gave up.
@@ -89,6 +103,7 @@ impl ProducerContext for DeliveryContext {
                     pending,
                     error: error.clone(),
                     topic: message.topic().to_owned(),
+                    partition: message.partition(),
                     key: message.key().map(<[u8]>::to_vec),
                     payload: message.payload().map(<[u8]>::to_vec),
                     headers: message.headers().map(|h| h.detach()),
@@ -123,7 +138,7 @@ struct Outlet {
 
 impl AtLeastOnce {
     /// The idempotent data producer and its retry thread.
-    pub fn new(processor: Arc<Processor>, tracker: Arc<Tracker>, limits: RecordLimits) -> Result<AtLeastOnce> {
+    pub fn new(processor: Arc<Processor>, tracker: Arc<Tracker>, limits: RecordLimits, states: Arc<States>) -> Result<AtLeastOnce> {
         let settings = &processor.settings;
         let (tx, rx) = mpsc::channel();
         let fatal = Arc::new(Mutex::new(None));
@@ -134,6 +149,7 @@ impl AtLeastOnce {
             fatal: fatal.clone(),
             failing: failing.clone(),
             processor: processor.clone(),
+            states,
         };
         let producer: DataProducer = client_config(settings, "triggers")
             .set("acks", "all")
@@ -162,8 +178,8 @@ impl AtLeastOnce {
         }
     }
 
-    fn store(&self, consumer: &EventConsumer, offsets: BTreeMap<i32, i64>) {
-        store_offsets(consumer, &self.processor.settings.event_topic, offsets);
+    fn store(&self, consumer: &EventConsumer, offsets: Offsets) {
+        store_offsets(consumer, &self.processor.settings, offsets);
     }
 
     fn drain_and_commit(&self, consumer: &EventConsumer, why: &str) -> bool {
@@ -187,9 +203,13 @@ impl AtLeastOnce {
 
 /// Stores the next offsets to consume (ignored for partitions no longer assigned: their next
 /// owner re-reads from the last commit, which is at-least-once).
-fn store_offsets(consumer: &EventConsumer, topic: &str, offsets: BTreeMap<i32, i64>) {
+fn store_offsets(consumer: &EventConsumer, settings: &crate::config::Settings, offsets: Offsets) {
     let mut tpl = TopicPartitionList::new();
-    for (partition, next) in offsets {
+    for ((source, partition), next) in offsets {
+        let topic = match source {
+            Source::Events => &settings.event_topic,
+            Source::Repartitioned => &settings.repartition_topic,
+        };
         if tpl.add_partition_offset(topic, partition, Offset::Offset(next)).is_err() {
             continue;
         }
@@ -202,7 +222,7 @@ fn store_offsets(consumer: &EventConsumer, topic: &str, offsets: BTreeMap<i32, i
 impl Sink for AtLeastOnce {
     fn send(&self, record: Record<'_>, batch: &Arc<Batch>, job: u32) {
         batch.hold();
-        let pending = Box::new(Pending { batch: batch.clone(), job, kind: record.kind, attempt: 0 });
+        let pending = Box::new(Pending { batch: batch.clone(), job, kind: record.kind, attempt: 0, confirm: record.confirm.clone() });
         self.outlet.send(&self.producer, &record, pending);
     }
 
@@ -228,6 +248,10 @@ impl Sink for AtLeastOnce {
 
     fn lost(&self, _consumer: &EventConsumer) {
         tracing::warn!("the events assignment was lost; its next owner processes from the last commit");
+    }
+
+    fn state_settled(&self) -> bool {
+        true
     }
 
     fn close(&self, consumer: &EventConsumer) -> Result<()> {
@@ -266,15 +290,28 @@ impl Outlet {
         let (processor, metrics) = (&self.processor, &self.processor.metrics);
         let event = &pending.batch.jobs[pending.job as usize];
         match pending.kind {
-            RecordKind::Trigger { campaign } => {
+            RecordKind::Trigger { .. } | RecordKind::Forward => {
                 metrics.delivery_failed("dead_lettered");
                 metrics.dead_letters.inc();
-                let reason = format!("the trigger of campaign {campaign} was refused: {reason}");
+                let (what, campaign) = match pending.kind {
+                    RecordKind::Trigger { campaign } => (format!("the trigger of campaign {campaign}"), Some(campaign)),
+                    _ => ("the event's copy for the repartition topic".to_string(), None),
+                };
+                let reason = format!("{what} was refused: {reason}");
                 tracing::warn!(campaign, partition = event.partition, offset = event.offset, "{reason}; sending the event to the dead-letter topic");
                 let batch = pending.batch.clone();
-                let record = dead_letter(&processor.settings, &batch.jobs[pending.job as usize], &reason, Some(campaign));
-                let letter = Box::new(Pending { batch: batch.clone(), job: pending.job, kind: RecordKind::DeadLetter, attempt: 0 });
+                let record = dead_letter(&processor.settings, &batch.jobs[pending.job as usize], &reason, campaign);
+                let letter = Box::new(Pending { batch: batch.clone(), job: pending.job, kind: RecordKind::DeadLetter, attempt: 0, confirm: None });
                 self.send(producer, &record, letter);
+            }
+            RecordKind::Changelog { partition } => {
+                metrics.delivery_failed("lost_state_change");
+                tracing::error!(
+                    partition,
+                    topic = %processor.settings.changelog_topic,
+                    "a per-player state change could not be written to the changelog ({reason}); it holds on this instance only"
+                );
+                pending.batch.release();
             }
             RecordKind::DeadLetter => {
                 metrics.delivery_failed("lost_dead_letter");
@@ -338,8 +375,13 @@ fn redeliver(rx: mpsc::Receiver<Failed>, producer: Weak<DataProducer>, outlet: A
 
 fn resend(outlet: &Outlet, producer: &DataProducer, failed: Failed) {
     outlet.processor.metrics.delivery_failed("retried");
-    let Failed { mut pending, topic, key, payload, headers, .. } = failed;
+    let Failed { mut pending, topic, partition, key, payload, headers, .. } = failed;
     pending.attempt += 1;
-    let record = Record { kind: pending.kind, topic: &topic, key: key.as_deref(), payload: payload.as_deref(), headers };
+    let record = Record {
+        partition: Some(partition),
+        headers,
+        confirm: None,
+        ..Record::new(pending.kind, &topic, key.as_deref(), payload.as_deref())
+    };
     outlet.send(producer, &record, pending);
 }

@@ -22,7 +22,9 @@
 
 use super::{base_record, RecordLimits, dead_letter, enqueue, is_permanent, oversize, Record, RecordKind, Sink};
 use arc_swap::ArcSwap;
-use crate::events::batch::{Batch, Tracker};
+use crate::events::batch::{Batch, Offsets, Tracker};
+use crate::state::decide::Source;
+use crate::state::stores::States;
 use crate::events::consumer::EventConsumer;
 use crate::kafka::{client_config, ClientErrors};
 use crate::processor::Processor;
@@ -30,10 +32,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaError, RDKafkaErrorCode};
-use rdkafka::message::DeliveryResult;
+use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,6 +56,8 @@ pub const RECREATION_WINDOW: Duration = Duration::from_secs(600);
 struct TxnContext {
     errors: ClientErrors,
     processor: Arc<Processor>,
+    /// The highest changelog offset written in the open transaction, per partition.
+    changelog: Arc<Mutex<HashMap<i32, i64>>>,
 }
 
 impl ClientContext for TxnContext {
@@ -66,10 +70,18 @@ impl ProducerContext for TxnContext {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        // A failed record fails the commit (abortable): the batch is evaluated again.
-        if let Err((e, _)) = result {
-            self.processor.metrics.delivery_failed("transaction_aborted");
-            tracing::debug!(error = %e, "a record of the open transaction failed");
+        match result {
+            Ok(m) if m.topic() == self.processor.settings.changelog_topic => {
+                let mut offsets = self.changelog.lock().unwrap_or_else(|p| p.into_inner());
+                let o = offsets.entry(m.partition()).or_insert(m.offset());
+                *o = (*o).max(m.offset());
+            }
+            Ok(_) => {}
+            // A failed record fails the commit (abortable): the batch is evaluated again.
+            Err((e, _)) => {
+                self.processor.metrics.delivery_failed("transaction_aborted");
+                tracing::debug!(error = %e, "a record of the open transaction failed");
+            }
         }
     }
 }
@@ -78,8 +90,9 @@ impl ProducerContext for TxnContext {
 struct Txn {
     open: bool,
     opened: Option<Instant>,
-    /// The next offset to consume, per partition, for the events in this transaction.
-    offsets: BTreeMap<i32, i64>,
+    /// The next offset to consume, per (topic, partition), for the events in this transaction.
+    offsets: Offsets,
+
     aborts_in_a_row: u32,
 }
 
@@ -101,6 +114,12 @@ pub struct ExactlyOnce {
     /// A failure inside the rebalance callback, reported at the next poll.
     failure: Mutex<Option<String>>,
     stop: watch::Receiver<bool>,
+    states: Arc<States>,
+    /// Changelog offsets of the open transaction (written by the delivery reports).
+    changelog: Arc<Mutex<HashMap<i32, i64>>>,
+    /// Timer triggers sent in the open transaction (confirmed by its commit). Not under the
+    /// `txn` lock: workers add to it while a commit waits for them.
+    confirm: Mutex<Vec<(i32, String)>>,
 }
 
 enum TxnError {
@@ -122,8 +141,9 @@ impl ExactlyOnce {
     /// The transactional producer, with transactions initialised. Its `transactional.id` is
     /// stable across restarts of an instance (group and instance id), so a restart fences its
     /// predecessor and aborts what it left open.
-    pub fn new(processor: Arc<Processor>, tracker: Arc<Tracker>, limits: RecordLimits, stop: watch::Receiver<bool>) -> Result<ExactlyOnce> {
-        let producer = Self::create_producer(&processor, &limits)?;
+    pub fn new(processor: Arc<Processor>, tracker: Arc<Tracker>, limits: RecordLimits, stop: watch::Receiver<bool>, states: Arc<States>) -> Result<ExactlyOnce> {
+        let changelog = Arc::new(Mutex::new(HashMap::new()));
+        let producer = Self::create_producer(&processor, &limits, &changelog)?;
         let sink = ExactlyOnce {
             producer: ArcSwap::from_pointee(producer),
             recreated: Mutex::new(Vec::new()),
@@ -135,14 +155,17 @@ impl ExactlyOnce {
             rewind: AtomicBool::new(false),
             failure: Mutex::new(None),
             stop,
+            states,
+            changelog,
+            confirm: Mutex::new(Vec::new()),
         };
         sink.init().map_err(|e| anyhow!("{e:#} (does the broker support transactions?)"))?;
         Ok(sink)
     }
 
-    fn create_producer(processor: &Arc<Processor>, limits: &RecordLimits) -> Result<TxnProducer> {
+    fn create_producer(processor: &Arc<Processor>, limits: &RecordLimits, changelog: &Arc<Mutex<HashMap<i32, i64>>>) -> Result<TxnProducer> {
         let settings = &processor.settings;
-        let context = TxnContext { errors: processor.kafka_errors.clone(), processor: processor.clone() };
+        let context = TxnContext { errors: processor.kafka_errors.clone(), processor: processor.clone(), changelog: changelog.clone() };
         client_config(settings, "transactions")
             .set("transactional.id", format!("rtcrm-{}-{}", settings.group_id, settings.instance_id))
             .set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)
@@ -178,7 +201,9 @@ impl ExactlyOnce {
             "the transactional producer cannot go on (fenced after a transaction timed out, or by another instance with \
              the same --instance-id); starting a new one and processing again from the committed offsets"
         );
-        self.producer.store(Arc::new(Self::create_producer(&self.processor, &self.limits)?));
+        self.changelog.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.states.discard_all();
+        self.producer.store(Arc::new(Self::create_producer(&self.processor, &self.limits, &self.changelog)?));
         self.init()?;
         self.doomed.store(false, Ordering::SeqCst);
         self.rewind.store(true, Ordering::SeqCst);
@@ -223,7 +248,7 @@ impl ExactlyOnce {
         }
     }
 
-    fn merge(txn: &mut Txn, offsets: BTreeMap<i32, i64>) {
+    fn merge(txn: &mut Txn, offsets: Offsets) {
         for (partition, next) in offsets {
             let n = txn.offsets.entry(partition).or_insert(next);
             *n = (*n).max(next);
@@ -248,8 +273,12 @@ impl ExactlyOnce {
         let outcome = self.retrying(&format!("committing a transaction ({why})"), || {
             if !txn.offsets.is_empty() {
                 let mut tpl = TopicPartitionList::new();
-                for (partition, next) in &txn.offsets {
-                    tpl.add_partition_offset(&self.processor.settings.event_topic, *partition, Offset::Offset(*next))?;
+                for ((source, partition), next) in &txn.offsets {
+                    let topic = match source {
+                        Source::Events => &self.processor.settings.event_topic,
+                        Source::Repartitioned => &self.processor.settings.repartition_topic,
+                    };
+                    tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
                 }
                 // Without group metadata (not a member right now) the commit cannot include the
                 // offsets: abort and evaluate again.
@@ -265,6 +294,16 @@ impl ExactlyOnce {
             Ok(()) => {
                 txn.aborts_in_a_row = 0;
                 self.processor.metrics.transaction("committed");
+                // The state changes of the transaction are now the committed state.
+                for (partition, offset) in std::mem::take(&mut *self.changelog.lock().unwrap_or_else(|p| p.into_inner())) {
+                    if let Some(store) = self.states.store(partition) {
+                        store.changelog_acked(offset);
+                    }
+                }
+                for (partition, key) in std::mem::take(&mut *self.confirm.lock().unwrap_or_else(|p| p.into_inner())) {
+                    self.states.confirm(partition, key);
+                }
+                self.states.flush_all().map_err(|e| anyhow!("writing the committed per-player state: {e}"))?;
                 Ok(())
             }
             Err(e) if e.starts_with("abort: ") => {
@@ -283,6 +322,9 @@ impl ExactlyOnce {
     fn abort_open(&self, txn: &mut Txn, why: &str) -> Result<()> {
         txn.open = false;
         txn.offsets.clear();
+        self.confirm.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.changelog.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.states.discard_all();
         let producer = self.producer.load_full();
         if let Err(e) = self.retrying("aborting a transaction", || producer.abort_transaction(CALL_TIMEOUT)) {
             self.processor.metrics.transaction("aborted");
@@ -306,6 +348,9 @@ impl ExactlyOnce {
 impl Sink for ExactlyOnce {
     fn send(&self, record: Record<'_>, batch: &Arc<Batch>, job: u32) {
         let metrics = &self.processor.metrics;
+        if let Some(confirm) = &record.confirm {
+            self.confirm.lock().unwrap_or_else(|p| p.into_inner()).push(confirm.clone());
+        }
         let refusal = match oversize(&record, &self.limits) {
             Some(reason) => reason,
             None => match enqueue(&self.producer.load(), base_record(&record, ()), metrics) {
@@ -321,12 +366,20 @@ impl Sink for ExactlyOnce {
         };
         let event = &batch.jobs[job as usize];
         match record.kind {
-            RecordKind::Trigger { campaign } => {
-                let reason = format!("the trigger of campaign {campaign} was refused: {refusal}");
+            RecordKind::Trigger { .. } | RecordKind::Forward => {
+                let (what, campaign) = match record.kind {
+                    RecordKind::Trigger { campaign } => (format!("the trigger of campaign {campaign}"), Some(campaign)),
+                    _ => ("the event's copy for the repartition topic".to_string(), None),
+                };
+                let reason = format!("{what} was refused: {refusal}");
                 tracing::warn!(campaign, partition = event.partition, offset = event.offset, "{reason}; sending the event to the dead-letter topic");
                 metrics.delivery_failed("dead_lettered");
                 metrics.dead_letters.inc();
-                self.send(dead_letter(&self.processor.settings, event, &reason, Some(campaign)), batch, job);
+                self.send(dead_letter(&self.processor.settings, event, &reason, campaign), batch, job);
+            }
+            RecordKind::Changelog { partition } => {
+                metrics.delivery_failed("lost_state_change");
+                tracing::error!(partition, "a per-player state change could not be written to the changelog ({refusal}); it holds on this instance only");
             }
             RecordKind::DeadLetter => {
                 metrics.delivery_failed("lost_dead_letter");
@@ -408,6 +461,10 @@ impl Sink for ExactlyOnce {
 
     fn close(&self, consumer: &EventConsumer) -> Result<()> {
         self.commit(consumer, "stopping")
+    }
+
+    fn state_settled(&self) -> bool {
+        !self.txn.lock().unwrap_or_else(|p| p.into_inner()).open
     }
 }
 

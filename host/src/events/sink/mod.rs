@@ -27,21 +27,39 @@ use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What a record is, for error handling: a trigger that fails for good is dead-lettered; a dead
-/// letter that fails for good is counted and logged.
+/// What a record is, for error handling: a trigger or a forwarded event that fails for good is
+/// replaced by its event's dead letter; a dead letter or a state change that fails for good is
+/// counted and logged at error level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
+    /// A trigger (to the triggers topic, or the control topic).
     Trigger { campaign: i64 },
     DeadLetter,
+    /// A per-player state change of state partition `partition` (the changelog topic).
+    Changelog { partition: i32 },
+    /// An event forwarded to the repartition topic.
+    Forward,
 }
 
 /// One record of the event path.
 pub struct Record<'a> {
     pub kind: RecordKind,
     pub topic: &'a str,
+    /// An explicit partition (changelog and repartition records), else by key.
+    pub partition: Option<i32>,
     pub key: Option<&'a [u8]>,
     pub payload: Option<&'a [u8]>,
     pub headers: Option<OwnedHeaders>,
+    /// A timer trigger: (state partition, state key), confirmed to the state once delivered
+    /// (at-least-once) or committed (exactly-once).
+    pub confirm: Option<(i32, String)>,
+}
+
+impl<'a> Record<'a> {
+    /// A record of `kind` to `topic`, keyed, without headers.
+    pub fn new(kind: RecordKind, topic: &'a str, key: Option<&'a [u8]>, payload: Option<&'a [u8]>) -> Record<'a> {
+        Record { kind, topic, partition: None, key, payload, headers: None, confirm: None }
+    }
 }
 
 /// Where the event path's records go, and how consumed offsets are committed.
@@ -69,6 +87,10 @@ pub trait Sink: Send + Sync {
 
     /// At shutdown: finish what is in flight, deliver, commit.
     fn close(&self, consumer: &EventConsumer) -> Result<()>;
+
+    /// Whether the per-player state may be scanned for due deadlines now (exactly-once: only
+    /// between transactions, when the stores hold exactly the committed state).
+    fn state_settled(&self) -> bool;
 }
 
 /// Most bytes of a reason in a dead-letter header (a filter's error text can be long).
@@ -98,7 +120,7 @@ pub fn dead_letter<'a>(settings: &'a Settings, job: &'a Job, reason: &str, campa
         let id = id.to_string();
         headers = headers.insert(Header { key: "rtcrm.campaign", value: Some(id.as_str()) });
     }
-    Record { kind: RecordKind::DeadLetter, topic: &settings.dlq_topic, key: job.key.as_deref(), payload: job.bytes(), headers: Some(headers) }
+    Record { headers: Some(headers), ..Record::new(RecordKind::DeadLetter, &settings.dlq_topic, job.key.as_deref(), job.bytes()) }
 }
 
 /// The largest record each output topic takes: its `max.message.bytes`, less framing.
@@ -125,7 +147,7 @@ impl RecordLimits {
     fn of(&self, kind: RecordKind) -> usize {
         match kind {
             RecordKind::Trigger { .. } => self.trigger_bytes,
-            RecordKind::DeadLetter => self.dead_letter_bytes,
+            RecordKind::DeadLetter | RecordKind::Changelog { .. } | RecordKind::Forward => self.dead_letter_bytes,
         }
     }
 
@@ -202,6 +224,9 @@ pub fn base_record<'a, D: rdkafka::util::IntoOpaque>(record: &Record<'a>, opaque
     if let Some(h) = &record.headers {
         r = r.headers(h.clone());
     }
+    if let Some(p) = record.partition {
+        r = r.partition(p);
+    }
     r
 }
 
@@ -220,7 +245,7 @@ mod tests {
 
     #[test]
     fn oversize_records_and_long_reasons() {
-        let r = Record { kind: RecordKind::DeadLetter, topic: "t", key: Some(b"12"), payload: Some(&[b'x'; 100]), headers: None };
+        let r = Record::new(RecordKind::DeadLetter, "t", Some(b"12"), Some(&[b'x'; 100]));
         let limits = |trigger_bytes, dead_letter_bytes| RecordLimits { trigger_bytes, dead_letter_bytes };
         assert_eq!(oversize(&r, &limits(10, 102)), None, "a dead letter is checked against the dead-letter topic's limit");
         assert_eq!(oversize(&r, &limits(1000, 101)).unwrap(), "the record is 102 bytes, over the 101 bytes `t` accepts (its max.message.bytes less framing)");

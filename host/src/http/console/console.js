@@ -103,6 +103,7 @@
   let sendingCampaign = false;
 
   function updateCampaignSend() {
+    updateEstimate();
     ui.campaignSend.disabled = sendingCampaign || !campaignObject || compileState !== 'ok';
     ui.campaignSend.title = !campaignObject ? 'the campaign JSON does not parse'
       : compileState === 'error' ? 'the filter does not compile'
@@ -279,6 +280,7 @@
       setResult(ui.eventJsonStatus, 'bad', text.trim() ? 'event JSON: ' + e.message : '');
     }
     ui.eventSend.disabled = !eventValid || sendingEvent;
+    updateExplain();
   }
 
   function newEventId() {
@@ -430,7 +432,7 @@
         el('td', { class: 'num errors', 'data-label': 'errors', title: errorsByKind || 'no error' }, el('span', { text: n.errors_total.toLocaleString() + (errorsByKind ? ` (${errorsByKind})` : '') })),
         cell('num', 'fuel p50 / p99', n.fuel_p50 == null ? '–' : `${n.fuel_p50.toLocaleString()} / ${n.fuel_p99.toLocaleString()}`),
         el('td', { class: 'when', 'data-label': 'last match', title: n.last_match_at || '' }, el('span', { text: ago(n.last_match_at) })),
-        c.error ? cell('error', 'error', c.error) : el('td', { class: 'error' }),
+        errorCell(c, cell),
         actions);
     }));
   }
@@ -460,6 +462,196 @@
     }
     refreshCampaigns();
   }
+
+  // ------------------------------------------------------------------------------------------
+  // Estimate and explain (issue 9): a backtest of the editor's campaign before "send"
+  // (POST /api/backtest, polled, cancellable), "why no trigger?" for the editor's event
+  // (POST /api/explain), and each campaign's last evaluation error in the table.
+
+  const dry = {
+    estimate: $('campaign-estimate'), range: $('estimate-range'), cancel: $('estimate-cancel'),
+    status: $('estimate-status'), figures: $('estimate-figures'), histogram: $('estimate-histogram'),
+    explain: $('event-explain'), explainBox: $('explain'), explainSummary: $('explain-summary'), explainList: $('explain-list'),
+  };
+  let estimateJob = null;   // the running backtest's id
+  let estimated = null;     // the campaign JSON the estimate shown is of
+  let explaining = false;
+  let explained = null;     // the event JSON the explanation shown is of
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const num = (n) => (n == null ? '–' : Number(n).toLocaleString());
+
+  function updateEstimate() {
+    // An edit makes the estimate shown stale.
+    if (estimateJob === null && estimated !== null && ui.campaignJson.value !== estimated) {
+      estimated = null;
+      setResult(dry.status, '', '');
+      dry.figures.hidden = true;
+      dry.histogram.hidden = true;
+    }
+    dry.estimate.disabled = estimateJob !== null || !campaignObject || compileState !== 'ok';
+    dry.estimate.title = estimateJob !== null ? 'estimating…' : !campaignObject ? 'the campaign JSON does not parse'
+      : compileState !== 'ok' ? 'the filter does not compile' : 'how often it would have triggered, before sending it';
+  }
+
+  function figure(name, label, value, bad) {
+    return el('div', { class: 'figure' + (bad ? ' bad' : ''), dataset: { figure: name } }, el('dt', { text: label }), el('dd', { text: value }));
+  }
+
+  function renderHistogram(h) {
+    const buckets = (h && h.buckets) || [];
+    dry.histogram.hidden = buckets.length === 0;
+    if (!buckets.length) { dry.histogram.replaceChildren(); return; }
+    const max = Math.max(1, ...buckets.map((b) => b.triggers));
+    const label = (b) => (h.unit === 'day' ? b.start.slice(0, 10) : b.start.slice(0, 16).replace('T', ' '));
+    const bars = buckets.map((b) => {
+      const bar = el('div', { class: 'bar' + (b.triggers ? '' : ' zero'), title: `${label(b)}: ${b.triggers.toLocaleString()} triggers` });
+      // Through the CSSOM: the console's CSP refuses style attributes.
+      bar.style.height = `${Math.max(b.triggers ? 6 : 0, Math.round(100 * b.triggers / max))}%`;
+      return bar;
+    });
+    dry.histogram.replaceChildren(el('div', { class: 'bars' }, ...bars),
+      el('div', { class: 'axis' }, el('span', { text: label(buckets[0]) }), el('span', { text: `triggers per ${h.unit} (UTC)` }),
+        el('span', { text: label(buckets[buckets.length - 1]) })));
+  }
+
+  function renderEstimate(job) {
+    if (job.state === 'failed') {
+      setResult(dry.status, 'bad', 'estimate failed: ' + job.error);
+      return;
+    }
+    const r = job.report;
+    const stopped = { cancelled: ' (cancelled: the events decided so far)', max_events: ' (stopped at the event limit)', max_seconds: ' (stopped at the time limit)' }[r.stopped] || '';
+    const plural = (n, word) => `${num(n)} ${word}${n === 1 ? '' : 's'}`;
+    const summary = `campaign ${r.campaign_id} would have triggered ${plural(r.triggers, 'time')} for ${plural(r.unique_players, 'player')} in ${plural(r.events_read, 'event')}${stopped}`;
+    const warnings = r.warnings.length ? ' — ' + r.warnings.join(' — ') : '';
+    setResult(dry.status, r.errors_total > 0 || r.stopped ? 'bad' : 'ok', summary + warnings);
+    const firstError = r.error_examples[0];
+    dry.figures.replaceChildren(
+      figure('events', 'events', num(r.events_read)),
+      figure('candidates', 'candidates', num(r.candidates)),
+      figure('matches', 'filter matches', num(r.filter_matches)),
+      figure('triggers', 'triggers', num(r.triggers)),
+      figure('players', 'unique players', num(r.unique_players)),
+      figure('control', 'control group', num(r.control_group_matches)),
+      figure('errors', 'errors', num(r.errors_total) + (firstError ? ` (${firstError.kind}: ${firstError.message})` : ''), r.errors_total > 0),
+      figure('fuel', 'fuel p50 / p99', `${num(r.fuel_p50)} / ${num(r.fuel_p99)}`));
+    dry.figures.hidden = false;
+    renderHistogram(r.histogram);
+  }
+
+  async function runEstimate() {
+    if (dry.estimate.disabled) return;
+    dry.figures.hidden = true;
+    dry.histogram.hidden = true;
+    estimated = ui.campaignJson.value;
+    setResult(dry.status, 'pending', 'estimating…');
+    let started;
+    try {
+      started = await api('POST', '/api/backtest', JSON.stringify({ campaign: campaignObject, from: dry.range.value }));
+    } catch (e) {
+      setResult(dry.status, 'bad', 'not estimated: ' + e.message);
+      return;
+    }
+    if (!started.ok) {
+      setResult(dry.status, 'bad', 'not estimated: ' + errorText(started));
+      return;
+    }
+    estimateJob = started.body.id;
+    dry.cancel.hidden = false;
+    updateEstimate();
+    try {
+      for (;;) {
+        const r = await api('GET', `/api/backtest/${encodeURIComponent(estimateJob)}`);
+        if (!r.ok) throw new Error(errorText(r));
+        if (r.body.state !== 'running') { renderEstimate(r.body); break; }
+        const p = r.body.progress;
+        setResult(dry.status, 'pending', `estimating… ${num(p.events)} events` + (p.fraction == null ? '' : ` · ${Math.floor(p.fraction * 100)} %`));
+        await sleep(300);
+      }
+    } catch (e) {
+      setResult(dry.status, 'bad', 'estimate failed: ' + e.message);
+    } finally {
+      estimateJob = null;
+      dry.cancel.hidden = true;
+      updateEstimate();
+    }
+  }
+
+  async function cancelEstimate() {
+    if (estimateJob === null) return;
+    try {
+      // The polling loop shows the outcome (state "cancelled", with the counts so far).
+      await api('DELETE', `/api/backtest/${encodeURIComponent(estimateJob)}`);
+    } catch (e) {
+      setResult(dry.status, 'bad', 'not cancelled: ' + e.message);
+    }
+  }
+
+  function updateExplain() {
+    // An edit makes the explanation shown stale.
+    if (!explaining && explained !== null && ui.eventJson.value !== explained) {
+      explained = null;
+      dry.explainBox.hidden = true;
+    }
+    dry.explain.disabled = !eventValid || explaining;
+  }
+
+  const decisionText = {
+    trigger: '✓ trigger', filter_false: 'filter false', filter_error: 'filter error', disabled: 'disabled',
+    quarantined: 'quarantined', other_event_name: 'event name', before_start: 'before start', after_end: 'after end',
+    not_evaluated: 'not evaluated',
+  };
+
+  async function runExplain() {
+    if (dry.explain.disabled) return;
+    explaining = true;
+    explained = ui.eventJson.value;
+    updateExplain();
+    dry.explainBox.hidden = false;
+    setResult(dry.explainSummary, 'pending', 'explaining…');
+    dry.explainList.replaceChildren();
+    try {
+      const r = await api('POST', '/api/explain', ui.eventJson.value);
+      if (!r.ok) {
+        setResult(dry.explainSummary, 'bad', 'not explained: ' + errorText(r));
+        return;
+      }
+      const x = r.body;
+      const head = `event time ${x.time} (${x.time_source}) · player ${show(x.player)} · `;
+      const verdict = x.note ? x.note
+        : x.campaigns.length === 0 ? `no campaign of game ${x.game} is in force`
+          : `${x.triggers} of ${x.campaigns.length} campaigns of game ${x.game} would trigger`;
+      setResult(dry.explainSummary, x.triggers > 0 ? '' : 'bad', head + verdict);
+      dry.explainList.replaceChildren(...x.campaigns.map((c) => {
+        const kind = c.decision.startsWith('filter') || c.decision === 'trigger' || c.decision === 'not_evaluated' ? c.decision : 'skip';
+        return el('li', { class: `${kind} ${c.decision}`, dataset: { campaign: String(c.campaign_id), decision: c.decision } },
+          el('b', { text: String(c.campaign_id) }), el('span', { class: 'decision', text: decisionText[c.decision] || c.decision }),
+          el('span', { class: 'reason', text: c.reason }));
+      }));
+    } catch (e) {
+      setResult(dry.explainSummary, 'bad', 'not explained: ' + e.message);
+    } finally {
+      explaining = false;
+      updateExplain();
+    }
+  }
+
+  /** The campaigns table's error cell: the state's error (rejection, quarantine) and the last
+   *  evaluation error with the event's partition and offset. */
+  function errorCell(c, cell) {
+    const last = c.counters && c.counters.last_error;
+    const parts = [];
+    if (c.error) parts.push(el('span', { text: c.error }));
+    if (last) {
+      parts.push(el('span', { class: 'last-error', title: last.at || '',
+        text: `last ${last.kind}: ${last.message} (partition ${last.partition}, offset ${last.offset}, ${ago(last.at)})` }));
+    }
+    return parts.length ? cell('error', 'error', ...parts) : el('td', { class: 'error' });
+  }
+
+  dry.estimate.addEventListener('click', runEstimate);
+  dry.cancel.addEventListener('click', cancelEstimate);
+  dry.explain.addEventListener('click', runExplain);
 
   // ------------------------------------------------------------------------------------------
   // Start

@@ -1,0 +1,12 @@
+//! Per-player state and campaign controls (spec §12).
+//!
+//! - `controls`: the campaign fields (cooldown, caps, count, inactivity, holdout, variants,
+//!   state_version, JS state options), validated with the campaign.
+//! - `decide`: the per-player decision, a pure function of the stored state and the event.
+//! - `store`: the on-disk store per owned partition and its overlays, backed by the changelog.
+
+pub mod controls;
+pub mod decide;
+pub mod partitioning;
+pub mod store;
+pub mod stores;

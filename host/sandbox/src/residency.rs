@@ -22,6 +22,9 @@
 //! is created with `UFFD_USER_MODE_ONLY`, which Linux grants unprivileged processes even when
 //! `vm.unprivileged_userfaultfd` is 0.
 //!
+//! The registration is one `ioctl` per instantiation; like wasmtime's own `mmap` and `mprotect`
+//! of a new memory it takes the process's memory-map lock for a moment.
+//!
 //! It needs Linux 6.7 or later (`WP_ASYNC`). Where userfaultfd is unavailable (an older kernel,
 //! a seccomp profile that forbids it, as Docker's default one does) nothing is registered and
 //! instances are as large as with fault-around; [`status`] says which, and the sandbox logs it
@@ -74,9 +77,10 @@ pub enum Residency {
 
 /// Resident memory (RSS) one live JavaScript filter instance adds when instances keep to their
 /// touched pages ([`Residency::TouchedPagesOnly`]), after its first evaluations (more do not add
-/// pages): ~7 pages of its memory image read, ~13 written, and wasmtime's structures for it
-/// (~28 KiB, most of it the instance's `VMContext`). Measured with `benches/instances.rs` over
-/// 1,000 and 10,000 instances (`docs/performance.md`).
+/// pages): ~7 pages of its memory image read, ~13 written, and the host's structures for it
+/// (28–34 KiB, most of it presumably the instance's `VMContext`). Measured with
+/// `benches/instances.rs` over 1,000 and 10,000 instances (`docs/performance.md`); checked by
+/// `tests/footprint.rs`.
 pub const JS_INSTANCE_RSS_BYTES: usize = 104 * 1024;
 /// The same with fault-around ([`Residency::FaultAround`]): the whole 260 KiB image is mapped.
 pub const JS_INSTANCE_RSS_BYTES_WITH_FAULT_AROUND: usize = 288 * 1024;

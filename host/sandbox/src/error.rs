@@ -19,14 +19,26 @@ pub enum ErrorKind {
     /// The event, not the filter, is at fault (over the host's size or nesting limits): the
     /// event goes to the dead-letter topic and the failure never counts toward quarantine.
     Event,
+    /// The host, not the filter nor the event, is at fault: the sandbox's budget of filter
+    /// instances (`SandboxConfig::max_instances`) is spent, so no instance could be built. The
+    /// filter did not run; the host drops idle instances and evaluates again. Never counts toward
+    /// quarantine.
+    Capacity,
 }
 
 impl ErrorKind {
     /// Every kind, in a stable order.
-    pub const ALL: [ErrorKind; 6] =
-        [ErrorKind::Fuel, ErrorKind::Memory, ErrorKind::Deadline, ErrorKind::Trap, ErrorKind::Exception, ErrorKind::Event];
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::Fuel,
+        ErrorKind::Memory,
+        ErrorKind::Deadline,
+        ErrorKind::Trap,
+        ErrorKind::Exception,
+        ErrorKind::Event,
+        ErrorKind::Capacity,
+    ];
 
-    /// The kind's name: `fuel`, `memory`, `deadline`, `trap`, `exception` or `event`.
+    /// The kind's name: `fuel`, `memory`, `deadline`, `trap`, `exception`, `event` or `capacity`.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Fuel => "fuel",
@@ -35,6 +47,7 @@ impl ErrorKind {
             ErrorKind::Trap => "trap",
             ErrorKind::Exception => "exception",
             ErrorKind::Event => "event",
+            ErrorKind::Capacity => "capacity",
         }
     }
 }
@@ -45,8 +58,8 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// A failed evaluation. It counts as "no match"; after any kind but `exception` and `event` the
-/// instance has been discarded and rebuilt. Every text in it that a filter controls is at most
+/// A failed evaluation. It counts as "no match"; after any kind but `exception`, `event` and
+/// `capacity` the instance has been discarded and rebuilt. Every text in it that a filter controls is at most
 /// [`MAX_ERROR_TEXT_BYTES`](crate::limits::MAX_ERROR_TEXT_BYTES) plus a truncation marker.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EvalError {
@@ -88,6 +101,12 @@ pub enum EvalError {
         /// Why (the [`EventError`](crate::EventError)'s text).
         reason: String,
     },
+    /// See [`ErrorKind::Capacity`]: `limit` filter instances are alive, the sandbox's budget.
+    #[error("no filter instance could be built: all {limit} of the sandbox's filter instances are in use")]
+    Capacity {
+        /// The budget (`SandboxConfig::max_instances`).
+        limit: usize,
+    },
 }
 
 impl EvalError {
@@ -100,6 +119,7 @@ impl EvalError {
             EvalError::Trap(_) | EvalError::Exit { .. } => ErrorKind::Trap,
             EvalError::Exception(_) => ErrorKind::Exception,
             EvalError::Event { .. } => ErrorKind::Event,
+            EvalError::Capacity { .. } => ErrorKind::Capacity,
         }
     }
 
@@ -107,6 +127,13 @@ impl EvalError {
     /// event to the dead-letter topic and must never count toward the campaign's quarantine.
     pub fn caused_by_event(&self) -> bool {
         matches!(self, EvalError::Event { .. })
+    }
+
+    /// Whether the host caused this failure: its budget of filter instances is spent
+    /// ([`ErrorKind::Capacity`]). The filter did not run; the evaluation should be retried once
+    /// idle instances are dropped, and it must never count toward quarantine.
+    pub fn caused_by_host(&self) -> bool {
+        matches!(self, EvalError::Capacity { .. })
     }
 }
 
@@ -128,6 +155,12 @@ pub enum SandboxError {
         /// Bytes the instance needs.
         requested: usize,
         /// The cap.
+        limit: usize,
+    },
+    /// The budget of filter instances is spent (see [`EvalError::Capacity`]).
+    #[error("all {limit} of the sandbox's filter instances are in use")]
+    Capacity {
+        /// The budget.
         limit: usize,
     },
     /// Reading or writing the compiled-module cache failed.

@@ -20,6 +20,11 @@
 //! | table elements | 100,000 in all ([`ModuleCaps::max_table_elements`]) | the limiter and the submission check | as memory |
 //! | memories, tables, instances | 1 memory, 1 table, 1 instance | the limiter; multi-memory is rejected at submission | instantiation fails |
 //!
+//! # Per sandbox
+//! | limit | user unit (default) | enforced by | when hit |
+//! | --- | --- | --- | --- |
+//! | filter instances alive | `SandboxConfig::max_instances` (none: on-demand allocation) | a count of live [`JsFilter`](crate::JsFilter)/[`WasmFilter`](crate::WasmFilter) instances against wasmtime's pooling allocator, sized to it plus [`RESERVED_INSTANCES`](crate::RESERVED_INSTANCES) for the sandbox's own (`pool.rs`) | building one more: [`EvalError::Capacity`](crate::EvalError::Capacity) → [`ErrorKind::Capacity`](crate::ErrorKind::Capacity), the host's doing ([`EvalError::caused_by_host`](crate::EvalError::caused_by_host)); compiling waits for a reserved slot |
+//!
 //! # At submission
 //! | limit | user unit (default) | when hit |
 //! | --- | --- | --- |
@@ -75,6 +80,18 @@
 //!   directory (a Go filter is ~12 MB compiled) until an operator removes it, and temporary files
 //!   of a process killed while writing stay behind. Its digest detects damage and misplaced files,
 //!   not an attacker who can write as the rtcrm user (see `cache.rs`).
+//! - **A pooled slot keeps memory after its instance is dropped.** With a budget, a used slot
+//!   keeps up to [`KEEP_RESIDENT_BYTES`](crate::KEEP_RESIDENT_BYTES) of private pages (reset to
+//!   the image, so nothing of the previous instance survives) plus the image pages it maps, so
+//!   resident memory follows the most instances ever alive at once, bounded by the budget, not
+//!   the number alive now. Each slot reserves ~4 GiB of address space and each used slot (as each
+//!   on-demand instance) ~3 memory mappings: some 20,000 fit x86-64's address space and Linux's
+//!   default `vm.max_map_count`.
+//! - **Touched pages only, where Linux allows it.** Keeping an instance's RSS to the pages it
+//!   touches needs userfaultfd with asynchronous write protection (Linux 6.7); without it (an
+//!   older kernel, a seccomp profile that forbids userfaultfd) every JS instance maps the
+//!   runtime's whole memory image, ~282 KiB of RSS instead of ~104 KiB
+//!   ([`Sandbox::residency`](crate::Sandbox::residency) says which; PSS is the same either way).
 //! - **Event failures are told apart, not routed.** An evaluation refused because of the event
 //!   is [`EvalError::Event`](crate::EvalError::Event); sending it to the dead-letter topic and
 //!   keeping it out of the quarantine count is the processor's job.

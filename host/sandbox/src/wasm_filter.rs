@@ -3,9 +3,10 @@
 //! pool with a time limit, then the verified disk cache), and evaluation under the same limits as
 //! JavaScript filters.
 
-use crate::error::EvalError;
+use crate::error::{EvalError, SandboxError};
 use crate::event::Event;
 use crate::limits::{Limits, ModuleCaps};
+use crate::pool::{Owner, Slot};
 use crate::sandbox::{arm, charge_store, classify, fuel_used, FilterState, SandboxCore, Verdict};
 use crate::text;
 use sha2::{Digest, Sha256};
@@ -411,7 +412,7 @@ pub(crate) fn load(core: &Arc<SandboxCore>, bytes: &[u8]) -> Result<CompiledWasm
     let compiled = CompiledWasm { pre, sha256, has_initialize, size: bytes.len(), from_cache };
     // Instantiate once: runs `_initialize` and reads the declared version.
     let limits = core.config.limits;
-    let mut instance = ModuleInstance::new(core, &compiled, "validation".into(), limits)
+    let mut instance = ModuleInstance::new(core, &compiled, "validation".into(), limits, Owner::Sandbox)
         .map_err(|e| WasmError::Init(format!("{}: {e}", e.kind())))?;
     if shape.exports.iter().any(|(n, _, _)| n == "rtcrm_abi_version") {
         let version = instance.instance_func::<(), i32>("rtcrm_abi_version").map_err(WasmError::Init)?;
@@ -426,32 +427,41 @@ pub(crate) fn load(core: &Arc<SandboxCore>, bytes: &[u8]) -> Result<CompiledWasm
     Ok(compiled)
 }
 
-/// A live instance of a filter module.
+/// A live instance of a filter module. Fields drop in order: the store before the budget's slot.
 struct ModuleInstance {
     store: Store<FilterState>,
     instance: wasmtime::Instance,
     memory: Memory,
     alloc: TypedFunc<i32, i32>,
     filter: TypedFunc<(i32, i32), i32>,
+    _slot: Slot,
 }
 
 impl ModuleInstance {
-    fn new(core: &SandboxCore, compiled: &CompiledWasm, name: Arc<str>, limits: Limits) -> Result<ModuleInstance, EvalError> {
+    fn new(core: &SandboxCore, compiled: &CompiledWasm, name: Arc<str>, limits: Limits, owner: Owner) -> Result<ModuleInstance, EvalError> {
+        let slot = core.slot(owner).map_err(|e| match e {
+            SandboxError::Capacity { limit } => EvalError::Capacity { limit },
+            other => EvalError::Trap(other.to_string()),
+        })?;
         let mut store = core.new_store(name, limits);
         let instance = compiled.pre.instantiate(&mut store).map_err(|e| match store.data().budget.exceeded {
             Some(requested) => EvalError::Memory { requested, limit: limits.memory_bytes },
-            None => classify(&mut store, e, &limits),
+            None => match core.pool_exhausted(&e) {
+                Some(_) => EvalError::Capacity { limit: core.slots.max().unwrap_or_default() },
+                None => classify(&mut store, e, &limits),
+            },
         })?;
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or_else(|| EvalError::Trap("the module exports no memory".into()))?;
         store.data_mut().memory = Some(memory);
+        core.settle(&store, memory);
         let typed = |store: &mut Store<FilterState>, name: &str| {
             instance.get_func(&mut *store, name).ok_or_else(|| EvalError::Trap(format!("the module does not export `{name}`")))
         };
         let alloc = typed(&mut store, "rtcrm_alloc")?.typed(&store).map_err(|e| EvalError::Trap(text::bound(e.to_string())))?;
         let filter = typed(&mut store, "rtcrm_filter")?.typed(&store).map_err(|e| EvalError::Trap(text::bound(e.to_string())))?;
-        let mut instance = ModuleInstance { store, instance, memory, alloc, filter };
+        let mut instance = ModuleInstance { store, instance, memory, alloc, filter, _slot: slot };
         if compiled.has_initialize {
             let init = instance.instance_func::<(), ()>("_initialize").map_err(EvalError::Trap)?;
             arm(&mut instance.store, &limits);
@@ -505,7 +515,7 @@ pub struct WasmFilter {
 
 impl WasmFilter {
     pub(crate) fn new(core: Arc<SandboxCore>, compiled: &CompiledWasm, name: &str, limits: Limits) -> Result<WasmFilter, EvalError> {
-        let instance = ModuleInstance::new(&core, compiled, name.into(), limits)?;
+        let instance = ModuleInstance::new(&core, compiled, name.into(), limits, Owner::Filter)?;
         Ok(WasmFilter { core, compiled: compiled.clone(), name: name.into(), limits, instance: Some(instance), rebuilds: 0 })
     }
 
@@ -513,13 +523,13 @@ impl WasmFilter {
     pub fn eval(&mut self, event: &Event) -> Result<Verdict, EvalError> {
         self.core.admit(event)?;
         if self.instance.is_none() {
-            self.instance = Some(ModuleInstance::new(&self.core, &self.compiled, self.name.clone(), self.limits)?);
+            self.instance = Some(ModuleInstance::new(&self.core, &self.compiled, self.name.clone(), self.limits, Owner::Filter)?);
         }
         let outcome = self.instance.as_mut().expect("built above").eval(&self.limits, event);
-        if matches!(&outcome, Err(e) if !matches!(e.kind(), crate::ErrorKind::Exception | crate::ErrorKind::Event)) {
+        if matches!(&outcome, Err(e) if !matches!(e.kind(), crate::ErrorKind::Exception | crate::ErrorKind::Event | crate::ErrorKind::Capacity)) {
             self.instance = None;
             self.rebuilds += 1;
-            self.instance = ModuleInstance::new(&self.core, &self.compiled, self.name.clone(), self.limits).ok();
+            self.instance = ModuleInstance::new(&self.core, &self.compiled, self.name.clone(), self.limits, Owner::Filter).ok();
         }
         outcome
     }

@@ -15,6 +15,7 @@ mod hostile;
 mod isolation;
 mod limits_config;
 mod memory;
+mod state;
 mod wasi;
 mod wasm;
 

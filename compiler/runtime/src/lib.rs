@@ -9,6 +9,8 @@
 //! | `rtcrm_compile(src, len, kind) -> status` | compile source to bytecode (`kind` 0 = script, 1 = ES module); fresh instance per call |
 //! | `rtcrm_load(bytecode, len) -> status` | evaluate the bytecode once and keep the function it yields as this instance's filter |
 //! | `rtcrm_eval() -> status` | call the filter with the current event (1 match, 0 no match, -1 exception) |
+//! | `rtcrm_state_buffer(len) -> ptr` | a buffer of `len` bytes (followed by a NUL) for a player's stored state |
+//! | `rtcrm_eval_state(len) -> status` | call the filter as `filter(event, state)`, `state` parsed from the state buffer's `len` bytes (`{}` when 0); on 1 or 0 the result buffer holds the state's JSON afterwards (see [`rtcrm_eval_state`]) |
 //! | `rtcrm_result_ptr()`, `rtcrm_result_len()` | the output of the last call: bytecode, or an error text |
 //!
 //! The event never enters QuickJS as a whole. The host parses each event once and serves its
@@ -44,6 +46,7 @@ use std::cell::{Cell, OnceCell, RefCell};
 use std::io::{self, Write};
 
 mod event_object;
+mod state;
 
 // The namespace carries the runtime's version: a campaign module imports it, so a module built for
 // another runtime version is detected at load. Bump it whenever the bytecode format or the
@@ -78,6 +81,13 @@ pub(crate) struct Globals {
     result: RefCell<Vec<u8>>,
     /// The buffer the host writes event fields into.
     scratch: RefCell<Vec<u8>>,
+    /// A player's stored state as the host wrote it for `rtcrm_eval_state`, then a NUL.
+    state_in: RefCell<Vec<u8>>,
+    /// What the state's plain-data check compares with (`state`): `Object.prototype` (owned), the
+    /// class id of a plain object, and the replacer `JSON.stringify` runs over the state (owned).
+    object_proto: Cell<qjs::JSValue>,
+    plain_class: Cell<qjs::JSClassID>,
+    state_replacer: Cell<qjs::JSValue>,
     /// The event object's class, prototypes, caches and evaluation generation.
     pub(crate) event: event_object::EventGlobals,
 }
@@ -96,6 +106,10 @@ static GLOBALS: SingleThreaded<Globals> = SingleThreaded(Globals {
     filter: Cell::new(qjs::JS_UNDEFINED),
     result: RefCell::new(Vec::new()),
     scratch: RefCell::new(Vec::new()),
+    state_in: RefCell::new(Vec::new()),
+    object_proto: Cell::new(qjs::JS_UNDEFINED),
+    plain_class: Cell::new(0),
+    state_replacer: Cell::new(qjs::JS_UNDEFINED),
     event: event_object::EventGlobals::new(),
 });
 
@@ -154,6 +168,8 @@ fn modify_runtime(runtime: Runtime) -> Runtime {
         let raw = ctx.as_raw().as_ptr();
         // SAFETY: `raw` is the runtime's live context; `install` runs once, here.
         unsafe { event_object::install(raw) };
+        // SAFETY: as above; `state::install` runs once, here.
+        unsafe { state::install(raw) };
         crate::globals().raw_ctx.set(raw);
     });
     let g = globals();
@@ -203,16 +219,16 @@ pub(crate) fn scratch() -> std::cell::Ref<'static, Vec<u8>> {
     globals().scratch.borrow()
 }
 
-fn context() -> &'static rq::Context {
+pub(crate) fn context() -> &'static rq::Context {
     globals().context.get().expect("initialize-runtime ran before this call")
 }
 
-fn set_result(bytes: Vec<u8>) {
+pub(crate) fn set_result(bytes: Vec<u8>) {
     *globals().result.borrow_mut() = bytes;
 }
 
 /// A readable text for a thrown JavaScript value: `Name: message` for errors.
-fn describe_exception<'js>(ctx: &Ctx<'js>, value: &Value<'js>) -> String {
+pub(crate) fn describe_exception<'js>(ctx: &Ctx<'js>, value: &Value<'js>) -> String {
     if let Some(obj) = value.as_object() {
         let name: Option<String> = obj.get("name").ok();
         let message: Option<String> = obj.get("message").ok();
@@ -417,7 +433,7 @@ fn caught_text<'js>(ctx: &Ctx<'js>, e: rq::CaughtError<'js>) -> String {
     }
 }
 
-fn run_pending_jobs(ctx: &Ctx<'_>) {
+pub(crate) fn run_pending_jobs(ctx: &Ctx<'_>) {
     let raw = ctx.as_raw().as_ptr();
     // SAFETY: `raw` is the live context; a pending job's exception is an owned value, freed here.
     unsafe {
@@ -472,7 +488,7 @@ pub extern "C" fn rtcrm_eval() -> i32 {
 }
 
 /// Takes the pending exception into the result buffer; returns -1.
-fn report_exception() -> i32 {
+pub(crate) fn report_exception() -> i32 {
     context().with(|ctx| {
         let exc = ctx.catch();
         set_result(describe_exception(&ctx, &exc).into_bytes());

@@ -24,6 +24,12 @@ pub enum ErrorKind {
     /// filter did not run; the host drops idle instances and evaluates again. Never counts toward
     /// quarantine.
     Capacity,
+    /// The per-player state the filter left cannot be kept (spec §12): over the campaign's
+    /// `state.max_bytes`, not JSON-serialisable, not a JSON object; or the filter cannot keep a
+    /// state at all (a Wasm module of ABI version 1). The evaluation counts as failed, and the
+    /// player's stored state stays as it was. The instance is kept (the filter itself ran to its
+    /// end).
+    State,
 }
 
 impl ErrorKind {
@@ -36,9 +42,10 @@ impl ErrorKind {
         ErrorKind::Exception,
         ErrorKind::Event,
         ErrorKind::Capacity,
+        ErrorKind::State,
     ];
 
-    /// The kind's name: `fuel`, `memory`, `deadline`, `trap`, `exception`, `event` or `capacity`.
+    /// The kind's name: `fuel`, `memory`, `deadline`, `trap`, `exception`, `event`, `capacity` or `state`.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Fuel => "fuel",
@@ -48,6 +55,7 @@ impl ErrorKind {
             ErrorKind::Exception => "exception",
             ErrorKind::Event => "event",
             ErrorKind::Capacity => "capacity",
+            ErrorKind::State => "state",
         }
     }
 }
@@ -58,8 +66,8 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// A failed evaluation. It counts as "no match"; after any kind but `exception`, `event` and
-/// `capacity` the instance has been discarded and rebuilt. Every text in it that a filter controls is at most
+/// A failed evaluation. It counts as "no match"; after any kind but `exception`, `event`,
+/// `capacity` and `state` the instance has been discarded and rebuilt. Every text in it that a filter controls is at most
 /// [`MAX_ERROR_TEXT_BYTES`](crate::limits::MAX_ERROR_TEXT_BYTES) plus a truncation marker.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EvalError {
@@ -107,6 +115,29 @@ pub enum EvalError {
         /// The budget (`SandboxConfig::max_instances`).
         limit: usize,
     },
+    /// See [`ErrorKind::State`]: the state the filter left is `size` bytes of JSON, over `max`
+    /// (the campaign's `state.max_bytes`, at most the host's `state_max_bytes`).
+    #[error("the filter's state is {size} bytes of JSON, over its limit of {max} bytes (state.max_bytes)")]
+    State {
+        /// Bytes of the state's JSON.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// See [`ErrorKind::State`]: the state the filter left cannot be kept — it holds a function,
+    /// a cycle, a BigInt or another value JSON cannot give back (JavaScript), or it is not a
+    /// JSON object (a Wasm module's bytes) — or the stored state handed in is not a JSON object.
+    /// Holds the reason (`TypeError: ...`).
+    #[error("the filter's state cannot be kept: {0}")]
+    StateInvalid(String),
+    /// See [`ErrorKind::State`]: [`Filter::eval_with_state`](crate::Filter::eval_with_state) on
+    /// a Wasm module without per-player state (ABI version 1). Campaigns with `state` should be
+    /// refused at submission instead ([`CompiledFilter::check_state_support`](crate::CompiledFilter::check_state_support)).
+    #[error("the module implements filter ABI version {abi_version}, which has no per-player state; a campaign with `state` needs a module of ABI version 2 (exports rtcrm_filter_state, rtcrm_state_ptr and rtcrm_state_len; filter-sdk/ABI.md §9)")]
+    StateUnsupported {
+        /// The version the module declares.
+        abi_version: i32,
+    },
 }
 
 impl EvalError {
@@ -120,6 +151,7 @@ impl EvalError {
             EvalError::Exception(_) => ErrorKind::Exception,
             EvalError::Event { .. } => ErrorKind::Event,
             EvalError::Capacity { .. } => ErrorKind::Capacity,
+            EvalError::State { .. } | EvalError::StateInvalid(_) | EvalError::StateUnsupported { .. } => ErrorKind::State,
         }
     }
 

@@ -38,9 +38,13 @@
 //!   through host calls, so an event is never rebuilt as a JS object per campaign.
 //! - [`Limits`] (see its module, `limits.rs`, for every limit, its default and its known gaps)
 //!   and [`EvalError`], whose [`ErrorKind`] is one of `fuel`, `memory`, `deadline`, `trap`,
-//!   `exception` — the filter's failures — or `event`, a failure the event caused
+//!   `exception`, `state` — the filter's failures — or `event`, a failure the event caused
 //!   ([`EvalError::caused_by_event`]), or `capacity`, the budget of instances spent (the host's
 //!   doing, [`EvalError::caused_by_host`]); neither of the last two may count toward quarantine.
+//! - [`Filter::eval_with_state`]: an evaluation with a player's state (spec §12) — a JavaScript
+//!   filter called as `filter(event, state)`, a Wasm module of ABI version 2 through
+//!   `rtcrm_filter_state` — returning the new state as compact JSON; on any error no new state
+//!   is produced, so the host keeps the stored one. See `state.rs` for its limits and costs.
 //!
 //! # Fresh instance per event, the alternative
 //! Building a new instance for each event (instantiate, load the bytecode, evaluate) makes every
@@ -60,6 +64,7 @@ mod pool;
 mod residency;
 mod runtime;
 mod sandbox;
+mod state;
 mod text;
 mod wasi;
 mod wasm_filter;
@@ -77,5 +82,6 @@ pub use residency::{Residency, JS_INSTANCE_RSS_BYTES, JS_INSTANCE_RSS_BYTES_WITH
 pub use rtcrm_compiler::{CompileError, ModuleError, SourceForm, RUNTIME_NAMESPACE};
 pub use sandbox::{CompiledFilter, CompiledJs, Filter, JsFilter, ModuleLoadError, Sandbox, SandboxConfig, Verdict};
 pub use wasm_filter::{
-    CompiledWasm, WasmError, WasmFilter, ALLOWED_FEATURES, DEFAULT_MAX_MODULE_BYTES, SUPPORTED_ABI_VERSION, WASI_MODULE,
+    CompiledWasm, WasmError, WasmFilter, ALLOWED_FEATURES, DEFAULT_MAX_MODULE_BYTES, SUPPORTED_ABI_VERSION, SUPPORTED_ABI_VERSIONS,
+    WASI_MODULE,
 };

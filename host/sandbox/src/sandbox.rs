@@ -25,6 +25,9 @@ use wasmtime::{
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::WasiCtxBuilder;
 
+// `filter(event, state)`: evaluation with per-player state, both kinds of filter (spec §12).
+mod stateful;
+
 /// Host-import module of the JS runtime (event fields and console output).
 const HOST_MODULE: &str = "rtcrm:host";
 /// Bytes of a filter's stdout/stderr kept until forwarded to the log.
@@ -44,8 +47,8 @@ pub struct SandboxConfig {
     pub max_source_bytes: usize,
     /// Largest Wasm filter module accepted.
     pub max_module_bytes: usize,
-    /// Largest per-player state (spec §12; enforced by the state store, carried here so every
-    /// limit comes from one place).
+    /// Largest per-player state (spec §12): [`Filter::eval_with_state`] fails with kind `state`
+    /// past the smaller of this and the campaign's `state.max_bytes`.
     pub state_max_bytes: usize,
     /// Caps on a Wasm module's shape, checked before compiling.
     pub module_caps: ModuleCaps,
@@ -937,6 +940,8 @@ impl SandboxCore {
             eval: get(&mut store, "rtcrm_eval")?.typed(&store).map_err(typed_err)?,
             result_ptr: get(&mut store, "rtcrm_result_ptr")?.typed(&store).map_err(typed_err)?,
             result_len: get(&mut store, "rtcrm_result_len")?.typed(&store).map_err(typed_err)?,
+            state_buffer: get(&mut store, "rtcrm_state_buffer")?.typed(&store).map_err(typed_err)?,
+            eval_state: get(&mut store, "rtcrm_eval_state")?.typed(&store).map_err(typed_err)?,
             memory,
             store,
             _slot: slot,
@@ -956,6 +961,10 @@ struct RuntimeInstance {
     result_ptr: TypedFunc<(), i32>,
     result_len: TypedFunc<(), i32>,
     _slot: Slot,
+    /// `rtcrm_state_buffer(len) -> ptr` and `rtcrm_eval_state(len) -> status`, for
+    /// [`JsFilter::eval_with_state`].
+    state_buffer: TypedFunc<i32, i32>,
+    eval_state: TypedFunc<i32, i32>,
 }
 
 enum LoadOutcome {

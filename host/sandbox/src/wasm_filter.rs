@@ -1,5 +1,5 @@
 //! Filters written in any language that targets core WebAssembly, through the filter ABI
-//! (`filter-sdk/ABI.md`, version 1): validation at submission, bounded compilation (caps, then a
+//! (`filter-sdk/ABI.md`, versions 1 and 2 — version 2 adds per-player state): validation at submission, bounded compilation (caps, then a
 //! pool with a time limit, then the verified disk cache), and evaluation under the same limits as
 //! JavaScript filters.
 
@@ -15,8 +15,18 @@ use std::time::Duration;
 use wasmparser::{CompositeInnerType, ExternalKind, FuncType, Parser, Payload, TypeRef, Validator, WasmFeatures};
 use wasmtime::{InstancePre, Memory, Store, TypedFunc};
 
-/// The ABI versions this host implements.
-pub const SUPPORTED_ABI_VERSION: i32 = 1;
+/// The newest ABI version this host implements; it implements every version from 1 to this one
+/// ([`SUPPORTED_ABI_VERSIONS`]).
+pub const SUPPORTED_ABI_VERSION: i32 = 2;
+/// The ABI versions this host implements: 1 (one event at a time) and 2 (version 1 plus
+/// per-player state, ABI.md §9).
+pub const SUPPORTED_ABI_VERSIONS: [i32; 2] = [1, 2];
+/// The exports version 2 adds (ABI.md §9), with their types as rejections name them.
+const STATE_EXPORTS: [(&str, &str); 3] = [
+    ("rtcrm_filter_state", "a function (i32, i32, i32, i32) -> (i32)"),
+    ("rtcrm_state_ptr", "a function () -> (i32)"),
+    ("rtcrm_state_len", "a function () -> (i32)"),
+];
 /// The only import module a filter may use.
 pub const WASI_MODULE: &str = "wasi_snapshot_preview1";
 /// Largest module accepted by default (ABI.md §1). A Go filter is about 3.3 MB.
@@ -127,12 +137,28 @@ pub enum WasmError {
         expected: &'static str,
     },
     /// `rtcrm_abi_version` returned a version this host does not implement.
-    #[error("the module declares filter ABI version {declared}; this host implements version {supported}")]
+    #[error("the module declares filter ABI version {declared}; this host implements versions 1 to {supported}")]
     UnsupportedAbiVersion {
         /// What the module declared.
         declared: i32,
         /// What the host implements.
         supported: i32,
+    },
+    /// The module exports one of version 2's state functions but does not declare version 2
+    /// (`rtcrm_abi_version` absent or returning 1).
+    #[error("the module exports `{name}`, a function of filter ABI version 2, but declares version {declared}: a module with per-player state returns 2 from rtcrm_abi_version (filter-sdk/ABI.md §9)")]
+    StateExportWithoutVersion2 {
+        /// The export.
+        name: &'static str,
+        /// The version it declares.
+        declared: i32,
+    },
+    /// A campaign with `state` and a module that cannot keep one (ABI version 1); see
+    /// [`CompiledFilter::check_state_support`](crate::CompiledFilter::check_state_support).
+    #[error("the campaign has `state`, but its module implements filter ABI version {declared}, which sees one event at a time; per-player state needs ABI version 2: export rtcrm_filter_state, rtcrm_state_ptr and rtcrm_state_len and return 2 from rtcrm_abi_version (filter-sdk/ABI.md §9; the Rust SDK's `#[filter] fn f(event: &Event, state: &mut State)` and the C header's RTCRM_FILTER_STATE do)")]
+    StateNeedsAbiVersion2 {
+        /// The version the module declares.
+        declared: i32,
     },
     /// Compiling took longer than the sandbox's `compile_timeout`.
     #[error("compiling the module took longer than {} s, the limit (filter-sdk/ABI.md §1); make it smaller or simpler", limit.as_secs_f64())]
@@ -151,6 +177,8 @@ pub struct CompiledWasm {
     pre: InstancePre<FilterState>,
     sha256: String,
     has_initialize: bool,
+    /// The ABI version the module declares (1 without `rtcrm_abi_version`).
+    abi_version: i32,
     size: usize,
     from_cache: bool,
 }
@@ -170,11 +198,35 @@ impl CompiledWasm {
     pub fn loaded_from_cache(&self) -> bool {
         self.from_cache
     }
+
+    /// The ABI version the module declares: 1 (also when it has no `rtcrm_abi_version`) or 2.
+    pub fn abi_version(&self) -> i32 {
+        self.abi_version
+    }
+
+    /// Whether the module can keep a per-player state (ABI version 2).
+    pub fn supports_state(&self) -> bool {
+        self.abi_version >= 2
+    }
+
+    /// `Ok` when the module can keep a per-player state, else why a campaign with `state`
+    /// cannot use it.
+    pub fn check_state_support(&self) -> Result<(), WasmError> {
+        if self.supports_state() {
+            Ok(())
+        } else {
+            Err(WasmError::StateNeedsAbiVersion2 { declared: self.abi_version })
+        }
+    }
 }
 
 impl std::fmt::Debug for CompiledWasm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompiledWasm").field("sha256", &self.sha256).field("size", &self.size).finish()
+        f.debug_struct("CompiledWasm")
+            .field("sha256", &self.sha256)
+            .field("size", &self.size)
+            .field("abi_version", &self.abi_version)
+            .finish()
     }
 }
 
@@ -334,8 +386,17 @@ fn describe(kind: ExternalKind, ty: Option<&FuncType>) -> String {
     }
 }
 
-/// Checks the exports of ABI.md §1; returns whether `_initialize` is exported.
-fn check_exports(shape: &ModuleShape) -> Result<bool, WasmError> {
+/// What [`check_exports`] found among the optional exports.
+struct OptionalExports {
+    initialize: bool,
+    /// The first of version 2's state exports present, if any, and whether all are.
+    state_export: Option<&'static str>,
+    all_state_exports: bool,
+}
+
+/// Checks the exports of ABI.md §1 and §9 (the types of those present; which version needs which
+/// is checked once the version is known).
+fn check_exports(shape: &ModuleShape) -> Result<OptionalExports, WasmError> {
     use wasmparser::ValType::I32;
     let export = |name: &str| shape.exports.iter().find(|(n, _, _)| n == name);
     let func_type = |index: u32| shape.func_types.get(index as usize).and_then(Option::as_ref);
@@ -358,8 +419,13 @@ fn check_exports(shape: &ModuleShape) -> Result<bool, WasmError> {
             return Err(WasmError::WrongExport { name, found: describe(kind, func_type(index)), expected });
         }
     }
-    let optional: [(&'static str, &'static str, &[wasmparser::ValType], &[wasmparser::ValType]); 2] =
-        [("rtcrm_abi_version", "a function () -> (i32)", &[], &[I32]), ("_initialize", "a function () -> ()", &[], &[])];
+    let optional: [(&'static str, &'static str, &[wasmparser::ValType], &[wasmparser::ValType]); 5] = [
+        ("rtcrm_abi_version", "a function () -> (i32)", &[], &[I32]),
+        ("_initialize", "a function () -> ()", &[], &[]),
+        (STATE_EXPORTS[0].0, STATE_EXPORTS[0].1, &[I32, I32, I32, I32], &[I32]),
+        (STATE_EXPORTS[1].0, STATE_EXPORTS[1].1, &[], &[I32]),
+        (STATE_EXPORTS[2].0, STATE_EXPORTS[2].1, &[], &[I32]),
+    ];
     for (name, expected, params, results) in optional {
         if let Some(&(_, kind, index)) = export(name) {
             if !is_func(kind, index, params, results) {
@@ -367,7 +433,31 @@ fn check_exports(shape: &ModuleShape) -> Result<bool, WasmError> {
             }
         }
     }
-    Ok(export("_initialize").is_some())
+    let present: Vec<&'static str> = STATE_EXPORTS.iter().map(|(n, _)| *n).filter(|n| export(n).is_some()).collect();
+    Ok(OptionalExports {
+        initialize: export("_initialize").is_some(),
+        state_export: present.first().copied(),
+        all_state_exports: present.len() == STATE_EXPORTS.len(),
+    })
+}
+
+/// Checks that the exports fit the declared version (ABI.md §6, §9): version 2 has every state
+/// export, version 1 none.
+fn check_version_exports(declared: i32, exports: &OptionalExports, shape: &ModuleShape) -> Result<(), WasmError> {
+    if declared >= 2 && !exports.all_state_exports {
+        let (name, _) = STATE_EXPORTS.iter().find(|(n, _)| !shape.exports.iter().any(|(e, _, _)| e == n)).expect("one is missing");
+        let expected = match *name {
+            "rtcrm_filter_state" => "a function (i32, i32, i32, i32) -> (i32), required by ABI version 2",
+            _ => "a function () -> (i32), required by ABI version 2",
+        };
+        return Err(WasmError::MissingExport { name, expected });
+    }
+    if declared < 2 {
+        if let Some(name) = exports.state_export {
+            return Err(WasmError::StateExportWithoutVersion2 { name, declared });
+        }
+    }
+    Ok(())
 }
 
 /// Validates and compiles a filter module (ABI.md §7): size, shape caps and imports, exports,
@@ -382,7 +472,8 @@ pub(crate) fn load(core: &Arc<SandboxCore>, bytes: &[u8]) -> Result<CompiledWasm
         return Err(WasmError::Invalid("it does not start with the WebAssembly magic number `\\0asm`".into()));
     }
     let shape = scan(bytes, &core.config.module_caps)?;
-    let has_initialize = check_exports(&shape)?;
+    let exports = check_exports(&shape)?;
+    let has_initialize = exports.initialize;
     check_features(bytes)?;
     let sha256 = hex::encode(Sha256::digest(bytes));
     let cache_name = core.cache.as_ref().map(|c| c.file_name("wasm", &sha256));
@@ -409,7 +500,9 @@ pub(crate) fn load(core: &Arc<SandboxCore>, bytes: &[u8]) -> Result<CompiledWasm
         }
     };
     let pre = core.linker.instantiate_pre(&module).map_err(|e| WasmError::Init(text::bound(format!("{e:#}"))))?;
-    let compiled = CompiledWasm { pre, sha256, has_initialize, size: bytes.len(), from_cache };
+    // Taken as version 1 until the module says otherwise (the validation instance below never
+    // looks up the state exports).
+    let mut compiled = CompiledWasm { pre, sha256, has_initialize, abi_version: 1, size: bytes.len(), from_cache };
     // Instantiate once: runs `_initialize` and reads the declared version.
     let limits = core.config.limits;
     let mut instance = ModuleInstance::new(core, &compiled, "validation".into(), limits, Owner::Sandbox)
@@ -420,10 +513,12 @@ pub(crate) fn load(core: &Arc<SandboxCore>, bytes: &[u8]) -> Result<CompiledWasm
         let declared = version
             .call(&mut instance.store, ())
             .map_err(|e| WasmError::Init(format!("rtcrm_abi_version: {}", classify(&mut instance.store, e, &limits))))?;
-        if declared != SUPPORTED_ABI_VERSION {
+        if !SUPPORTED_ABI_VERSIONS.contains(&declared) {
             return Err(WasmError::UnsupportedAbiVersion { declared, supported: SUPPORTED_ABI_VERSION });
         }
+        compiled.abi_version = declared;
     }
+    check_version_exports(compiled.abi_version, &exports, &shape)?;
     Ok(compiled)
 }
 
@@ -435,6 +530,16 @@ struct ModuleInstance {
     alloc: TypedFunc<i32, i32>,
     filter: TypedFunc<(i32, i32), i32>,
     _slot: Slot,
+    /// Version 2's state exports (ABI.md §9), for a module that declares version 2.
+    state: Option<StateExports>,
+}
+
+/// `rtcrm_filter_state`, `rtcrm_state_ptr`, `rtcrm_state_len`.
+#[derive(Clone)]
+struct StateExports {
+    filter: TypedFunc<(i32, i32, i32, i32), i32>,
+    ptr: TypedFunc<(), i32>,
+    len: TypedFunc<(), i32>,
 }
 
 impl ModuleInstance {
@@ -461,7 +566,15 @@ impl ModuleInstance {
         };
         let alloc = typed(&mut store, "rtcrm_alloc")?.typed(&store).map_err(|e| EvalError::Trap(text::bound(e.to_string())))?;
         let filter = typed(&mut store, "rtcrm_filter")?.typed(&store).map_err(|e| EvalError::Trap(text::bound(e.to_string())))?;
-        let mut instance = ModuleInstance { store, instance, memory, alloc, filter, _slot: slot };
+        let state = match compiled.abi_version {
+            1 => None,
+            _ => Some(StateExports {
+                filter: typed(&mut store, STATE_EXPORTS[0].0)?.typed(&store).map_err(|e| EvalError::Trap(text::bound(e.to_string())))?,
+                ptr: typed(&mut store, STATE_EXPORTS[1].0)?.typed(&store).map_err(|e| EvalError::Trap(text::bound(e.to_string())))?,
+                len: typed(&mut store, STATE_EXPORTS[2].0)?.typed(&store).map_err(|e| EvalError::Trap(text::bound(e.to_string())))?,
+            }),
+        };
+        let mut instance = ModuleInstance { store, instance, memory, alloc, filter, state, _slot: slot };
         if compiled.has_initialize {
             let init = instance.instance_func::<(), ()>("_initialize").map_err(EvalError::Trap)?;
             arm(&mut instance.store, &limits);
@@ -537,6 +650,123 @@ impl WasmFilter {
     /// How many times its instance was discarded after a trap and rebuilt.
     pub fn rebuilds(&self) -> u64 {
         self.rebuilds
+    }
+}
+
+// ---- ABI version 2: per-player state (ABI.md §9) -------------------------------------------------
+
+/// What the state exports left after `rtcrm_filter_state` returned 1 or 0.
+enum NewState {
+    /// `rtcrm_state_len() == -1`: keep the state passed in.
+    Unchanged,
+    /// The bytes at `[rtcrm_state_ptr(), + rtcrm_state_len())`.
+    Bytes(Vec<u8>),
+    /// Over the limit: `size` bytes (not copied).
+    TooLarge { size: usize },
+    /// A length below -1.
+    BadLength(i32),
+}
+
+impl ModuleInstance {
+    /// One evaluation through `rtcrm_filter_state` (ABI.md §9): the event and the stored state
+    /// in one `rtcrm_alloc` buffer, then the new state read back.
+    fn eval_with_state(&mut self, limits: &Limits, event: &Event, state: &str, max: usize) -> Result<(Verdict, String), EvalError> {
+        let Some(exports) = self.state.clone() else {
+            return Err(EvalError::StateUnsupported { abi_version: 1 });
+        };
+        let (bytes, stored) = (event.as_bytes(), state.as_bytes());
+        let too_large = || EvalError::Event { reason: "the event and its state are over 2 GiB".into() };
+        let event_len = i32::try_from(bytes.len()).map_err(|_| too_large())?;
+        let state_len = i32::try_from(stored.len()).map_err(|_| too_large())?;
+        let total = event_len.checked_add(state_len).ok_or_else(too_large)?;
+        arm(&mut self.store, limits);
+        // Both copies into the filter's memory are host work on its behalf: charged first.
+        charge_store(&mut self.store, (bytes.len() + stored.len()) as u64, limits)?;
+        let result = (|| -> wasmtime::Result<(i32, Option<NewState>)> {
+            let ptr = self.alloc.call(&mut self.store, total)?;
+            if ptr <= 0 {
+                return Err(wasmtime::Error::msg(format!("rtcrm_alloc({total}) returned {ptr}")));
+            }
+            let at = ptr as u32 as usize;
+            self.memory.write(&mut self.store, at, bytes)?;
+            self.memory.write(&mut self.store, at + bytes.len(), stored)?;
+            let state_ptr = ptr.checked_add(event_len).ok_or_else(|| wasmtime::Error::msg("the state's address is past 2 GiB"))?;
+            let code = exports.filter.call(&mut self.store, (ptr, event_len, state_ptr, state_len))?;
+            if code != 0 && code != 1 {
+                return Ok((code, None));
+            }
+            let len = exports.len.call(&mut self.store, ())?;
+            let new = match len {
+                -1 => NewState::Unchanged,
+                n if n < -1 => NewState::BadLength(n),
+                n if n as usize > max => NewState::TooLarge { size: n as usize },
+                n => {
+                    let at = exports.ptr.call(&mut self.store, ())? as u32 as usize;
+                    // Reading and checking the new state: charged before, twice its bytes.
+                    crate::state::charge(&mut self.store, 2 * n as u64)?;
+                    let mut out = vec![0; n as usize];
+                    self.memory.read(&self.store, at, &mut out).map_err(|_| {
+                        wasmtime::Error::msg(format!("rtcrm_state_ptr() + rtcrm_state_len() ({at} + {n}) is past the module's memory"))
+                    })?;
+                    NewState::Bytes(out)
+                }
+            };
+            Ok((code, Some(new)))
+        })();
+        self.store.data_mut().forward_output(false);
+        let (code, new) = result.map_err(|e| classify(&mut self.store, e, limits))?;
+        let fuel_used = fuel_used(&self.store, limits);
+        let matched = match code {
+            1 => true,
+            0 => false,
+            n if n < 0 => return Err(EvalError::Exception(format!("filter returned error code {n}"))),
+            n => return Err(EvalError::Trap(format!("filter returned {n}, which is not a status code of ABI version 2"))),
+        };
+        let state = match new.expect("read after status 0 or 1") {
+            NewState::Unchanged => state.to_owned(),
+            NewState::Bytes(bytes) => crate::state::check_new_state(bytes, max)?,
+            NewState::TooLarge { size } => return Err(EvalError::State { size, max }),
+            NewState::BadLength(n) => {
+                return Err(EvalError::StateInvalid(format!("rtcrm_state_len returned {n}; a length, or -1 for an unchanged state, was expected")))
+            }
+        };
+        Ok((Verdict { matched, fuel_used }, state))
+    }
+}
+
+impl WasmFilter {
+    /// See [`Filter::eval_with_state`](crate::Filter::eval_with_state): a module of ABI version
+    /// 2 is called through `rtcrm_filter_state`; one of version 1 fails with
+    /// [`EvalError::StateUnsupported`] without running.
+    pub fn eval_with_state(&mut self, event: &Event, state: Option<&str>, max_bytes: usize) -> Result<(Verdict, String), EvalError> {
+        if !self.compiled.supports_state() {
+            return Err(EvalError::StateUnsupported { abi_version: self.compiled.abi_version });
+        }
+        self.core.admit(event)?;
+        let max = max_bytes.min(self.core.config.state_max_bytes);
+        let state = state.unwrap_or(crate::state::EMPTY_STATE);
+        // The module reads the state as the ABI promises it: a JSON object.
+        crate::state::check_object(state)?;
+        if self.instance.is_none() {
+            self.instance = Some(ModuleInstance::new(&self.core, &self.compiled, self.name.clone(), self.limits)?);
+        }
+        let outcome = self.instance.as_mut().expect("built above").eval_with_state(&self.limits, event, state, max);
+        if matches!(&outcome, Err(e) if !matches!(e.kind(), crate::ErrorKind::Exception | crate::ErrorKind::Event | crate::ErrorKind::State)) {
+            self.instance = None;
+            self.rebuilds += 1;
+            self.instance = ModuleInstance::new(&self.core, &self.compiled, self.name.clone(), self.limits).ok();
+        }
+        outcome
+    }
+
+    /// Whether this module can keep a per-player state (ABI version 2).
+    pub fn supports_state(&self) -> bool {
+        self.compiled.supports_state()
+    }
+
+    /// The ABI version the module declares.
+    pub fn abi_version(&self) -> i32 {
+        self.compiled.abi_version
     }
 }
 

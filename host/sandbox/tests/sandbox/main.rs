@@ -16,6 +16,7 @@ mod isolation;
 mod limits_config;
 mod memory;
 mod pool;
+mod state;
 mod wasi;
 mod wasm;
 

@@ -96,10 +96,10 @@ fn missing_or_mistyped_exports_are_rejected_naming_the_export() {
 
 #[test]
 fn an_unknown_abi_version_is_rejected_naming_both_versions() {
-    let v2 = module("", r#"(func (export "rtcrm_abi_version") (result i32) (i32.const 2))"#, "(i32.const 1)");
-    let err = rejected(&v2);
-    assert_eq!(err, WasmError::UnsupportedAbiVersion { declared: 2, supported: 1 });
-    assert!(err.to_string().contains("version 2") && err.to_string().contains("version 1"), "{err}");
+    let v3 = module("", r#"(func (export "rtcrm_abi_version") (result i32) (i32.const 3))"#, "(i32.const 1)");
+    let err = rejected(&v3);
+    assert_eq!(err, WasmError::UnsupportedAbiVersion { declared: 3, supported: 2 });
+    assert!(err.to_string().contains("version 3") && err.to_string().contains("versions 1 to 2"), "{err}");
 }
 
 #[test]

@@ -748,13 +748,13 @@ impl WasmFilter {
         // The module reads the state as the ABI promises it: a JSON object.
         crate::state::check_object(state)?;
         if self.instance.is_none() {
-            self.instance = Some(ModuleInstance::new(&self.core, &self.compiled, self.name.clone(), self.limits)?);
+            self.instance = Some(ModuleInstance::new(&self.core, &self.compiled, self.name.clone(), self.limits, Owner::Filter)?);
         }
         let outcome = self.instance.as_mut().expect("built above").eval_with_state(&self.limits, event, state, max);
-        if matches!(&outcome, Err(e) if !matches!(e.kind(), crate::ErrorKind::Exception | crate::ErrorKind::Event | crate::ErrorKind::State)) {
+        if matches!(&outcome, Err(e) if !matches!(e.kind(), crate::ErrorKind::Exception | crate::ErrorKind::Event | crate::ErrorKind::Capacity | crate::ErrorKind::State)) {
             self.instance = None;
             self.rebuilds += 1;
-            self.instance = ModuleInstance::new(&self.core, &self.compiled, self.name.clone(), self.limits).ok();
+            self.instance = ModuleInstance::new(&self.core, &self.compiled, self.name.clone(), self.limits, Owner::Filter).ok();
         }
         outcome
     }

@@ -174,9 +174,8 @@ impl CampaignDef {
             Some(other) => return Err(reject(format!("limits `{other}` must be an object like {{\"fuel\": 1000000}}"))),
         }
         let controls = Controls::parse(&obj, state_max_bytes).map_err(reject)?;
-        if controls.state.is_some() && !matches!(filter, FilterSource::Js(_)) {
-            return Err(reject("state (a per-player state for filter(event, state)) needs a JavaScript filter; filter_wasm modules of ABI version 1 see one event at a time (filter-sdk/ABI.md)".into()));
-        }
+        // `state` with `filter_wasm` needs a module of ABI version 2: checked when the module is
+        // compiled (`loader::compile_filter`).
         Ok(CampaignDef { id, enabled, game, event_name, start, end, filter, fuel, memory_mb, raw, digest: digest(value), controls })
     }
 

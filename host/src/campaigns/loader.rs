@@ -56,12 +56,17 @@ impl std::fmt::Display for FilterRejection {
 }
 
 /// Compiles a campaign's filter, either kind: the one check every way in (the campaigns topic,
-/// the HTTP API, `rtcrm campaign put`) runs. Blocking: call it off the async reactor.
-pub fn compile_filter(sandbox: &Sandbox, filter: &FilterSource) -> Result<CompiledFilter, FilterRejection> {
-    match filter {
-        FilterSource::Js(source) => sandbox.compile_js(source).map(CompiledFilter::Js).map_err(FilterRejection::Js),
-        FilterSource::Wasm(bytes) => sandbox.load_wasm(bytes).map(CompiledFilter::Wasm).map_err(FilterRejection::Wasm),
+/// the HTTP API, `rtcrm campaign put`) runs. `stateful`: the campaign has `state` (spec §12),
+/// so a Wasm module must implement filter ABI version 2. Blocking: call it off the async reactor.
+pub fn compile_filter(sandbox: &Sandbox, filter: &FilterSource, stateful: bool) -> Result<CompiledFilter, FilterRejection> {
+    let compiled = match filter {
+        FilterSource::Js(source) => sandbox.compile_js(source).map(CompiledFilter::Js).map_err(FilterRejection::Js)?,
+        FilterSource::Wasm(bytes) => sandbox.load_wasm(bytes).map(CompiledFilter::Wasm).map_err(FilterRejection::Wasm)?,
+    };
+    if stateful {
+        compiled.check_state_support().map_err(FilterRejection::Wasm)?;
     }
+    Ok(compiled)
 }
 
 /// A compile error for a status message: a syntax error names its line and column.
@@ -258,7 +263,7 @@ async fn load_initial(processor: &Arc<Processor>, messages: Vec<Parsed>) {
                     let newest = history.versions.len();
                     let mut in_force = None;
                     while let Some(def) = history.versions.pop() {
-                        match compile_filter(&sandbox, &def.filter) {
+                        match compile_filter(&sandbox, &def.filter, def.controls.state.is_some()) {
                             Ok(compiled) => {
                                 in_force = Some((def, compiled));
                                 break;
@@ -409,9 +414,10 @@ impl Follower {
             Parsed::Rejected { id, reason, digest } => (id, Step::Ready(Ready::Rejected { id, reason, digest })),
             Parsed::Valid(def) => {
                 let (slots, tx, sandbox, source) = (self.slots.clone(), self.done_tx.clone(), self.processor.sandbox.clone(), def.filter.clone());
+                let stateful = def.controls.state.is_some();
                 tokio::spawn(async move {
                     let _slot = slots.acquire_owned().await;
-                    let result = tokio::task::spawn_blocking(move || compile_filter(&sandbox, &source).map_err(|e| e.to_string()))
+                    let result = tokio::task::spawn_blocking(move || compile_filter(&sandbox, &source, stateful).map_err(|e| e.to_string()))
                         .await
                         .unwrap_or_else(|join| Err(format!("compiling panicked: {join}")));
                     let _ = tx.send(Compiled { seq, result });

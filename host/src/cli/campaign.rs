@@ -196,7 +196,7 @@ fn load_with(
         bytes = with_field(file, &bytes, "filter", source.into(), "filter_wasm")?;
     }
     let def = CampaignDef::parse(None, &bytes).map_err(|r| Exit { code: 2, message: format!("{}: {}", file.display(), r.reason) })?;
-    let compiled = match crate::campaigns::loader::compile_filter(sandbox, &def.filter) {
+    let compiled = match crate::campaigns::loader::compile_filter(sandbox, &def.filter, def.controls.state.is_some()) {
         Ok(compiled) => compiled,
         Err(rejection) => {
             let reason = match rejection {

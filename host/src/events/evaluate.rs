@@ -110,6 +110,31 @@ pub fn precheck(campaign: &LiveCampaign, meta: &EventMeta<'_>) -> Option<Skip> {
 /// outcome in the campaign's own counters (evaluations, matches, errors by kind, fuel) and its
 /// consecutive failures. The same code serves the processor, the backtest and explain.
 pub fn run_filter(sandbox: &Sandbox, budget: &Arc<InstanceBudget>, campaign: &LiveCampaign, event: &Event, tick: u64) -> Result<Verdict, EvalError> {
+    run_with(sandbox, budget, campaign, tick, |filter| filter.eval(event).map(|v| (v, ()))).map(|(v, ())| v)
+}
+
+/// [`run_filter`] for a campaign with `state` (spec §12): the filter is called with the player's
+/// stored state (`None`: none yet) and returns its verdict and the state it left, as compact
+/// JSON. On any error no new state is returned, so the caller keeps the stored one.
+pub fn run_filter_with_state(
+    sandbox: &Sandbox,
+    budget: &Arc<InstanceBudget>,
+    campaign: &LiveCampaign,
+    event: &Event,
+    tick: u64,
+    state: Option<&str>,
+    max_bytes: usize,
+) -> Result<(Verdict, String), EvalError> {
+    run_with(sandbox, budget, campaign, tick, |filter| filter.eval_with_state(event, state, max_bytes))
+}
+
+fn run_with<T>(
+    sandbox: &Sandbox,
+    budget: &Arc<InstanceBudget>,
+    campaign: &LiveCampaign,
+    tick: u64,
+    eval: impl FnOnce(&mut rtcrm_sandbox::Filter) -> Result<(Verdict, T), EvalError>,
+) -> Result<(Verdict, T), EvalError> {
     let telemetry = &campaign.telemetry;
     telemetry.evaluations.inc();
     let result = match campaign.instances.take(tick) {
@@ -117,12 +142,16 @@ pub fn run_filter(sandbox: &Sandbox, budget: &Arc<InstanceBudget>, campaign: &Li
         None => sandbox.filter(&campaign.compiled, &telemetry.label.campaign, campaign.limits).map(|filter| budget.admit(filter)),
     }
     .and_then(|mut instance| {
-        let verdict = instance.filter.eval(event);
+        let outcome = eval(&mut instance.filter);
         campaign.instances.put(instance);
-        verdict
+        outcome
     });
-    telemetry.stats.record(&result);
-    match &result {
+    let (verdict, rest) = match result {
+        Ok((verdict, rest)) => (Ok(verdict), Some(rest)),
+        Err(e) => (Err(e), None),
+    };
+    telemetry.stats.record(&verdict);
+    match &verdict {
         Ok(verdict) => {
             campaign.succeeded();
             telemetry.fuel.observe(verdict.fuel_used);
@@ -134,7 +163,7 @@ pub fn run_filter(sandbox: &Sandbox, budget: &Arc<InstanceBudget>, campaign: &Li
             telemetry.error(err.kind()).inc();
         }
     }
-    result
+    verdict.map(|v| (v, rest.expect("set with the verdict")))
 }
 
 /// The processor's evaluation: [`run_filter`], timed, and a failure recorded with its event
@@ -150,12 +179,23 @@ pub fn evaluate_filter(processor: &Arc<Processor>, campaign: &LiveCampaign, even
     result
 }
 
+/// [`evaluate_filter`] with the player's state ([`run_filter_with_state`]).
+fn evaluate_filter_with_state(processor: &Arc<Processor>, campaign: &LiveCampaign, event: &Event, job: &Job, tick: u64, state: Option<&str>, max_bytes: usize) -> Result<(Verdict, String), EvalError> {
+    let started = Instant::now();
+    let result = run_filter_with_state(&processor.sandbox, &processor.instances, campaign, event, tick, state, max_bytes);
+    processor.metrics.latency.observe(started.elapsed().as_nanos() as u64);
+    if let Err(err) = &result {
+        failed(processor, campaign, err, job);
+    }
+    result
+}
+
 /// A failed evaluation: recorded as the campaign's last error; after `--quarantine-after` in a
 /// row, the campaign is quarantined and its status published.
 fn failed(processor: &Arc<Processor>, campaign: &LiveCampaign, err: &EvalError, job: &Job) {
-    if err.caused_by_event() {
-        // The event's fault, not the filter's (spec §7): dead-lettered by the caller, never
-        // counted toward quarantine.
+    if err.caused_by_event() || err.caused_by_host() {
+        // The event's fault (spec §7: dead-lettered by the caller) or the host's (its budget of
+        // instances), not the filter's: never counted toward quarantine.
         return;
     }
     let id = campaign.def.id;
@@ -363,6 +403,16 @@ impl Evaluator {
         let trigger_id = self.trigger_id(campaign.def.id, event, job);
         let (matched, js) = if decide::is_replay(prev.as_ref(), controls, at) {
             (true, None)
+        } else if let Some(options) = controls.state {
+            // `filter(event, state)`: the state as the campaign sees it now (another
+            // `state_version` or past its ttl: none). Kept only when the evaluation succeeds
+            // (an error returns here, before anything is written).
+            let current = prev.clone().map(|p| p.current(controls, now)).and_then(|p| p.js);
+            let (verdict, next) =
+                evaluate_filter_with_state(&self.processor, campaign, event, job, tick, current.as_ref().map(|j| j.get()), options.max_bytes)?;
+            // `{}` for a player without a state yet is no state.
+            let js = if current.is_none() && next == "{}" { None } else { decide::Json::new(next) };
+            (verdict.matched, js)
         } else {
             let verdict = evaluate_filter(&self.processor, campaign, event, job, tick)?;
             (verdict.matched, None)

@@ -282,8 +282,8 @@ async fn put_campaign(State(http): State<Http>, headers: HeaderMap, body: Body) 
             None => e,
         }
     })?;
-    let (sandbox, filter) = (processor.sandbox.clone(), def.filter.clone());
-    let checked = tokio::task::spawn_blocking(move || crate::campaigns::loader::compile_filter(&sandbox, &filter).map(drop))
+    let (sandbox, filter, stateful) = (processor.sandbox.clone(), def.filter.clone(), def.controls.state.is_some());
+    let checked = tokio::task::spawn_blocking(move || crate::campaigns::loader::compile_filter(&sandbox, &filter, stateful).map(drop))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the compiler failed: {e}")))?;
     match checked {

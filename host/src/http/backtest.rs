@@ -209,8 +209,8 @@ async fn start(State(http): State<Http>, headers: HeaderMap, body: Body) -> Resu
         }
     })?;
     let processor = http.processor.clone();
-    let (sandbox, filter) = (processor.sandbox.clone(), def.filter.clone());
-    let compiled = tokio::task::spawn_blocking(move || crate::campaigns::loader::compile_filter(&sandbox, &filter))
+    let (sandbox, filter, stateful) = (processor.sandbox.clone(), def.filter.clone(), def.controls.state.is_some());
+    let compiled = tokio::task::spawn_blocking(move || crate::campaigns::loader::compile_filter(&sandbox, &filter, stateful))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the compiler failed: {e}")))?
         .map_err(|rejection| match rejection {

@@ -76,7 +76,7 @@ impl JsFilter {
         let outcome = instance.eval_with_state(&self.limits, event, state, max);
         if let Err(e) = &outcome {
             // The filter ran to its end after a throw or a state error: its instance is sound.
-            if !matches!(e.kind(), ErrorKind::Exception | ErrorKind::State) {
+            if !matches!(e.kind(), ErrorKind::Exception | ErrorKind::Event | ErrorKind::Capacity | ErrorKind::State) {
                 self.instance = None;
                 self.rebuilds += 1;
                 if let Ok(instance) = self.build() {

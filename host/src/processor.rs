@@ -94,12 +94,27 @@ pub async fn serve(settings: Settings, signal: watch::Receiver<bool>) -> Result<
     let sandbox = tokio::task::spawn_blocking(move || Sandbox::new(sandbox_config))
         .await?
         .context("starting the filter sandbox")?;
+    let instance_rss = sandbox.js_instance_rss_bytes();
+    let max_instances = settings.max_filter_instances.unwrap_or_else(|| crate::campaigns::instances::default_max_instances(instance_rss));
+    match sandbox.residency() {
+        rtcrm_sandbox::Residency::TouchedPagesOnly => tracing::info!(
+            max_filter_instances = max_instances,
+            instance_kib = instance_rss / 1024,
+            "filter instances keep to the pages they touch"
+        ),
+        rtcrm_sandbox::Residency::FaultAround(why) => tracing::warn!(
+            max_filter_instances = max_instances,
+            instance_kib = instance_rss / 1024,
+            reason = %why,
+            "filter instances map their whole memory image (fault-around stays on): each costs more memory"
+        ),
+    }
     let kafka_errors = ClientErrors::default();
     let producer = crate::kafka::control_producer(&settings, &kafka_errors)?;
     filter_log.connect(producer.clone());
     let health = Arc::new(Health::default());
     let processor = Arc::new(Processor {
-        instances: InstanceBudget::new(settings.max_filter_instances),
+        instances: InstanceBudget::new(max_instances),
         settings,
         sandbox,
         registry: Registry::default(),

@@ -4,6 +4,7 @@
 use crate::kafka::{client_config, KafkaContext};
 use crate::processor::Processor;
 use crate::state::controls::Controls;
+use crate::state::decide::Source;
 use crate::state::store::{PartitionStore, StateDb, StateError};
 use anyhow::{Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -31,6 +32,8 @@ pub struct States {
     in_flight: Mutex<HashMap<i32, HashSet<String>>>,
     /// Restores that failed.
     failures: Mutex<Vec<String>>,
+    /// The next offset to read, per (source, partition), as last committed (at-least-once).
+    committed: Mutex<HashMap<(Source, i32), i64>>,
 }
 
 impl States {
@@ -46,7 +49,20 @@ impl States {
             confirmed: Mutex::default(),
             in_flight: Mutex::default(),
             failures: Mutex::default(),
+            committed: Mutex::default(),
         }))
+    }
+
+    /// Records offsets the consumer group committed (`next`: the next offset to read).
+    pub fn record_committed(&self, source: Source, partition: i32, next: i64) {
+        let mut committed = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = committed.entry((source, partition)).or_insert(next);
+        *entry = (*entry).max(next);
+    }
+
+    /// The next offset to read of `source`'s `partition`, as last committed by this process.
+    pub fn committed(&self, source: Source, partition: i32) -> Option<i64> {
+        self.committed.lock().unwrap_or_else(|p| p.into_inner()).get(&(source, partition)).copied()
     }
 
     /// The store of an owned partition (restored or not).

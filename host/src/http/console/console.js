@@ -615,11 +615,20 @@
         el('td', { class: 'num errors', 'data-label': 'errors', title: errorsByKind || 'no error' }, el('span', { text: n.errors_total.toLocaleString() + (errorsByKind ? ` (${errorsByKind})` : '') })),
         cell('num', 'fuel p50 / p99', n.fuel_p50 == null ? '–' : `${n.fuel_p50.toLocaleString()} / ${n.fuel_p99.toLocaleString()}`),
         el('td', { class: 'when', 'data-label': 'last match', title: n.last_match_at || '' }, el('span', { text: ago(n.last_match_at) })),
-        el('td', { class: 'controls', 'data-label': 'controls', title: c.campaign ? controls.describe(c.campaign).text : '' }, el('span', { text: controls.compact(c.controls) || '–' })),
-        el('td', { class: 'per-player', 'data-label': 'per player' }, el('span', { text: controls.countersText(n, c.controls) || '–' })),
+        controlsCell(c),
         errorCell(c, cell),
         actions);
     }));
+  }
+
+  /** The campaigns table's per-player controls: as given (compact; the preview as the title),
+   *  then their counters. */
+  function controlsCell(c) {
+    const given = controls.compact(c.controls), counts = controls.countersText(c.counters, c.controls);
+    return el('td', { class: 'controls', 'data-label': 'per-player controls', title: c.campaign ? controls.describe(c.campaign).text : '' },
+      el('span', {},
+        el('span', { class: 'given', text: given || '–' }),
+        counts ? el('span', { class: 'counts', text: counts }) : null));
   }
 
   async function refreshCampaigns() {

@@ -184,8 +184,9 @@
     const any = n.control_matches || s.cooldown || s.cap || s.count || n.no_player || n.timers_pending || n.state_entries;
     if (!any && !(given && Object.keys(given).length)) return '';
     const out = [];
-    out.push(`${n.state_entries.toLocaleString('en')} states (${bytesText(n.state_bytes)})`);
-    if (n.timers_pending) out.push(`${n.timers_pending.toLocaleString('en')} timers`);
+    const plural = (k, word) => `${k.toLocaleString('en')} ${word}${k === 1 ? '' : 's'}`;
+    out.push(`${plural(n.state_entries, 'state')} (${bytesText(n.state_bytes)})`);
+    if (n.timers_pending) out.push(plural(n.timers_pending, 'timer'));
     const sup = [['cooldown', s.cooldown], ['cap', s.cap], ['count', s.count]].filter(([, v]) => v).map(([k, v]) => `${k} ${v.toLocaleString('en')}`);
     if (sup.length) out.push(`suppressed: ${sup.join(', ')}`);
     if (n.control_matches) out.push(`control ${n.control_matches.toLocaleString('en')}`);

@@ -235,10 +235,7 @@ impl Metrics {
         let label = CampaignLabel { campaign: id.to_string() };
         let counter = |family: &Family<CampaignLabel, Counter>| family.get(&label).map_or(0, |c| c.get());
         let gauge = |family: &Family<CampaignLabel, Gauge>| family.get(&label).map_or(0, |g| g.get());
-        let reason = |reason: &str| {
-            let n = self.suppressed.get(&ReasonLabels { campaign: label.campaign.clone(), reason: reason.into() }).map_or(0, |c| c.get());
-            n
-        };
+        let reason = |reason: &str| self.suppressed.get(&ReasonLabels { campaign: label.campaign.clone(), reason: reason.into() }).map_or(0, |c| c.get());
         ControlCounters {
             control_matches: counter(&self.control_matches),
             suppressed: Suppressed { cooldown: reason("cooldown"), cap: reason("cap"), count: reason("count") },

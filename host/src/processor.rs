@@ -51,6 +51,9 @@ pub struct Processor {
     pub filter_log: Arc<FilterLog>,
     /// The tokio runtime, for work started from worker threads.
     pub runtime: tokio::runtime::Handle,
+    /// The owned partitions' per-player state stores, once the event path has opened them (for
+    /// `GET /api/campaigns/{id}/players/{player}`).
+    pub states: arc_swap::ArcSwapOption<crate::state::stores::States>,
 }
 
 /// Builds the tokio runtime and runs the processor until a signal.
@@ -127,6 +130,7 @@ pub async fn serve(settings: Settings, signal: watch::Receiver<bool>) -> Result<
         evaluation_errors_log: LogLimiter::default(),
         filter_log,
         runtime: tokio::runtime::Handle::current(),
+        states: Default::default(),
     });
     processor.metrics.update_campaigns(&processor.registry);
     let mut supervisor = Supervisor::new(health.clone());

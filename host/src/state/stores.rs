@@ -41,16 +41,35 @@ impl States {
         let dir = processor.settings.process_state_dir();
         let db = StateDb::open(&dir).with_context(|| format!("opening the per-player state in {}", dir.display()))?;
         tracing::info!(dir = %dir.display(), partitions, "per-player state store opened");
-        Ok(Arc::new(States {
+        let states = States::new(db, processor.settings.workers, partitions);
+        // The HTTP API reads players' states through the processor.
+        processor.states.store(Some(states.clone()));
+        Ok(states)
+    }
+
+    fn new(db: Arc<StateDb>, shards: usize, partitions: i32) -> Arc<States> {
+        Arc::new(States {
             db,
-            shards: processor.settings.workers,
+            shards,
             partitions,
             stores: RwLock::default(),
             confirmed: Mutex::default(),
             in_flight: Mutex::default(),
             failures: Mutex::default(),
             committed: Mutex::default(),
-        }))
+        })
+    }
+
+    /// States over `db` without a processor, with `owned` partitions opened and restored (tests).
+    #[cfg(test)]
+    pub fn detached(db: Arc<StateDb>, partitions: i32, owned: &[i32]) -> Arc<States> {
+        let states = States::new(db, 1, partitions);
+        for p in owned {
+            let store = states.db.partition(*p, 1).expect("opening a test partition");
+            store.set_restored();
+            states.stores.write().unwrap_or_else(|p| p.into_inner()).insert(*p, store);
+        }
+        states
     }
 
     /// Records offsets the consumer group committed (`next`: the next offset to read).

@@ -307,9 +307,10 @@ fn campaigns_compile_events_and_the_trigger_stream() {
     for key in ["evaluations", "matches", "errors", "errors_total", "fuel_p50", "fuel_p99", "last_match_at"] {
         assert!(c["counters"].get(key).is_some(), "counters.{key} missing: {c}");
     }
-    // fuel, memory, deadline, trap, exception, event (a failure the event caused) and capacity (the
-    // sandbox's budget of instances spent, the host's fault); the last two never count toward quarantine.
-    assert_eq!(c["counters"]["errors"].as_object().unwrap().len(), 7, "every error kind");
+    // fuel, memory, deadline, trap, exception, event (a failure the event caused), capacity (the
+    // sandbox's budget of instances spent, the host's fault; these two never count toward
+    // quarantine) and state (spec §12: a per-player state that cannot be kept).
+    assert_eq!(c["counters"]["errors"].as_object().unwrap().len(), 8, "every error kind");
     // GET /api/campaigns/{id}
     assert_eq!(dev.get("/api/campaigns/4711").json()["campaign"], example);
     assert!(dev.get("/api/campaigns/999").error(404).contains("999"));

@@ -362,7 +362,7 @@ fn a_filter_that_throws_on_every_event_is_counted_with_its_message() {
     let args = [throws.to_str().unwrap(), "--bootstrap-servers", &bootstrap, "--event-topic", &t.events, "--from", "2024-01-01"];
     let r = report(&[&args[..], &["--json"]].concat());
     assert_eq!((r["events_read"].as_u64(), r["candidates"].as_u64(), r["filter_matches"].as_u64()), (Some(10), Some(10), Some(0)));
-    assert_eq!(r["errors"], json!({"fuel": 0, "memory": 0, "deadline": 0, "trap": 0, "exception": 10, "event": 0}));
+    assert_eq!(r["errors"], json!({"fuel": 0, "memory": 0, "deadline": 0, "trap": 0, "exception": 10, "event": 0, "capacity": 0, "state": 0}));
     assert_eq!(r["errors_total"], 10);
     let examples = r["error_examples"].as_array().unwrap();
     assert_eq!(examples.len(), 1);

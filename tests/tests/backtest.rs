@@ -670,7 +670,7 @@ fn a_backtest_with_cooldown_and_count_equals_the_native_computation() {
     assert_eq!(r["controls"], "count 3 in 10m, cooldown 1h");
     assert_eq!(r["histogram"]["unit"], "hour");
     assert_eq!(r["errors_total"], 0);
-    assert!(r["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().starts_with("per-player state starts empty at --from")), "{}", r["warnings"]);
+    assert!(r["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().starts_with("per-player state starts empty at the interval's start (--from): cooldowns, caps, counts, timers")), "{}", r["warnings"]);
 
     // The human table shows what the controls held back.
     let out = backtest(&[file.to_str().unwrap(), "--bootstrap-servers", &bootstrap, "--event-topic", &t.events, "--from", "2000-01-01", "--quiet"]);

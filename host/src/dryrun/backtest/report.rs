@@ -194,7 +194,7 @@ pub fn build(campaign_id: i64, controls: &Controls, clock: &'static str, source:
     }
     if controls.needs_state() {
         let from = match &source {
-            SourceView::Topic { .. } => "at --from",
+            SourceView::Topic { .. } => "at the interval's start (--from)",
             SourceView::File { .. } => "at the file's first event",
         };
         warnings.push(format!(

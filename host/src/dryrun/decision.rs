@@ -14,7 +14,7 @@
 
 use crate::campaigns::instances::InstanceBudget;
 use crate::campaigns::registry::LiveCampaign;
-use crate::events::evaluate::{run_filter, run_filter_with_state};
+use crate::events::evaluate::{player_key, run_filter, run_filter_with_state};
 use crate::state::controls::{Controls, Millis};
 use crate::state::decide::{self, Outcome};
 use crate::telemetry::metrics::CampaignTelemetry;
@@ -151,6 +151,15 @@ pub fn skip_code(skip: Skip) -> &'static str {
         Skip::OtherEventName => "other_event_name",
         Skip::BeforeStart => "before_start",
         Skip::AfterEnd => "after_end",
+    }
+}
+
+/// The event's player as the processor's event path reads it: `player_id` as text (the trigger
+/// key), `None` when the event has none or it is null. An empty string is a player, as there.
+pub fn player_of(event: &Event) -> Option<String> {
+    match event.field("player_id") {
+        None | Some(b"null") => None,
+        Some(_) => Some(player_key(event)),
     }
 }
 
@@ -295,6 +304,14 @@ mod tests {
         assert_eq!((v.matched, s.as_deref()), (true, Some(r#"{"n":2}"#)));
         let plain = campaign(&sandbox, r#"{"campaign_id":2,"enabled":true,"game":"foe","event_name":"fight","filter":"e => true"}"#);
         assert_eq!(run(&sandbox, &budget, &plain, &event, 1, None).unwrap().1, None, "no state without `state`");
+    }
+
+    #[test]
+    fn the_player_is_read_as_the_processor_reads_it() {
+        let p = |json: &str| player_of(&Event::parse(json.as_bytes().to_vec()).unwrap());
+        assert_eq!((p(r#"{"player_id":12345}"#), p(r#"{"player_id":"p-9"}"#)), (Some("12345".into()), Some("p-9".into())));
+        assert_eq!((p(r#"{"player_id":null}"#), p("{}")), (None, None));
+        assert_eq!(p(r#"{"player_id":""}"#), Some(String::new()), "an empty string is a player, as in the event path");
     }
 
     #[test]

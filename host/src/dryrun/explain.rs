@@ -15,7 +15,7 @@ use crate::campaigns::definition::parse_time;
 use crate::campaigns::instances::InstanceBudget;
 use crate::campaigns::registry::{LiveCampaign, Registry};
 use crate::config::Clock;
-use crate::dryrun::decision::{describe_controls, dry_copy, filter_decision, Controlled, Decision};
+use crate::dryrun::decision::{describe_controls, dry_copy, filter_decision, player_of, Controlled, Decision};
 use crate::state::decide;
 use crate::events::evaluate::{player_key, precheck, str_field, EventMeta, Skip};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -133,7 +133,8 @@ pub fn explain(sandbox: &Sandbox, registry: &Registry, event: &Event, clock: Clo
     };
     let budget = InstanceBudget::new(MAX_FILTER_RUNS + 1);
     let mut runs = 0;
-    let player_id = out.player.clone();
+    // As the processor reads it (an empty string is a player); `out.player` shows it when not empty.
+    let player_id = player_of(event);
     for campaign in set.iter().filter(|c| c.def.game == meta.game) {
         let def = &campaign.def;
         let controls = &def.controls;

@@ -29,7 +29,7 @@ use crate::dryrun::backtest::players::{Firing, Players};
 use crate::dryrun::backtest::report::{Report, Stopped};
 use crate::dryrun::backtest::source::{Flow, Raw, Source, SourceError};
 use crate::dryrun::backtest::tally::Tally;
-use crate::dryrun::decision::{dry_copy, filter_decision, Controlled, Decision};
+use crate::dryrun::decision::{dry_copy, filter_decision, player_of, Controlled, Decision};
 use crate::events::evaluate::{event_time, player_key, precheck, trigger_id, trigger_payload, EventMeta, Extras};
 use crate::state::controls::Millis;
 use crate::state::partitioning::state_partition;
@@ -107,9 +107,9 @@ struct Item {
     offset: i64,
     timestamp_ms: Option<i64>,
     event: Option<Event>,
-    /// The player id as text (the trigger key), for a campaign with per-player state; empty when
-    /// the event has none.
-    player: String,
+    /// The player id as text (the trigger key), for a campaign with per-player state (`None`:
+    /// the event has none).
+    player: Option<String>,
     /// The state partition of the player (else the record's partition).
     home: i32,
     /// For an `inactivity` campaign: the time of [`Item::home`] after this record (the latest
@@ -123,7 +123,10 @@ impl Item {
     /// the raw `player_id`), else by message key, else by offset — as the processor's batches
     /// split events.
     fn shard(&self, key: Option<&[u8]>, shards: usize) -> usize {
-        let basis = if self.player.is_empty() { self.event.as_ref().and_then(|e| e.field("player_id")) } else { Some(self.player.as_bytes()) };
+        let basis = match &self.player {
+            Some(player) => Some(player.as_bytes()),
+            None => self.event.as_ref().and_then(|e| e.field("player_id")),
+        };
         match basis.or(key) {
             Some(bytes) => (fnv1a(bytes) % shards as u64) as usize,
             None => self.offset.unsigned_abs() as usize % shards,
@@ -194,17 +197,23 @@ impl Context<'_> {
             Some(skip) => Decision::Skipped(skip),
             None if !controls.any() => filter_decision(self.sandbox, &self.budget, campaign, event, tick),
             None => {
-                let player = if controls.needs_state() { item.player.clone() } else { player_key(event) };
-                if player.is_empty() {
-                    Decision::NoPlayer
-                } else if !controls.needs_state() {
-                    // Holdout and variants only: the player's hash decides, no state.
-                    match filter_decision(self.sandbox, &self.budget, campaign, event, tick) {
-                        Decision::Matched { fuel, .. } => Decision::Matched { fuel, then: Controlled::stateless(campaign.def.id, &player, controls) },
-                        other => other,
-                    }
+                let read;
+                let player = if controls.needs_state() {
+                    item.player.as_deref()
                 } else {
-                    self.stateful(campaign, players, event, &player, time.timestamp_millis(), item, tick)
+                    read = player_of(event);
+                    read.as_deref()
+                };
+                match player {
+                    None => Decision::NoPlayer,
+                    Some(player) if !controls.needs_state() => {
+                        // Holdout and variants only: the player's hash decides, no state.
+                        match filter_decision(self.sandbox, &self.budget, campaign, event, tick) {
+                            Decision::Matched { fuel, .. } => Decision::Matched { fuel, then: Controlled::stateless(campaign.def.id, player, controls) },
+                            other => other,
+                        }
+                    }
+                    Some(player) => self.stateful(campaign, players, event, player, time.timestamp_millis(), item, tick),
                 }
             }
         };
@@ -404,12 +413,12 @@ pub fn run(sandbox: &Sandbox, spec: &Spec, source: &Source, progress: &Progress)
             progress.read.store(read, Ordering::Relaxed);
             // Under the host's event limits, as the processor parses (over them: a dead letter).
             let event = raw.payload.and_then(|bytes| sandbox.parse_event(bytes.to_vec()).ok());
-            let mut item = Item { partition: raw.partition, offset: raw.offset, timestamp_ms: raw.timestamp_ms, event, player: String::new(), home: raw.partition, clock: None };
+            let mut item = Item { partition: raw.partition, offset: raw.offset, timestamp_ms: raw.timestamp_ms, event, player: None, home: raw.partition, clock: None };
             if controls.needs_state() {
                 if let Some(event) = &item.event {
-                    item.player = player_key(event);
-                    if !item.player.is_empty() {
-                        item.home = state_partition(&item.player, raw.partitions);
+                    item.player = player_of(event);
+                    if let Some(player) = &item.player {
+                        item.home = state_partition(player, raw.partitions);
                     }
                 }
             }

@@ -158,6 +158,25 @@ test('the console: campaign, event, live trigger, table, inline compile errors',
       await page.screenshot({ path: path.join(docs, 'console-estimate.png') });
     });
 
+    await t.test('estimates a campaign with controls and shows what they held back', async () => {
+      const original = await page.locator('#campaign-json').inputValue();
+      const campaign = JSON.parse(original);
+      campaign.count = { at_least: 2, within: '10m' };
+      campaign.cooldown = '1h';
+      await page.locator('#campaign-json').fill(JSON.stringify(campaign, null, 2));
+      await page.locator('#campaign-estimate:enabled').click();
+      const value = (name) => page.locator(`#estimate-figures [data-figure="${name}"] dd`);
+      await value('controls').filter({ hasText: /^count 2 in 10m, cooldown 1h$/ }).waitFor();
+      // The one lost fight is the player's first: counting, no trigger.
+      assert.equal(await value('matches').innerText(), '1');
+      assert.equal(await value('counting').innerText(), '1');
+      assert.equal(await value('triggers').innerText(), '0');
+      assert.equal(await value('cooldown').innerText(), '0');
+      assert.match(await page.locator('#estimate-status').innerText(), /^campaign 4711 would have triggered 0 times for 0 players in 1 event — per-player state starts empty/);
+      await page.locator('#campaign-json').fill(original);
+      assert.equal(await page.locator('#estimate-figures').isHidden(), true, 'an edit hides the estimate');
+    });
+
     await t.test('explains why an event triggers or not, campaign by campaign', async () => {
       const decision = (id) => page.locator(`#explain-list li[data-campaign="${id}"]`);
       await page.locator('#event-explain:enabled').click();

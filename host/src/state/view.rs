@@ -74,8 +74,8 @@ pub struct StoredView {
     pub js_state: Option<Json>,
     /// When a JavaScript state untouched since the last event expires (`state.ttl`).
     pub js_state_expires_at: Option<String>,
-    /// When the whole state holds nothing the campaign needs any more and is deleted (None: kept,
-    /// e.g. for a cap or an armed timer).
+    /// When the whole state holds nothing the campaign needs any more (None: kept, e.g. for a
+    /// cap or an armed timer); it is deleted `EXPIRY_GRACE_MS` (a day) of partition time later.
     pub expires_at: Option<String>,
     /// The stored JSON as it is (the changelog record's value).
     pub raw: Json,

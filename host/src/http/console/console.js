@@ -727,6 +727,16 @@
       figure('triggers', 'triggers', num(r.triggers)),
       figure('players', 'unique players', num(r.unique_players)),
       figure('control', 'control group', num(r.control_group_matches)),
+      // A campaign with controls (spec §12): what they held back, and the timers.
+      ...(r.controls == null ? [] : [
+        figure('controls', 'controls', r.controls),
+        figure('counting', 'counting', num(r.counting)),
+        figure('cooldown', 'cooldown', num(r.suppressed_cooldown)),
+        figure('cap', 'cap', num(r.suppressed_cap)),
+        ...(r.timers_armed || r.inactivity_firings || r.timers_pending_at_end ? [
+          figure('inactivity', 'inactivity triggers', num(r.inactivity_triggers)),
+          figure('pending', 'timers still armed', num(r.timers_pending_at_end))] : []),
+        ...Object.entries(r.variants || {}).map(([v, n]) => figure(`variant-${v}`, `variant ${v}`, num(n)))]),
       figure('errors', 'errors', num(r.errors_total) + (firstError ? ` (${firstError.kind}: ${firstError.message})` : ''), r.errors_total > 0),
       figure('fuel', 'fuel p50 / p99', `${num(r.fuel_p50)} / ${num(r.fuel_p99)}`));
     dry.figures.hidden = false;
@@ -793,7 +803,8 @@
   const decisionText = {
     trigger: '✓ trigger', filter_false: 'filter false', filter_error: 'filter error', disabled: 'disabled',
     quarantined: 'quarantined', other_event_name: 'event name', before_start: 'before start', after_end: 'after end',
-    not_evaluated: 'not evaluated',
+    not_evaluated: 'not evaluated', no_player: 'no player', control_group: 'control group', armed: 'timer armed',
+    controls: 'matched · controls decide', counting: 'counting', cooldown: 'cooldown', cap: 'cap',
   };
 
   async function runExplain() {
@@ -814,10 +825,12 @@
       const head = `event time ${x.time} (${x.time_source}) · player ${show(x.player)} · `;
       const verdict = x.note ? x.note
         : x.campaigns.length === 0 ? `no campaign of game ${x.game} is in force`
-          : `${x.triggers} of ${x.campaigns.length} campaigns of game ${x.game} would trigger`;
+          : `${x.triggers} of ${x.campaigns.length} campaigns of game ${x.game} would trigger`
+            + (x.decided_by_stored_state ? ` (${x.decided_by_stored_state} more matched: their controls decide on the player's stored state)` : '');
       setResult(dry.explainSummary, x.triggers > 0 ? '' : 'bad', head + verdict);
       dry.explainList.replaceChildren(...x.campaigns.map((c) => {
-        const kind = c.decision.startsWith('filter') || c.decision === 'trigger' || c.decision === 'not_evaluated' ? c.decision : 'skip';
+        const matched = ['control_group', 'armed', 'controls', 'counting', 'cooldown', 'cap'].includes(c.decision);
+        const kind = c.decision.startsWith('filter') || c.decision === 'trigger' || c.decision === 'not_evaluated' ? c.decision : matched ? 'matched' : 'skip';
         return el('li', { class: `${kind} ${c.decision}`, dataset: { campaign: String(c.campaign_id), decision: c.decision } },
           el('b', { text: String(c.campaign_id) }), el('span', { class: 'decision', text: decisionText[c.decision] || c.decision }),
           el('span', { class: 'reason', text: c.reason }));

@@ -346,7 +346,7 @@ mod tests {
         for (i, m) in minutes.iter().enumerate() {
             let id = format!("7:e{i}");
             let at = serde_json::from_value::<Position>(serde_json::json!({"s": "e", "o": i})).unwrap();
-            let input = Input { campaign_id: 7, player: "p1", now: t0() + m * MIN, at, matched: true, event: b"{\"n\":1}", trigger_id: &id, js: None };
+            let input = Input { campaign_id: 7, player: "p1", now: t0() + m * MIN, at, matched: true, event: b"{\"n\":1}", trigger_id: &id, js: None, via: None };
             let (_, next) = decide(controls, state.clone(), &input);
             state = next.or(state);
         }

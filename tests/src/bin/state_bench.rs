@@ -228,6 +228,24 @@ fn du(path: &Path) -> (u64, u64) {
     (blocks, apparent)
 }
 
+/// Disk usage (allocated blocks) of the fjall journal files (`*.jnl`) under `path`, in bytes.
+fn journal_du(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut blocks = 0u64;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else { continue };
+        if meta.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+            }
+        } else if p.extension().is_some_and(|e| e == "jnl") {
+            blocks += meta.blocks() * 512;
+        }
+    }
+    blocks
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -876,6 +894,8 @@ struct StatefulRun {
     triggers_end: i64,
     disk_running: (u64, u64),
     disk_stopped: (u64, u64),
+    /// Of `disk_stopped`, the fjall journal files.
+    journal_stopped: u64,
     changelog_disk: Option<(u64, u64)>,
     changelog_records: i64,
 }
@@ -920,6 +940,7 @@ fn throughput_run(
     proc.check_alive("during the run")?;
     proc.stop_clean()?;
     let disk_stopped = du(&state_dir);
+    let journal_stopped = journal_du(&state_dir);
     // Triggers that arrived after the set was complete (duplicates from the shutdown, if any).
     collect_rest(bootstrap, &t.triggers, read_to, &mut tally)?;
     tally.check(&format!("{phase} (log {})", proc.log.display()))?;
@@ -972,7 +993,7 @@ fn throughput_run(
             }
         }
     }
-    Ok((r, StatefulRun { topics: t, triggers_end: read_to, disk_running, disk_stopped, changelog_disk, changelog_records }))
+    Ok((r, StatefulRun { topics: t, triggers_end: read_to, disk_running, disk_stopped, journal_stopped, changelog_disk, changelog_records }))
 }
 
 // =============================================================================================
@@ -1049,6 +1070,8 @@ struct RestoreRound {
     changelog: Restore,
     /// RSS after the probe events (restored instance).
     rss_after_probe_mib: f64,
+    /// The restored instance's state dir after it stopped: all, and its fjall journal files.
+    disk: (u64, u64),
     local: Restore,
 }
 
@@ -1107,6 +1130,7 @@ fn restore_round(rt: &tokio::runtime::Runtime, bootstrap: &str, bin: &Path, args
     }
     let (rss_after_probe_mib, _) = proc.memory_mib();
     proc.stop_clean()?;
+    let disk = (du(&state_dir).0, journal_du(&state_dir));
 
     // (3b) The same instance id and state dir: the restore from the local checkpoint.
     settle()?;
@@ -1118,7 +1142,7 @@ fn restore_round(rt: &tokio::runtime::Runtime, bootstrap: &str, bin: &Path, args
     ));
     proc.wait_ready()?;
     proc.stop_clean()?;
-    Ok(RestoreRound { changelog, rss_after_probe_mib, local })
+    Ok(RestoreRound { changelog, rss_after_probe_mib, disk, local })
 }
 
 // =============================================================================================
@@ -1239,7 +1263,10 @@ fn bench(args: &Args, started: Instant) -> Result<()> {
     let row = |out: &mut String, what: &str, mib_v: f64| writeln!(out, "| {what} | {mib_v:.1} | {:.1} |", mib_v * per_m);
     row(&mut out, "state dir after (2), running (`du -sk`)", mib(dmed(|d| d.disk_running.0)))?;
     row(&mut out, "state dir after (2), stopped (`du -sk`)", mib(dmed(|d| d.disk_stopped.0)))?;
+    row(&mut out, "… of which fjall's journal files (`*.jnl`)", mib(dmed(|d| d.journal_stopped)))?;
     row(&mut out, "… apparent size (`du -sb`)", mib(dmed(|d| d.disk_stopped.1)))?;
+    row(&mut out, "state dir of (3a), restored from the changelog (+ the probe), stopped (`du -sk`)", mib(rmed(|r| r.disk.0 as f64) as u64))?;
+    row(&mut out, "… of which fjall's journal files (`*.jnl`)", mib(rmed(|r| r.disk.1 as f64) as u64))?;
     if disks.iter().all(|d| d.changelog_disk.is_some()) {
         row(&mut out, &format!("changelog partition dir(s) in the broker's log dir (`du -sk`; {} records)", dmed(|d| d.changelog_records as u64)), mib(dmed(|d| d.changelog_disk.unwrap().0)))?;
         row(&mut out, "… apparent size (`du -sb`)", mib(dmed(|d| d.changelog_disk.unwrap().1)))?;

@@ -313,7 +313,8 @@ impl State {
         self.map
     }
 
-    /// Writes the state as compact JSON into `out` (cleared first).
+    /// Writes the state as compact JSON into `out` (cleared first): the glue's buffer.
+    #[cfg(target_arch = "wasm32")]
     fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
         out.clear();
         serde_json::to_writer(out, &self.map)

@@ -214,7 +214,7 @@ fn logs_are_flat_json_or_plain_text_without_colours_off_a_terminal() {
 
 // Issue 12: `filter eval --state` runs a filter of the state (spec §12) as a campaign with `state`.
 
-/// Three fight events of one player and a purchase in between, as a JSON lines file.
+/// Fight events of one player with these results, as a JSON lines file.
 fn fights(name: &str, results: &[&str]) -> PathBuf {
     let loss = std::fs::read_to_string(examples().join("events/fight-loss.json")).unwrap();
     let lines: Vec<String> = results.iter().map(|r| loss.trim().replace(r#""result":"loss""#, &format!(r#""result":"{r}""#))).collect();

@@ -124,9 +124,10 @@ pub struct RunArgs {
     /// `RTCRM_KAFKA_SASL_MECHANISM=SCRAM-SHA-512`) and the config file's `[kafka]` table.
     #[arg(long = "kafka-property", value_name = "KEY=VALUE")]
     pub kafka_property: Vec<String>,
-    /// Most filter instances alive at once, all campaigns together (a JavaScript instance is
-    /// about 280 KiB resident); idle ones of the least recently used campaigns are dropped past
-    /// it and rebuilt on demand [default: 2048].
+    /// Most filter instances alive at once, all campaigns together; idle ones of the least
+    /// recently used campaigns are dropped past it and rebuilt on demand [default: 1 GiB of
+    /// instances at the size the sandbox measured, at most 12,000: ~10,000 JavaScript instances
+    /// of 104 KiB, or ~3,700 of 282 KiB where fault-around cannot be turned off].
     #[arg(long, env = "RTCRM_MAX_FILTER_INSTANCES")]
     pub max_filter_instances: Option<usize>,
     #[command(flatten)]
@@ -286,8 +287,9 @@ pub struct Settings {
     /// `instance_id` was given (flag, variable or file): it is then also the consumer's static
     /// group membership (`group.instance.id`) and stable across restarts.
     pub instance_id_explicit: bool,
-    /// Most filter instances alive at once.
-    pub max_filter_instances: usize,
+    /// Most filter instances alive at once (`None`: derived from the sandbox's instance size,
+    /// `campaigns::instances::default_max_instances`).
+    pub max_filter_instances: Option<usize>,
     /// librdkafka properties applied to every client (secrets redacted in `Debug`).
     pub kafka: KafkaProperties,
     /// The host's limits, validated.
@@ -432,7 +434,7 @@ impl Settings {
             delivery: pick(&args.delivery, file.delivery, Delivery::AtLeastOnce),
             create_topics: true,
             api_token: ApiToken::parse(args.api_token.clone().or(file.api_token))?,
-            max_filter_instances: pick(&args.max_filter_instances, file.max_filter_instances, crate::campaigns::instances::DEFAULT_MAX_INSTANCES),
+            max_filter_instances: args.max_filter_instances.or(file.max_filter_instances),
             kafka: KafkaProperties::load(file.kafka, std::env::vars(), &args.kafka_property)?,
             limits: HostLimits::from_user_units(file.limits.unwrap_or_default().overridden_by(args.limits.user_limits()))
                 .context("the limits (flags, RTCRM_* variables or the config file's [limits] table)")?,
@@ -451,8 +453,8 @@ impl Settings {
         if self.partitions < 1 {
             bail!("partitions `{}` must be at least 1", self.partitions);
         }
-        if self.max_filter_instances == 0 {
-            bail!("max_filter_instances `0` leaves no room for any filter; use 1 or more (default 2048)");
+        if self.max_filter_instances == Some(0) {
+            bail!("max_filter_instances `0` leaves no room for any filter; use 1 or more (or leave it out: sized to 1 GiB of instances)");
         }
         if self.quarantine_after == 0 {
             bail!("quarantine_after `0` would quarantine every campaign; use 1 or more");

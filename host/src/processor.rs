@@ -51,6 +51,9 @@ pub struct Processor {
     pub filter_log: Arc<FilterLog>,
     /// The tokio runtime, for work started from worker threads.
     pub runtime: tokio::runtime::Handle,
+    /// The owned partitions' per-player state stores, once the event path has opened them (for
+    /// `GET /api/campaigns/{id}/players/{player}`).
+    pub states: arc_swap::ArcSwapOption<crate::state::stores::States>,
 }
 
 /// Builds the tokio runtime and runs the processor until a signal.
@@ -94,12 +97,27 @@ pub async fn serve(settings: Settings, signal: watch::Receiver<bool>) -> Result<
     let sandbox = tokio::task::spawn_blocking(move || Sandbox::new(sandbox_config))
         .await?
         .context("starting the filter sandbox")?;
+    let instance_rss = sandbox.js_instance_rss_bytes();
+    let max_instances = settings.max_filter_instances.unwrap_or_else(|| crate::campaigns::instances::default_max_instances(instance_rss));
+    match sandbox.residency() {
+        rtcrm_sandbox::Residency::TouchedPagesOnly => tracing::info!(
+            max_filter_instances = max_instances,
+            instance_kib = instance_rss / 1024,
+            "filter instances keep to the pages they touch"
+        ),
+        rtcrm_sandbox::Residency::FaultAround(why) => tracing::warn!(
+            max_filter_instances = max_instances,
+            instance_kib = instance_rss / 1024,
+            reason = %why,
+            "filter instances map their whole memory image (fault-around stays on): each costs more memory"
+        ),
+    }
     let kafka_errors = ClientErrors::default();
     let producer = crate::kafka::control_producer(&settings, &kafka_errors)?;
     filter_log.connect(producer.clone());
     let health = Arc::new(Health::default());
     let processor = Arc::new(Processor {
-        instances: InstanceBudget::new(settings.max_filter_instances),
+        instances: InstanceBudget::new(max_instances),
         settings,
         sandbox,
         registry: Registry::default(),
@@ -112,6 +130,7 @@ pub async fn serve(settings: Settings, signal: watch::Receiver<bool>) -> Result<
         evaluation_errors_log: LogLimiter::default(),
         filter_log,
         runtime: tokio::runtime::Handle::current(),
+        states: Default::default(),
     });
     processor.metrics.update_campaigns(&processor.registry);
     let mut supervisor = Supervisor::new(health.clone());

@@ -268,13 +268,13 @@ fn health_metrics_and_the_console_are_served() {
     assert!(index.body.contains("<title>rtcrm console</title>"));
     let csp = index.header("content-security-policy").expect("a CSP");
     assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"), "{csp}");
-    for (path, kind) in [("/console.js", "text/javascript"), ("/console.css", "text/css"), ("/favicon.svg", "image/svg+xml")] {
+    for (path, kind) in [("/console.js", "text/javascript"), ("/controls.js", "text/javascript"), ("/console.css", "text/css"), ("/favicon.svg", "image/svg+xml")] {
         let r = dev.get(path);
         assert_eq!(r.status, 200, "{path}");
         assert!(r.header("content-type").unwrap().starts_with(kind), "{path}: {r:?}");
     }
     // Nothing in the console refers to another origin.
-    for path in ["/", "/console.js", "/console.css"] {
+    for path in ["/", "/console.js", "/controls.js", "/console.css"] {
         assert!(!dev.get(path).body.contains("://"), "{path} refers to another origin");
     }
     let info = dev.get("/api/info").json();
@@ -307,9 +307,21 @@ fn campaigns_compile_events_and_the_trigger_stream() {
     for key in ["evaluations", "matches", "errors", "errors_total", "fuel_p50", "fuel_p99", "last_match_at"] {
         assert!(c["counters"].get(key).is_some(), "counters.{key} missing: {c}");
     }
-    // fuel, memory, deadline, trap, exception, event (a failure the event caused) and capacity (the
-    // sandbox's budget of instances spent, the host's fault); the last two never count toward quarantine.
-    assert_eq!(c["counters"]["errors"].as_object().unwrap().len(), 7, "every error kind");
+    // fuel, memory, deadline, trap, exception, event (a failure the event caused), capacity (the
+    // sandbox's budget of instances spent, the host's fault; neither counts toward quarantine) and
+    // state (a per-player state over its size).
+    assert_eq!(c["counters"]["errors"].as_object().unwrap().len(), 8, "every error kind");
+    // Per-player controls (spec §12): none given, nothing counted.
+    assert_eq!(c["controls"], json!({}));
+    assert_eq!(
+        [&c["counters"]["control_matches"], &c["counters"]["suppressed"], &c["counters"]["timers_pending"], &c["counters"]["state_entries"], &c["counters"]["state_bytes"]],
+        [&json!(0), &json!({"cooldown": 0, "cap": 0, "count": 0}), &json!(0), &json!(0), &json!(0)]
+    );
+    // GET /api/campaigns/{id}/players/{player}: 4711 keeps no per-player state.
+    let p = dev.get("/api/campaigns/4711/players/12345").json();
+    assert_eq!((&p["found"], &p["state"], &p["group"]["group"]), (&json!(false), &Value::Null, &json!("live")), "{p}");
+    assert!(p["message"].as_str().unwrap().contains("campaign 4711 keeps no per-player state"), "{p}");
+    assert_eq!(dev.get("/api/campaigns/999/players/1").error(404), "campaign 999 is unknown");
     // GET /api/campaigns/{id}
     assert_eq!(dev.get("/api/campaigns/4711").json()["campaign"], example);
     assert!(dev.get("/api/campaigns/999").error(404).contains("999"));

@@ -158,6 +158,25 @@ test('the console: campaign, event, live trigger, table, inline compile errors',
       await page.screenshot({ path: path.join(docs, 'console-estimate.png') });
     });
 
+    await t.test('estimates a campaign with controls and shows what they held back', async () => {
+      const original = await page.locator('#campaign-json').inputValue();
+      const campaign = JSON.parse(original);
+      campaign.count = { at_least: 2, within: '10m' };
+      campaign.cooldown = '1h';
+      await page.locator('#campaign-json').fill(JSON.stringify(campaign, null, 2));
+      await page.locator('#campaign-estimate:enabled').click();
+      const value = (name) => page.locator(`#estimate-figures [data-figure="${name}"] dd`);
+      await value('controls').filter({ hasText: /^count 2 in 10m, cooldown 1h$/ }).waitFor();
+      // The one lost fight is the player's first: counting, no trigger.
+      assert.equal(await value('matches').innerText(), '1');
+      assert.equal(await value('counting').innerText(), '1');
+      assert.equal(await value('triggers').innerText(), '0');
+      assert.equal(await value('cooldown').innerText(), '0');
+      assert.match(await page.locator('#estimate-status').innerText(), /^campaign 4711 would have triggered 0 times for 0 players in 1 event — per-player state starts empty/);
+      await page.locator('#campaign-json').fill(original);
+      assert.equal(await page.locator('#estimate-figures').isHidden(), true, 'an edit hides the estimate');
+    });
+
     await t.test('explains why an event triggers or not, campaign by campaign', async () => {
       const decision = (id) => page.locator(`#explain-list li[data-campaign="${id}"]`);
       await page.locator('#event-explain:enabled').click();
@@ -358,6 +377,146 @@ test('the console: Wasm campaigns as such, the latest triggers on open, toasts t
 
     await t.test('no console error in the browser', () => {
       assert.deepEqual(consoleErrors, []);
+    });
+    await context.close();
+  } finally {
+    await browser.close();
+    const { code, signal } = await rtcrm.stop();
+    assert.ok(code === 0 || signal === 'SIGTERM', `rtcrm dev exited with ${code ?? signal}:\n${rtcrm.log()}`);
+  }
+});
+
+// Issue 12, item 6: the campaign editor's per-player controls (folded into the campaign JSON,
+// with a plain-English preview), the table's controls and per-player counters, and one player's
+// state looked up for a support question.
+
+test('the console: per-player controls, their preview, the table and a player\'s state', { timeout: 240_000 }, async (t) => {
+  assert.ok(fs.existsSync(binary), `${binary} is missing: build it with cargo build --release -p rtcrm`);
+  assert.ok(fs.existsSync(chromiumPath), `${chromiumPath} is missing: install Debian's chromium (bash scripts/setup.sh)`);
+  const rtcrm = await startRtcrm();
+  const browser = await chromium.launch({ executablePath: chromiumPath, headless: true, args: chromiumArgs });
+  const consoleErrors = [];
+  const posted = [];
+  try {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const page = await context.newPage();
+    page.setDefaultTimeout(20_000);
+    page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(`console: ${m.text()}`); });
+    page.on('pageerror', (e) => consoleErrors.push(`page error: ${e.message}`));
+    page.on('request', (r) => { if (r.method() === 'POST' && new URL(r.url()).pathname === '/api/campaigns') posted.push(r.postData()); });
+    const row = (id) => page.locator(`#campaigns tbody tr[data-id="${id}"]`);
+    const preview = page.locator('#controls-preview');
+    await page.goto(`${rtcrm.base}/`);
+    await page.locator('#ready', { hasText: 'ready' }).waitFor();
+
+    await t.test('the preview says what the controls mean, and what is wrong with them', async () => {
+      const describe = (c) => page.evaluate((x) => window.rtcrmControls.describe(x), c);
+      assert.deepEqual(await describe({}), { text: 'no per-player controls: every match triggers', errors: [] });
+      assert.deepEqual(await describe({ cooldown: '1h', count: { at_least: 3, within: '10m' }, holdout_percent: 20 }), {
+        text: 'triggers on the 3rd match within 10m, then counts again; at most once per 1h per player; 20 % of players held out as control group (to the control topic, never messaged)',
+        errors: [],
+      });
+      assert.equal((await describe({ max_triggers_per_player: 1, inactivity: 'P7D', state: { ttl: '30d', max_bytes: 512 }, state_version: 2 })).text,
+        "triggers when a player has had no matching event for 7d (with the last one); at most 1 trigger per player, ever; filter(event, state) keeps up to 512 bytes per player, forgotten after 30d untouched; state version 2 (changing it resets every player's state)");
+      assert.equal((await describe({ count: { at_least: 22, within: '1h 30m' }, max_triggers_per_player: 12 })).text,
+        'triggers on the 22nd match within 1h 30m, then counts again; at most 12 triggers per player');
+      assert.deepEqual((await describe({ cooldown: '3 months', holdout_percent: 12.345, variants: [{ name: 'A', weight: 1 }, { name: 'A', weight: 2 }], inactivity: '7d', count: { at_least: 2, within: '1d' } })).errors, [
+        'cooldown `3 months`: months and years have no fixed length; use days ("30d")',
+        'holdout_percent `12.345` has more than two decimals',
+        'variants: the name `A` appears twice',
+        'inactivity and count cannot be combined: inactivity triggers on the absence of matches',
+      ]);
+    });
+
+    await t.test('the controls editor folds the controls into the campaign JSON that is sent', async () => {
+      await page.locator('#campaign-example').click();
+      await page.locator('#compile-status', { hasText: 'the filter compiles' }).waitFor();
+      assert.equal(await preview.innerText(), 'no per-player controls: every match triggers', 'the example has none');
+      const campaign = JSON.parse(await page.locator('#campaign-json').inputValue());
+      campaign.campaign_id = 4720;
+      await page.locator('#campaign-json').fill(JSON.stringify(campaign, null, 2));
+      await page.locator('#controls summary').click();
+      await page.locator('#ctl-cooldown').fill('1h');
+      await page.locator('#ctl-count-at-least').fill('3');
+      await page.locator('#ctl-count-within').fill('10m');
+      await page.locator('#ctl-holdout').fill('20');
+      await page.locator('#ctl-variants').fill('A:1, B:3');
+      const expected = 'triggers on the 3rd match within 10m, then counts again; at most once per 1h per player; 20 % of players held out as control group (to the control topic, never messaged); variants A 25 % · B 75 %';
+      assert.equal(await preview.innerText(), expected);
+      // A state option checks "filter(event, state)"; unchecking removes `state` again.
+      await page.locator('#ctl-state-ttl').fill('30d');
+      assert.equal(await page.locator('#ctl-state').isChecked(), true);
+      assert.match(await preview.innerText(), /; filter\(event, state\) keeps up to 1,024 bytes per player, forgotten after 30d untouched$/);
+      await page.locator('#ctl-state').uncheck();
+      assert.equal(await preview.innerText(), expected);
+      // A mistake is shown in the preview, and goes when corrected.
+      await page.locator('#ctl-cooldown').fill('soon');
+      await preview.filter({ hasText: 'cooldown `soon`: not a duration' }).waitFor();
+      assert.match(await preview.getAttribute('class'), /\bbad\b/);
+      await page.locator('#ctl-cooldown').fill('1h');
+      assert.equal(await preview.innerText(), expected);
+      const json = JSON.parse(await page.locator('#campaign-json').inputValue());
+      assert.deepEqual({ cooldown: json.cooldown, count: json.count, holdout_percent: json.holdout_percent, variants: json.variants, state: json.state },
+        { cooldown: '1h', count: { at_least: 3, within: '10m' }, holdout_percent: 20, variants: [{ name: 'A', weight: 1 }, { name: 'B', weight: 3 }], state: undefined });
+      assert.equal(json.filter, campaign.filter, 'the other fields are untouched');
+      await page.locator('#compile-status', { hasText: 'the filter compiles' }).waitFor();
+      await page.locator('#campaign-send:enabled').click();
+      await page.locator('#campaign-result', { hasText: 'campaign 4720 sent to crm-campaigns' }).waitFor();
+      const sent = JSON.parse(posted[posted.length - 1]);
+      assert.deepEqual([sent.campaign_id, sent.cooldown, sent.count, sent.holdout_percent, sent.variants],
+        [4720, '1h', { at_least: 3, within: '10m' }, 20, [{ name: 'A', weight: 1 }, { name: 'B', weight: 3 }]]);
+      // Loading it back from the table fills the form.
+      await row(4720).locator('.state-active').waitFor();
+      await page.locator('#campaign-json').fill('{}');
+      assert.equal(await page.locator('#ctl-cooldown').inputValue(), '');
+      await row(4720).getByRole('button', { name: 'edit' }).click();
+      assert.equal(await page.locator('#ctl-cooldown').inputValue(), '1h');
+      assert.equal(await page.locator('#ctl-variants').inputValue(), 'A:1, B:3');
+      assert.equal(await preview.innerText(), expected);
+    });
+
+    await t.test('the table shows the controls and the per-player counters; a player\'s state is looked up', async () => {
+      assert.equal(await row(4720).locator('td.controls .given').innerText(), '3 in 10m · cooldown 1h · holdout 20 % · A/B');
+      assert.equal(await row(4720).locator('td.controls').getAttribute('title'),
+        'triggers on the 3rd match within 10m, then counts again; at most once per 1h per player; 20 % of players held out as control group (to the control topic, never messaged); variants A 25 % · B 75 %');
+      assert.equal(await row(4711).locator('td.controls').innerText(), '–', 'no controls, nothing counted');
+      // Two losses of player 12345 within a minute: counted, no trigger yet.
+      const examples = await (await fetch(`${rtcrm.base}/api/examples`)).json();
+      for (const [id, at] of [['c-1', '2023-11-20T11:00:00.000Z'], ['c-2', '2023-11-20T11:01:00.000Z']]) {
+        const r = await post(rtcrm.base, '/api/events', JSON.stringify({ ...examples.event, event_id: id, created_at: at }));
+        assert.equal(r.status, 202, r.body);
+      }
+      await row(4720).locator('td.controls .counts', { hasText: /^1 state \(\d+ B\) · suppressed: count 2$/ }).waitFor();
+      await row(4720).getByRole('button', { name: 'player…' }).click();
+      assert.equal(await page.locator('#lookup-campaign').inputValue(), '4720');
+      await page.locator('#lookup-player').fill('12345');
+      await page.locator('#lookup-go').click();
+      const result = page.locator('#lookup-result');
+      await result.filter({ hasText: /^stored state: 0 triggers so far; 2 of 3 matches counted$/ }).waitFor();
+      const line = (label) => page.locator(`#lookup-lines [data-line="${label}"] dd`).innerText();
+      assert.match(await line('count'), /^2 of 3 matches within 10m: 2023-11-20T11:00:00\.000Z, 2023-11-20T11:01:00\.000Z \(2 inside the window now\)$/);
+      assert.equal(await line('cooldown'), '1h: none yet (no trigger)');
+      assert.match(await line('group'), /^(live|control) \(bucket \d+ of 10000; 20 % held out\)/);
+      // The README's screenshot: the controls open, the table and the lookup, in a taller window.
+      await page.setViewportSize({ width: 1280, height: 960 });
+      await page.locator('#controls').evaluate((d) => { d.open = true; });
+      await sleep(300);
+      await page.screenshot({ path: path.join(docs, 'console-controls.png') });
+      await page.setViewportSize({ width: 1280, height: 800 });
+      // Unknown campaign, and a player without state.
+      await page.locator('#lookup-campaign').fill('999');
+      await page.locator('#lookup-go').click();
+      await result.filter({ hasText: 'campaign 999 is unknown' }).waitFor();
+      assert.equal(await page.locator('#lookup-lines').isHidden(), true);
+      await page.locator('#lookup-campaign').fill('4720');
+      await page.locator('#lookup-player').fill('777');
+      await page.locator('#lookup-go').click();
+      await result.filter({ hasText: /^no state: player 777 has no stored state for campaign 4720/ }).waitFor();
+    });
+
+    await t.test('no console error in the browser but the unknown campaign\'s 404', () => {
+      // Chromium logs every 4xx answer of fetch; the lookup of campaign 999 is the one expected.
+      assert.deepEqual(consoleErrors, ['console: Failed to load resource: the server responded with a status of 404 (Not Found)']);
     });
     await context.close();
   } finally {

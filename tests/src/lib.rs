@@ -846,16 +846,26 @@ pub fn produce(topic: &str, msgs: &[Msg]) -> Vec<Delivered> {
 
 /// Produces to the broker at `bootstrap`; panics if any message is not acknowledged.
 pub fn produce_to(bootstrap: &str, topic: &str, msgs: &[Msg]) -> Vec<Delivered> {
+    produce_with(bootstrap, topic, msgs, &[])
+}
+
+/// [`produce_to`] with extra librdkafka producer properties, such as
+/// `("partitioner", "murmur2_random")` (Java's default partitioner: a keyed record lands where a
+/// Java client would put it).
+pub fn produce_with(bootstrap: &str, topic: &str, msgs: &[Msg], properties: &[(&str, &str)]) -> Vec<Delivered> {
     let ctx = DeliveryCtx { results: Mutex::new(vec![None; msgs.len()]) };
-    let producer: BaseProducer<DeliveryCtx> = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("message.timeout.ms", "30000")
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "200000")
         // Campaigns with a WebAssembly module (a Go filter is ~4.4 MB in base64).
-        .set("message.max.bytes", "16777216")
-        .create_with_context(ctx)
-        .expect("create a Kafka producer");
+        .set("message.max.bytes", "16777216");
+    for (k, v) in properties {
+        config.set(*k, *v);
+    }
+    let producer: BaseProducer<DeliveryCtx> = config.create_with_context(ctx).expect("create a Kafka producer");
     for (i, m) in msgs.iter().enumerate() {
         loop {
             let mut rec: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, i);
@@ -1008,6 +1018,15 @@ pub fn wait_topic_partitions(bootstrap: &str, topic: &str, timeout: Duration) ->
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The high watermark (the offset the next record will get) of every partition of `topic`.
+pub fn high_watermarks(topic: &str) -> Vec<i64> {
+    let n = wait_topic_partitions(&broker(), topic, Duration::from_secs(30));
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", broker()).create().expect("create a Kafka consumer");
+    (0..n as i32)
+        .map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap_or_else(|e| panic!("watermarks of {topic}/{p}: {e}")).1)
+        .collect()
 }
 
 /// Committed offsets of consumer group `group` for every partition of `topic` (None where the

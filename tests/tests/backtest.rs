@@ -3,10 +3,13 @@
 //! players, per-day buckets) and nothing is produced; `--from`/`--to` select exactly the records
 //! in the interval by record timestamp; `--events FILE` gives the topic's result; and every
 //! fault (garbage campaign files, bad or empty intervals, a filter that throws on every event,
-//! a missing topic, an unreachable broker) is reported exactly.
+//! a missing topic, an unreachable broker) is reported exactly. Campaigns with controls (spec
+//! §12: cooldown and count, holdout with variants and a cap, inactivity timers on each
+//! partition's time) report exactly the counts of a native computation written here.
 
 use rtcrm_integration_tests::*;
 use serde_json::Value;
+use sha2::Digest;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -359,7 +362,7 @@ fn a_filter_that_throws_on_every_event_is_counted_with_its_message() {
     let args = [throws.to_str().unwrap(), "--bootstrap-servers", &bootstrap, "--event-topic", &t.events, "--from", "2024-01-01"];
     let r = report(&[&args[..], &["--json"]].concat());
     assert_eq!((r["events_read"].as_u64(), r["candidates"].as_u64(), r["filter_matches"].as_u64()), (Some(10), Some(10), Some(0)));
-    assert_eq!(r["errors"], json!({"fuel": 0, "memory": 0, "deadline": 0, "trap": 0, "exception": 10, "event": 0}));
+    assert_eq!(r["errors"], json!({"fuel": 0, "memory": 0, "deadline": 0, "trap": 0, "exception": 10, "event": 0, "capacity": 0, "state": 0}));
     assert_eq!(r["errors_total"], 10);
     let examples = r["error_examples"].as_array().unwrap();
     assert_eq!(examples.len(), 1);
@@ -449,4 +452,405 @@ fn long_runs_show_progress_on_stderr() {
     assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["stopped"], "max_events");
     let out = backtest(&[slow.to_str().unwrap(), "--events", file.to_str().unwrap(), "--workers", "1", "--quiet", "--json"]);
     assert!(!text(&out.stderr).contains("backtest: "), "{}", text(&out.stderr));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Campaign controls (spec §12, issue 12): the backtest decides them as the processor does, from
+// empty per-player state; the expected counts are computed here, independently of rtcrm.
+// ---------------------------------------------------------------------------------------------
+
+const CONTROL_EVENTS: usize = 30_000;
+const CONTROL_PLAYERS: u64 = 100;
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+
+/// One event of the controls workload.
+struct Cev {
+    json: String,
+    event_id: String,
+    player: Option<u64>,
+    login: bool,
+    loss: bool,
+    created_ms: i64,
+}
+
+/// 100 players over about 17 hours: a fight or a login every 2 s (created_at jittered by up to a
+/// minute, so a player's events are not always in time order), half the fights lost, one event
+/// in 1,000 without player_id, one in 1,999 not an event.
+fn control_workload() -> Vec<Cev> {
+    let mut rng = Rng::new(9100);
+    let base = ts("2024-02-01T00:00:00Z");
+    (0..CONTROL_EVENTS)
+        .map(|i| {
+            let event_id = format!("c-{i}");
+            let player = (i % 1000 != 7).then(|| rng.range(1, CONTROL_PLAYERS as i64 + 1) as u64);
+            let login = rng.chance(0.15);
+            let loss = rng.chance(0.5);
+            let created_ms = base + i as i64 * 2000 + rng.below(60_000) as i64;
+            let json = if i % 1999 == 11 {
+                format!("[\"not an event\", {i}]")
+            } else {
+                let mut e = json!({"event_id": event_id, "game": "foe", "event_name": if login { "login" } else { "fight" }, "market": "de",
+                    "created_at": fmt_rfc3339(created_ms, 3, 0), "data": {"result": if loss { "loss" } else { "win" }}});
+                if let Some(p) = player {
+                    e["player_id"] = p.into();
+                }
+                e.to_string()
+            };
+            let garbage = json.starts_with('[');
+            Cev { json, event_id, player: player.filter(|_| !garbage), login: login && !garbage, loss: loss && !login && !garbage, created_ms }
+        })
+        .collect()
+}
+
+/// The controls workload on a 4-partition topic, keyed by player id (Kafka's default
+/// partitioner), loaded once.
+fn control_topic() -> &'static (Topics, Vec<Cev>) {
+    static LOADED: OnceLock<(Topics, Vec<Cev>)> = OnceLock::new();
+    LOADED.get_or_init(|| {
+        let topics = Topics::new("backtest-controls");
+        create_topic(&topics.events, 4);
+        create_topic(&topics.triggers, 1);
+        let events = control_workload();
+        let msgs: Vec<Msg> = events.iter().map(|e| match e.player {
+            Some(p) => Msg::keyed(p.to_string(), &e.json),
+            None => Msg::keyless(&e.json),
+        }).collect();
+        produce(&topics.events, &msgs);
+        (topics, events)
+    })
+}
+
+/// The documented holdout bucket (spec §12): SHA-256 of `"<campaign_id>:<player_id>"`, first 8
+/// bytes big-endian, mod 10,000.
+fn holdout_bucket(campaign: i64, player: u64) -> u64 {
+    let d = sha2::Sha256::digest(format!("{campaign}:{player}").as_bytes());
+    u64::from_be_bytes(d[..8].try_into().unwrap()) % 10_000
+}
+
+/// The documented variant (spec §12): SHA-256 of `"<campaign_id>:<player_id>:variant"`, first 8
+/// bytes big-endian, mod the sum of the weights, by cumulative weight in order.
+fn variant_of(campaign: i64, player: u64, weights: &[(&'static str, u64)]) -> &'static str {
+    let d = sha2::Sha256::digest(format!("{campaign}:{player}:variant").as_bytes());
+    let mut x = u64::from_be_bytes(d[..8].try_into().unwrap()) % weights.iter().map(|w| w.1).sum::<u64>();
+    for (name, w) in weights {
+        if x < *w {
+            return name;
+        }
+        x -= w;
+    }
+    unreachable!("x is below the sum")
+}
+
+/// What count, cooldown, cap and holdout decide for the lost fights, computed natively.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Controlled {
+    candidates: u64,
+    matches: u64,
+    no_player: u64,
+    counting: u64,
+    cooldown: u64,
+    cap: u64,
+    triggers: u64,
+    control: u64,
+    players: BTreeSet<u64>,
+    /// Hour (RFC 3339, UTC) → triggers.
+    per_hour: BTreeMap<String, u64>,
+    trigger_ids: BTreeSet<String>,
+    variants: BTreeMap<String, u64>,
+}
+
+/// Per player, in the order its events were produced (one partition, in offset order): a match
+/// pushes its time and keeps the times > now − within; reaching `at_least` clears them, then
+/// `now < last + cooldown` suppresses, then the cap; a would-be trigger of a player whose
+/// holdout bucket is below percent × 100 goes to the control group, others carry their variant.
+/// Returns the counts and the control group's players.
+fn controlled(events: &[Cev], id: i64, count: Option<(usize, i64)>, cooldown: Option<i64>, cap: Option<u32>, holdout_bp: u64, variants: &[(&'static str, u64)]) -> (Controlled, BTreeSet<u64>) {
+    let mut n = Controlled::default();
+    let mut control_players = BTreeSet::new();
+    let (mut times, mut last, mut fired): (BTreeMap<u64, Vec<i64>>, BTreeMap<u64, i64>, BTreeMap<u64, u32>) = Default::default();
+    for e in events.iter().filter(|e| !e.json.starts_with('[') && !e.login) {
+        let Some(p) = e.player else {
+            n.no_player += 1;
+            continue;
+        };
+        n.candidates += 1;
+        if !e.loss {
+            continue;
+        }
+        n.matches += 1;
+        let now = e.created_ms;
+        if let Some((at_least, within)) = count {
+            let t = times.entry(p).or_default();
+            t.push(now);
+            t.retain(|x| *x > now - within);
+            if t.len() < at_least {
+                n.counting += 1;
+                continue;
+            }
+            t.clear();
+        }
+        if let (Some(l), Some(c)) = (last.get(&p), cooldown) {
+            if now < l + c {
+                n.cooldown += 1;
+                continue;
+            }
+        }
+        let f = fired.entry(p).or_default();
+        if cap.is_some_and(|cap| *f >= cap) {
+            n.cap += 1;
+            continue;
+        }
+        *f += 1;
+        last.insert(p, now);
+        if holdout_bucket(id, p) < holdout_bp {
+            n.control += 1;
+            control_players.insert(p);
+            continue;
+        }
+        n.triggers += 1;
+        n.players.insert(p);
+        n.trigger_ids.insert(format!("{id}:{}", e.event_id));
+        *n.per_hour.entry(fmt_rfc3339(now - now.rem_euclid(HOUR), 0, 0)).or_default() += 1;
+        if !variants.is_empty() {
+            *n.variants.entry(variant_of(id, p, variants).to_owned()).or_default() += 1;
+        }
+    }
+    (n, control_players)
+}
+
+/// The same counts read from a report.
+fn reported_controls(r: &Value) -> Controlled {
+    let samples = r["sample_triggers"].as_array().unwrap();
+    assert_eq!(samples.len() as u64, r["triggers"].as_u64().unwrap(), "--samples keeps every trigger here");
+    Controlled {
+        candidates: r["candidates"].as_u64().unwrap(),
+        matches: r["filter_matches"].as_u64().unwrap(),
+        no_player: r["skipped"]["no_player"].as_u64().unwrap(),
+        counting: r["counting"].as_u64().unwrap(),
+        cooldown: r["suppressed_cooldown"].as_u64().unwrap(),
+        cap: r["suppressed_cap"].as_u64().unwrap(),
+        triggers: r["triggers"].as_u64().unwrap(),
+        control: r["control_group_matches"].as_u64().unwrap(),
+        players: samples.iter().map(|s| s["event"]["player_id"].as_u64().unwrap()).collect(),
+        per_hour: r["histogram"]["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["triggers"].as_u64().unwrap() > 0)
+            .map(|b| (b["start"].as_str().unwrap().to_owned(), b["triggers"].as_u64().unwrap()))
+            .collect(),
+        trigger_ids: samples.iter().map(|s| s["trigger_id"].as_str().unwrap().to_owned()).collect(),
+        variants: r["variants"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap())).collect(),
+    }
+}
+
+fn controls_campaign(id: i64, name: &str, controls: Value) -> PathBuf {
+    let mut c = json!({"campaign_id": id, "enabled": true, "game": "foe", "event_name": name,
+        "filter": if name == "login" { "e => true" } else { "e => e.data.result === 'loss'" }});
+    for (k, v) in controls.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    write_file(&format!("controls-{id}.json"), &c.to_string())
+}
+
+#[test]
+fn a_backtest_with_cooldown_and_count_equals_the_native_computation() {
+    let (t, events) = control_topic();
+    let bootstrap = broker();
+    let file = controls_campaign(9100, "fight", json!({"cooldown": "1h", "count": {"at_least": 3, "within": "10m"}}));
+    let r = report(&[file.to_str().unwrap(), "--bootstrap-servers", &bootstrap, "--event-topic", &t.events, "--from", "2000-01-01", "--samples", "100000", "--json"]);
+    let (expected, _) = controlled(events, 9100, Some((3, 10 * MIN)), Some(HOUR), None, 0, &[]);
+    assert!(expected.triggers > 300 && expected.counting > 1000 && expected.cooldown > 300, "the workload exercises both controls: {expected:?}");
+    assert!(expected.per_hour.len() >= 16, "{:?}", expected.per_hour);
+    assert_eq!(r["unique_players"].as_u64(), Some(expected.players.len() as u64));
+    assert_eq!(reported_controls(&r), expected);
+    assert_eq!(r["events_read"].as_u64(), Some(CONTROL_EVENTS as u64));
+    assert_eq!((r["control_group_matches"].as_u64(), r["suppressed_cap"].as_u64(), r["inactivity_firings"].as_u64()), (Some(0), Some(0), Some(0)));
+    assert_eq!(r["controls"], "count 3 in 10m, cooldown 1h");
+    assert_eq!(r["histogram"]["unit"], "hour");
+    assert_eq!(r["errors_total"], 0);
+    assert!(r["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().starts_with("per-player state starts empty at the interval's start (--from): cooldowns, caps, counts, timers")), "{}", r["warnings"]);
+
+    // The human table shows what the controls held back.
+    let out = backtest(&[file.to_str().unwrap(), "--bootstrap-servers", &bootstrap, "--event-topic", &t.events, "--from", "2000-01-01", "--quiet"]);
+    let human = text(&out.stdout);
+    assert!(human.contains("controls: count 3 in 10m, cooldown 1h"), "{human}");
+    let row = |label: &str, n: u64| human.lines().any(|l| l.trim_start().starts_with(label) && l.trim_end().ends_with(&format!(" {}", thousands(n))));
+    assert!(row("counting (count not reached)", expected.counting) && row("suppressed by cooldown", expected.cooldown) && row("triggers (after controls)", expected.triggers), "{human}");
+
+    // Nothing was produced.
+    assert_eq!(Reader::new(&t.triggers).poll_for(Duration::from_secs(2)), 0, "the triggers topic has no record");
+}
+
+#[test]
+fn a_backtest_with_holdout_variants_and_a_cap_equals_the_native_computation() {
+    let (t, events) = control_topic();
+    let bootstrap = broker();
+    let weights = [("A", 3), ("B", 1)];
+    let file = controls_campaign(
+        9101,
+        "fight",
+        json!({"holdout_percent": 20, "variants": [{"name": "A", "weight": 3}, {"name": "B", "weight": 1}], "cooldown": "20m", "max_triggers_per_player": 30}),
+    );
+    let r = report(&[file.to_str().unwrap(), "--bootstrap-servers", &bootstrap, "--event-topic", &t.events, "--from", "2000-01-01", "--samples", "100000", "--json"]);
+    let (expected, control_players) = controlled(events, 9101, None, Some(20 * MIN), Some(30), 2000, &weights);
+    assert!(expected.control > 100 && expected.cap > 100 && expected.cooldown > 1000 && expected.variants.len() == 2, "{expected:?}");
+    assert_eq!(r["control_group_players"].as_u64(), Some(control_players.len() as u64));
+    assert_eq!(r["unique_players"].as_u64(), Some(expected.players.len() as u64));
+    assert_eq!(reported_controls(&r), expected);
+    // Control-group players never appear among the triggers, and each trigger carries its variant.
+    for s in r["sample_triggers"].as_array().unwrap() {
+        let p = s["event"]["player_id"].as_u64().unwrap();
+        assert!(holdout_bucket(9101, p) >= 2000 && s.get("group").is_none(), "{s}");
+        assert_eq!(s["variant"], variant_of(9101, p, &weights), "{s}");
+    }
+    assert_eq!(r["controls"], "cooldown 20m, at most 30 triggers per player, holdout 20%, variants A:3/B:1");
+}
+
+/// Kafka's murmur2 (the Java client's `Utils.murmur2`), so the test can place each player's
+/// events on the partition that holds the player's state (as a Java producer keying by player
+/// id does) and compute the partition times natively.
+fn murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]).wrapping_mul(M);
+        k ^= k >> 24;
+        h = h.wrapping_mul(M) ^ k.wrapping_mul(M);
+    }
+    let rest = chunks.remainder();
+    for (i, b) in rest.iter().enumerate().rev() {
+        h ^= u32::from(*b) << (8 * i);
+    }
+    if !rest.is_empty() {
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    (h ^ (h >> 15)) as i32
+}
+
+/// `12345` → `12,345`, as the human table prints counts.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn partition_of(player: u64, partitions: i32) -> i32 {
+    (murmur2(player.to_string().as_bytes()) & 0x7fff_ffff) % partitions
+}
+
+/// Inactivity natively, per partition in offset order: the partition's time is the latest event
+/// time it has seen; before an event is decided, every timer of the partition due by then fires
+/// (once); a login (re)arms its player's timer to its time + `inactivity`; at the end, timers due
+/// by the partition's final time fire and the rest stay armed. `global`: one time for all
+/// partitions instead (what a wrong simulation would do), to show the workload tells them apart.
+fn inactivity_native(by_partition: &BTreeMap<i32, Vec<&Cev>>, id: i64, inactivity: i64, global: bool) -> (BTreeSet<String>, u64, BTreeMap<String, u64>) {
+    let (mut fired, mut per_hour) = (BTreeSet::new(), BTreeMap::new());
+    let mut pending = 0;
+    let global_end = by_partition.values().flatten().map(|e| e.created_ms).max().unwrap();
+    for events in by_partition.values() {
+        let mut clock = i64::MIN;
+        let mut timers: BTreeMap<u64, (i64, String)> = BTreeMap::new();
+        let mut fire = |timers: &mut BTreeMap<u64, (i64, String)>, now: i64| {
+            timers.retain(|_, (due, event_id)| {
+                if *due > now {
+                    return true;
+                }
+                fired.insert(format!("{id}:{event_id}"));
+                *per_hour.entry(fmt_rfc3339(*due - due.rem_euclid(HOUR), 0, 0)).or_default() += 1u64;
+                false
+            });
+        };
+        for e in events {
+            clock = clock.max(e.created_ms);
+            fire(&mut timers, clock);
+            if e.login {
+                timers.insert(e.player.unwrap(), (e.created_ms + inactivity, e.event_id.clone()));
+            }
+        }
+        fire(&mut timers, if global { global_end } else { clock });
+        pending += timers.len() as u64;
+    }
+    (fired, pending, per_hour)
+}
+
+#[test]
+fn a_backtest_with_inactivity_fires_timers_on_each_partitions_time_and_reports_the_armed_ones() {
+    let bootstrap = broker();
+    let t = Topics::new("backtest-inactivity");
+    create_topic(&t.events, 4);
+    // 60 players over about 33 hours, an event every 20 s; in the last 8 hours the players of
+    // partition 3 send nothing, so that partition's time stops early.
+    let mut rng = Rng::new(9102);
+    let base = ts("2024-02-10T00:00:00Z");
+    let n = 6_000;
+    let mut events = Vec::new();
+    for i in 0..n {
+        let created_ms = base + i as i64 * 20_000 + rng.below(15_000) as i64;
+        let mut player = rng.range(1, 61) as u64;
+        if i > n - 1440 {
+            while partition_of(player, 4) == 3 {
+                player = rng.range(1, 61) as u64;
+            }
+        }
+        // Logins are rare enough that some gaps pass 3 hours.
+        let login = rng.chance(0.04);
+        let event_id = format!("in-{i}");
+        let json = json!({"event_id": event_id, "game": "foe", "event_name": if login { "login" } else { "fight" }, "player_id": player,
+            "created_at": fmt_rfc3339(created_ms, 3, 0), "data": {"result": "win"}}).to_string();
+        events.push(Cev { json, event_id, player: Some(player), login, loss: false, created_ms });
+    }
+    let msgs: Vec<Msg> = events
+        .iter()
+        .map(|e| Msg { partition: Some(partition_of(e.player.unwrap(), 4)), ..Msg::keyed(e.player.unwrap().to_string(), &e.json) })
+        .collect();
+    let delivered = produce(&t.events, &msgs);
+    let mut by_partition: BTreeMap<i32, Vec<(i64, &Cev)>> = BTreeMap::new();
+    for (d, e) in delivered.iter().zip(&events) {
+        by_partition.entry(d.partition).or_default().push((d.offset, e));
+    }
+    let by_partition: BTreeMap<i32, Vec<&Cev>> = by_partition
+        .into_iter()
+        .map(|(p, mut v)| {
+            v.sort_by_key(|(o, _)| *o);
+            (p, v.into_iter().map(|(_, e)| e).collect())
+        })
+        .collect();
+    assert_eq!(by_partition.len(), 4);
+    // Kafka's own test vectors (clients/src/test/java/org/apache/kafka/common/utils/UtilsTest.java).
+    assert_eq!((murmur2(b"21"), murmur2(b"foobar"), murmur2(b"abc")), (-973_932_308, -790_332_482, 479_470_107));
+    let (fired, pending, per_hour) = inactivity_native(&by_partition, 9102, 3 * HOUR, false);
+    let (_, pending_global, _) = inactivity_native(&by_partition, 9102, 3 * HOUR, true);
+    assert!(fired.len() > 50 && pending > 0, "{} fired, {pending} pending", fired.len());
+    assert!(pending != pending_global, "the workload tells per-partition time from one global time ({pending})");
+
+    let file = controls_campaign(9102, "login", json!({"inactivity": "3h"}));
+    let r = report(&[file.to_str().unwrap(), "--bootstrap-servers", &bootstrap, "--event-topic", &t.events, "--from", "2000-01-01", "--samples", "100000", "--json"]);
+    let logins = events.iter().filter(|e| e.login).count() as u64;
+    assert_eq!((r["filter_matches"].as_u64(), r["timers_armed"].as_u64()), (Some(logins), Some(logins)), "every login (re)arms its player's timer");
+    assert_eq!((r["inactivity_firings"].as_u64(), r["inactivity_triggers"].as_u64()), (Some(fired.len() as u64), Some(fired.len() as u64)));
+    assert_eq!(r["triggers"].as_u64(), Some(fired.len() as u64));
+    assert_eq!(r["timers_pending_at_end"].as_u64(), Some(pending), "timers still armed at the end, not triggers");
+    let samples = r["sample_triggers"].as_array().unwrap();
+    let ids: BTreeSet<String> = samples.iter().map(|s| s["trigger_id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids, fired);
+    assert!(samples.iter().all(|s| s["reason"] == "inactivity"), "{}", samples[0]);
+    let hours: BTreeMap<String, u64> = r["histogram"]["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["triggers"].as_u64().unwrap() > 0)
+        .map(|b| (b["start"].as_str().unwrap().to_owned(), b["triggers"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(hours, per_hour, "each firing in the hour of its due time");
 }

@@ -1,5 +1,5 @@
 //! `POST /api/backtest` (spec §13, issue 9) on `rtcrm run` against a real broker: a job reports
-//! the same counts as the processor's own triggers; it is bounded by events and by seconds;
+//! the same counts as the processor's own triggers, and applies a campaign's controls; it is bounded by events and by seconds;
 //! two run at once (a third is refused); `DELETE` cancels a running one (its counts so far,
 //! `cancelled`) and forgets a finished one; bad requests are refused with the reason; and no
 //! backtest produces anything.
@@ -74,6 +74,18 @@ fn api_backtests_are_exact_bounded_cancellable_and_produce_nothing() {
     let (code, list) = p.request("GET", "/api/backtest", None);
     assert_eq!(code, 200);
     assert!(list["backtests"].as_array().unwrap().iter().any(|j| j["id"] == id.as_str() && j["report"].is_null()), "{list}");
+
+    // With a control (spec §12): at most one trigger per player, from empty per-player state.
+    let capped = LOSSES.replace(r#""filter":"#, r#""max_triggers_per_player":1,"filter":"#);
+    let job = finished(&p, &start(&p, &body(&capped, "")));
+    let r = &job["report"];
+    let players = losers.len() as u64;
+    assert_eq!(
+        (r["filter_matches"].as_u64(), r["triggers"].as_u64(), r["suppressed_cap"].as_u64(), r["unique_players"].as_u64()),
+        (Some(25), Some(players), Some(25 - players), Some(players)),
+        "{r}"
+    );
+    assert_eq!(r["controls"], "at most 1 trigger per player");
 
     // Bounded by events.
     let job = finished(&p, &start(&p, &body(LOSSES, r#", "max_events": 5"#)));

@@ -188,3 +188,56 @@ fn holdout_sends_exactly_the_hashed_players_to_the_control_topic_and_variants_sp
     assert_eq!(p.metric("rtcrm_control_matches_total"), Some(control_n as f64));
     assert_eq!(p.sigterm().code(), Some(0));
 }
+
+/// A player's purchases counted by the filter's own state: every fifth purchase triggers. A
+/// refund makes the filter throw after it changed the state: the stored state stays as it was
+/// (the refund does not count). Expected triggers computed natively over the same table.
+const PURCHASE_JS: &str = "function(e, s) {
+  s.n = (s.n || 0) + 1;
+  s.spent = (s.spent || 0) + e.data.amount;
+  if (e.data.amount < 0) throw new Error('refund of ' + (-e.data.amount));
+  return s.n % 5 === 0;
+}";
+
+#[test]
+fn stateful_javascript_counts_purchases_like_a_native_computation_and_a_throw_keeps_the_state() {
+    let t = Topics::new("jsstate");
+    create_topic(&t.events, 4);
+    produce(&t.campaigns, &[campaign(106, "purchase", PURCHASE_JS, json!({"state": {"max_bytes": 128}}))]);
+    let mut rng = Rng::new(0x5ca1e);
+    let (mut msgs, mut expected, mut n) = (Vec::new(), BTreeSet::new(), BTreeMap::<i64, u32>::new());
+    let mut refunds = 0;
+    for i in 0..50_000 {
+        let player = rng.range(1, 2_001);
+        // One in fifty is a refund (a negative amount): the filter throws.
+        let amount = if rng.chance(0.02) { -rng.range(1, 50) } else { rng.range(1, 100) };
+        let id = format!("pu-{i}");
+        let mut e = event(&id, player, "purchase", "", t0() + i);
+        e["data"] = json!({"amount": amount});
+        msgs.push(Msg::keyed(player.to_string(), e.to_string()));
+        if amount < 0 {
+            refunds += 1;
+            continue;
+        }
+        let count = n.entry(player).or_default();
+        *count += 1;
+        if *count % 5 == 0 {
+            expected.insert(format!("106:{id}"));
+        }
+    }
+    produce_with(&broker(), &t.events, &msgs, &[("partitioner", "murmur2_random")]);
+    let mut p = Processor::start(&t.args());
+    let got = triggers_by_campaign(&t.triggers, expected.len());
+    let ids: BTreeSet<String> = got.values().flatten().map(|v| v["trigger_id"].as_str().unwrap().to_owned()).collect();
+    let lost = expected.difference(&ids).count();
+    let unexpected: Vec<&String> = ids.difference(&expected).take(5).collect();
+    assert!(lost == 0 && unexpected.is_empty(), "{lost} of {} expected triggers missing; unexpected: {unexpected:?}", expected.len());
+    assert_eq!(got.values().map(Vec::len).sum::<usize>(), expected.len(), "each trigger exactly once");
+    let exceptions = wait_until("the refunds' exceptions to be counted", Duration::from_secs(30), || {
+        let v = p.metric("rtcrm_evaluation_errors_total").unwrap_or(0.0);
+        (v >= refunds as f64).then_some(v)
+    });
+    assert_eq!(exceptions, refunds as f64, "one exception per refund");
+    println!("stateful JS: 50,000 events, {refunds} refunds (throws), {} triggers as computed natively", expected.len());
+    assert_eq!(p.sigterm().code(), Some(0));
+}

@@ -27,6 +27,8 @@ pub struct CampaignDef {
     pub digest: String,
     /// Per-player controls (spec §12); all absent for a campaign of spec §4.
     pub controls: Controls,
+    /// The control fields as the campaign JSON gives them (for the API and the console).
+    pub controls_given: Map<String, Value>,
 }
 
 /// Where a time lies relative to a campaign's window.
@@ -174,9 +176,10 @@ impl CampaignDef {
             Some(other) => return Err(reject(format!("limits `{other}` must be an object like {{\"fuel\": 1000000}}"))),
         }
         let controls = Controls::parse(&obj, state_max_bytes).map_err(reject)?;
+        let controls_given = Controls::given(&obj);
         // `state` with `filter_wasm` needs a module of ABI version 2: checked when the module is
         // compiled (`loader::compile_filter`).
-        Ok(CampaignDef { id, enabled, game, event_name, start, end, filter, fuel, memory_mb, raw, digest: digest(value), controls })
+        Ok(CampaignDef { id, enabled, game, event_name, start, end, filter, fuel, memory_mb, raw, digest: digest(value), controls, controls_given })
     }
 
     /// The campaign as triggers echo it (spec §9): as received, except that a `filter_wasm`

@@ -7,18 +7,29 @@
 //! the number alive (`--max-filter-instances`); past it, the idle instances of the least recently
 //! used campaigns are dropped, and rebuilt from the compiled filter when next needed.
 //!
-//! A JavaScript instance costs about 280 KiB of resident memory (RSS; 83 KiB of it private, the
-//! rest copy-on-write pages of the runtime image, see `docs/performance.md`), so the default of
-//! 2,048 instances holds about 600 MiB. A WebAssembly filter's instance is as large as its
-//! linear memory (a Go filter: ~3.3 MiB).
+//! A JavaScript instance costs about 104 KiB of resident memory (RSS) when the sandbox keeps
+//! instances to their touched pages, 282 KiB when it cannot (fault-around: Linux before 6.7, or
+//! no userfaultfd; the sandbox says which, see `Sandbox::residency` and `docs/performance.md`).
+//! The default cap is derived from that figure: [`DEFAULT_INSTANCE_MEMORY_BYTES`] (1 GiB) of
+//! instances, at most [`MAX_DEFAULT_INSTANCES`] — about 10,000 instances, or 3,700 with
+//! fault-around. A WebAssembly filter's instance is as large as its linear memory (a Go filter:
+//! ~3.3 MiB).
 
 use crate::campaigns::registry::CampaignSet;
 use rtcrm_sandbox::Filter;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Default of `--max-filter-instances`.
-pub const DEFAULT_MAX_INSTANCES: usize = 2048;
+/// The resident memory the default cap of instances is sized for, all campaigns together.
+pub const DEFAULT_INSTANCE_MEMORY_BYTES: usize = 1 << 30;
+/// The default cap's upper bound (past it, the per-instance bookkeeping of eviction dominates).
+pub const MAX_DEFAULT_INSTANCES: usize = 12_000;
+
+/// The default of `--max-filter-instances` for instances of `instance_rss_bytes` each (what the
+/// sandbox measured for its configuration: `Sandbox::js_instance_rss_bytes`).
+pub fn default_max_instances(instance_rss_bytes: usize) -> usize {
+    (DEFAULT_INSTANCE_MEMORY_BYTES / instance_rss_bytes.max(1)).clamp(256, MAX_DEFAULT_INSTANCES)
+}
 
 /// The cap on filter instances alive, all campaigns together.
 #[derive(Debug)]
@@ -111,5 +122,18 @@ impl Instances {
     fn clear(&self) {
         let dropped = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
         drop(dropped);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_cap_follows_the_instance_size() {
+        assert_eq!(default_max_instances(104 * 1024), 10_082, "1 GiB of 104 KiB instances");
+        assert_eq!(default_max_instances(282 * 1024), 3_718, "with fault-around");
+        assert_eq!(default_max_instances(1), MAX_DEFAULT_INSTANCES);
+        assert_eq!(default_max_instances(usize::MAX), 256);
     }
 }

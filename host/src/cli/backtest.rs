@@ -1,5 +1,7 @@
 //! `rtcrm campaign backtest CAMPAIGN.json (--from TIME [--to TIME] | --events FILE.jsonl) [--json]`
-//! (spec §13): the campaign over past events, with the processor's engine and limits, producing
+//! (spec §13): the campaign over past events, with the processor's engine and limits and its
+//! controls (spec §12: cooldown, cap, count, holdout, variants, inactivity timers, the filter's
+//! state, decided as the processor decides them, from empty per-player state), producing
 //! nothing. Exit 0 with the report (also when the campaign's filter fails on events: the report
 //! says so); 2 for a campaign file or interval that is not valid; 1 when the events cannot be
 //! read.

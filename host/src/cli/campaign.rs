@@ -1,4 +1,5 @@
-//! `rtcrm campaign put | delete | list | logs` against a running cluster.
+//! `rtcrm campaign put | delete | list | logs` against a running cluster (`backtest` is in
+//! `backtest.rs`; `state`, which asks a processor's HTTP API, in `state.rs`).
 //!
 //! Every command connects as the processor does: the same config file (`--config`, its `[kafka]`
 //! table), `RTCRM_*` variables and `--kafka-property` flags, so TLS and SASL work alike. Each
@@ -127,6 +128,10 @@ pub enum CampaignCommand {
     /// producing nothing: events read, matches, triggers, unique players, triggers per hour or
     /// day, errors, fuel, sample triggers.
     Backtest(crate::cli::backtest::BacktestArgs),
+    /// Show one player's stored state for a campaign (count so far, cooldown until, triggers
+    /// against the cap, inactivity timer, JavaScript state, holdout group and variant), asked
+    /// of a processor's HTTP API (--api).
+    State(crate::cli::state::StateArgs),
 }
 
 pub fn run(cmd: CampaignCommand) -> Result<()> {
@@ -146,6 +151,7 @@ pub fn run(cmd: CampaignCommand) -> Result<()> {
         CampaignCommand::List { cluster } => list(&cluster.settings()?),
         CampaignCommand::Logs { id, follow, lines, cluster } => logs(&cluster.settings()?, id, follow, lines),
         CampaignCommand::Backtest(args) => crate::cli::backtest::run(args),
+        CampaignCommand::State(args) => crate::cli::state::run(args),
     }
 }
 

@@ -86,7 +86,7 @@ pub fn run(args: DevArgs) -> Result<()> {
             create_topics: false,
             api_token: crate::config::ApiToken::parse(args.api_token)?,
             instance_id_explicit: false,
-            max_filter_instances: crate::campaigns::instances::DEFAULT_MAX_INSTANCES,
+            max_filter_instances: None,
             kafka: Default::default(),
             limits: Default::default(),
         };

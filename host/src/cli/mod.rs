@@ -2,11 +2,13 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub mod api_client;
 pub mod backtest;
 pub mod campaign;
 pub mod dev;
 pub mod filter;
 pub mod project;
+pub mod state;
 use std::path::PathBuf;
 
 /// rtcrm evaluates tracking events against runtime-updatable campaigns and emits a trigger for

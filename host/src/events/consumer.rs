@@ -139,6 +139,19 @@ impl ClientContext for EventsContext {
 }
 
 impl ConsumerContext for EventsContext {
+    /// Committed offsets (at-least-once: automatic and on revocation) tell the per-player state
+    /// which events can no longer be replayed (see `PlayerState::may_be_replayed`).
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &TopicPartitionList) {
+        if result.is_err() {
+            return;
+        }
+        for e in offsets.elements() {
+            if let rdkafka::Offset::Offset(next) = e.offset() {
+                self.states.record_committed(self.source(e.topic()), e.partition(), next);
+            }
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(list) = rebalance else { return };
         let revoked: Vec<(Source, i32)> = list.elements().iter().map(|e| (self.source(e.topic()), e.partition())).collect();

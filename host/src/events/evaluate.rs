@@ -388,7 +388,7 @@ impl Evaluator {
         let now = meta.time.timestamp_millis();
         // A timer due before this event fires first, as if the deadline scan had come in between
         // (the outcome never depends on when the scan runs).
-        if controls.inactivity_ms.is_some() && !decide::is_replay(prev.as_ref(), controls, Position { source: job.source, offset: job.offset }) {
+        if controls.inactivity_ms.is_some() && !decide::is_replay(prev.as_ref(), controls, Position::of(job.source, job.offset, job.origin)) {
             if let Some((outcome, armed, mut fired)) = prev.clone().and_then(|p| decide::fire(controls, campaign.def.id, player, p, now)) {
                 let two_phase = self.processor.settings.delivery != crate::config::Delivery::ExactlyOnce;
                 if !two_phase {
@@ -399,23 +399,36 @@ impl Evaluator {
                 prev = Some(fired);
             }
         }
-        let at = Position { source: job.source, offset: job.offset };
+        let at = Position::of(job.source, job.offset, job.origin);
         let trigger_id = self.trigger_id(campaign.def.id, event, job);
-        let (matched, js) = if decide::is_replay(prev.as_ref(), controls, at) {
-            (true, None)
+        let fired_first = prev != stored;
+        let evaluated = if decide::is_replay(prev.as_ref(), controls, at) {
+            Ok((true, None))
         } else if let Some(options) = controls.state {
             // `filter(event, state)`: the state as the campaign sees it now (another
             // `state_version` or past its ttl: none). Kept only when the evaluation succeeds
             // (an error returns here, before anything is written).
             let current = prev.clone().map(|p| p.current(controls, now)).and_then(|p| p.js);
-            let (verdict, next) =
-                evaluate_filter_with_state(&self.processor, campaign, event, job, tick, current.as_ref().map(|j| j.get()), options.max_bytes)?;
-            // `{}` for a player without a state yet is no state.
-            let js = if current.is_none() && next == "{}" { None } else { decide::Json::new(next) };
-            (verdict.matched, js)
+            evaluate_filter_with_state(&self.processor, campaign, event, job, tick, current.as_ref().map(|j| j.get()), options.max_bytes).map(|(verdict, next)| {
+                // `{}` for a player without a state yet is no state.
+                let js = if current.is_none() && next == "{}" { None } else { decide::Json::new(next) };
+                (verdict.matched, js)
+            })
         } else {
-            let verdict = evaluate_filter(&self.processor, campaign, event, job, tick)?;
-            (verdict.matched, None)
+            evaluate_filter(&self.processor, campaign, event, job, tick).map(|verdict| (verdict.matched, None))
+        };
+        let (matched, js) = match evaluated {
+            Ok(decided) => decided,
+            Err(err) => {
+                // The timer that fired before this event stays fired (its trigger went out);
+                // the event itself changes nothing.
+                if fired_first {
+                    if let Some(fired) = &prev {
+                        self.save(&store, campaign, &key, stored.as_ref(), prev_bytes, Some(fired), batch, index, sink);
+                    }
+                }
+                return Err(err);
+            }
         };
         let input = Input {
             campaign_id: campaign.def.id,
@@ -426,8 +439,8 @@ impl Evaluator {
             event: event.as_bytes(),
             trigger_id: &trigger_id,
             js,
+            via: (job.source == Source::Repartitioned).then_some(job.offset),
         };
-        let fired_first = prev != stored;
         let (outcome, next) = decide::decide(controls, prev.clone(), &input);
         if let Some(next) = next.or(fired_first.then_some(prev).flatten()) {
             self.save(&store, campaign, &key, stored.as_ref(), prev_bytes, Some(&next), batch, index, sink);
@@ -547,7 +560,11 @@ impl Evaluator {
                 None => store.remove_deadline(self.shard, deadline),
             },
             (DeadlineKind::Expiry, Some(prev)) => {
-                if prev.expires(controls).is_some_and(|until| until <= now) {
+                if two_phase && prev.may_be_replayed(|source| self.states.committed(source, store.partition)) {
+                    // At-least-once: an event this state applied is not committed yet. Were the
+                    // state deleted now, a crash would replay that event onto no state, as if it
+                    // were new. The deadline stays, and comes due again at the next scan.
+                } else if prev.deletable_at(controls).is_some_and(|until| until <= now) {
                     self.save(&store, campaign, &deadline.key, Some(&prev), prev_bytes, None, batch, index, sink);
                 } else {
                     store.remove_deadline(self.shard, deadline);

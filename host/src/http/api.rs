@@ -4,6 +4,7 @@
 //! | --- | --- |
 //! | `GET /api/campaigns` | `{"campaigns": [view, ...]}`, by id |
 //! | `GET /api/campaigns/{id}` | one view; 404 when the id was never seen |
+//! | `GET /api/campaigns/{id}/players/{player}` | one player's stored state for the campaign (`players.rs`): 200 (`"found": false` when none), 404, 409 when another instance owns the player's partition |
 //! | `POST /api/compile`, body `{"source": "<JavaScript>"}` | `{"ok": true}` or `{"ok": false, "error": {"message", "line", "column"}}` |
 //! | `POST /api/campaigns`, body: the campaign JSON | validated and compiled, then produced to the campaigns topic keyed by its id: 202 `{"ok": true, "campaign_id", ...}`; 400 with the reason |
 //! | `DELETE /api/campaigns/{id}` | a tombstone under the id: 202; 404 when the id is unknown or deleted |
@@ -11,15 +12,19 @@
 //! | `GET /api/triggers/stream` | server-sent events: the latest triggers first (`event: recent`), then one `data:` line per trigger (its JSON) produced from now on |
 //! | `GET /api/info`, `GET /api/examples` | versions, topics, whether a token is needed; the example campaign and event |
 //!
-//! A view: `{"campaign_id", "state", "error", "campaign": <the JSON in force, or null>, "counters":
-//! {"evaluations", "matches", "errors": {kind: n}, "errors_total", "fuel_p50", "fuel_p99",
-//! "last_match_at", "last_error": null | {"kind", "message", "partition", "offset", "at"}}}`.
+//! A view: `{"campaign_id", "state", "error", "campaign": <the JSON in force, or null>,
+//! "controls": <its fields of spec §12 as given, or null>, "counters": {"evaluations",
+//! "matches", "errors": {kind: n}, "errors_total", "fuel_p50", "fuel_p99", "last_match_at",
+//! "last_error": null | {"kind", "message", "partition", "offset", "at"}, "control_matches",
+//! "suppressed": {"cooldown", "cap", "count"}, "no_player", "timers_pending", "state_entries",
+//! "state_bytes"}}`.
 //! Backtests and explain (`/api/backtest`, `/api/explain`) are in `backtest.rs`. Bodies are capped at [`BODY_LIMIT`] (413 beyond).
 
 use crate::campaigns::definition::CampaignDef;
 use crate::campaigns::loader::FilterRejection;
 use crate::http::{json, ApiError, Http};
 use crate::processor::Processor;
+use crate::telemetry::metrics::ControlCounters;
 use anyhow::{Context, Result};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -127,7 +132,7 @@ pub(crate) fn json_object(bytes: &[u8], what: &str) -> Result<serde_json::Map<St
     }
 }
 
-fn parse_id(text: &str) -> Result<i64, ApiError> {
+pub(crate) fn parse_id(text: &str) -> Result<i64, ApiError> {
     text.trim().parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("campaign id `{text}` is not an integer")))
 }
 
@@ -145,6 +150,11 @@ struct Counters {
     last_match_at: Option<String>,
     /// The last failed evaluation (spec §13): `{"kind", "message", "partition", "offset", "at"}`.
     last_error: Option<Value>,
+    /// Per-player controls (spec §12): `control_matches`, `suppressed` `{"cooldown", "cap",
+    /// "count"}`, `no_player`, `timers_pending`, `state_entries`, `state_bytes` — the series of
+    /// `/metrics`.
+    #[serde(flatten)]
+    per_player: ControlCounters,
 }
 
 #[derive(Serialize)]
@@ -155,12 +165,16 @@ struct CampaignView<'a> {
     /// The version in force as its triggers echo it: as received, a `filter_wasm` module replaced
     /// by its digest (None for a rejected or deleted id).
     campaign: Option<&'a RawValue>,
+    /// The version in force's fields of spec §12 as it gives them (`{}`: none; None: no
+    /// version in force).
+    controls: Option<&'a serde_json::Map<String, Value>>,
     counters: Counters,
 }
 
 fn counters(processor: &Processor, id: i64) -> Counters {
     let s = processor.stats.get(id);
     Counters {
+        per_player: processor.metrics.control_counters(id),
         evaluations: s.evaluations,
         matches: s.matches,
         errors_total: s.errors.iter().map(|(_, n)| n).sum(),
@@ -195,6 +209,7 @@ async fn list_campaigns(State(http): State<Http>) -> Response {
             state: info.state.as_str(),
             error: info.error,
             campaign: snapshot.get(id).map(|c| &*c.trigger_json),
+            controls: snapshot.get(id).map(|c| &c.def.controls_given),
             counters: counters(processor, id),
         })
         .collect();
@@ -218,6 +233,7 @@ async fn get_campaign(State(http): State<Http>, Path(id): Path<String>) -> Resul
         state: info.state.as_str(),
         error: info.error,
         campaign: snapshot.get(id).map(|c| &*c.trigger_json),
+        controls: snapshot.get(id).map(|c| &c.def.controls_given),
         counters: counters(processor, id),
     };
     Ok(json(StatusCode::OK, &view))

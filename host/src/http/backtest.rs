@@ -12,6 +12,12 @@
 //! "progress": {"events", "fraction", "seconds"}, "report": <the report of `rtcrm campaign
 //! backtest --json`> | null, "error": null | "..."}`.
 //!
+//! A campaign with controls (spec §12) is backtested with them, from empty per-player state: the
+//! report counts triggers after the controls, control-group matches, what the cooldown and the
+//! cap held back, matches still counting, inactivity firings and the timers still armed at the
+//! end, and triggers per variant (see [`crate::dryrun::backtest::players`]). Explain decides what
+//! does not depend on the player's stored state and names the controls that do.
+//!
 //! A backtest reads the processor's events topic with its own consumer (no group, nothing
 //! committed, nothing produced) on `max(1, workers / 2)` threads of its own, so the event path
 //! keeps at least half the cores. It is bounded: `max_events` (default [`DEFAULT_MAX_EVENTS`], at

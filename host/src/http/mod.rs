@@ -1,5 +1,5 @@
 //! The HTTP server (spec §11): `GET /healthz`, `/readyz`, `/metrics`, the HTTP API under `/api`
-//! (`api.rs`) and the console at `/` (`console/`).
+//! (`api.rs`; one player's state in `players.rs`) and the console at `/` (`console/`).
 //!
 //! Security, applied to every request by [`guard`]:
 //! - On a loopback bind (the default) the `Host` header must name a loopback host, so a web page
@@ -13,6 +13,7 @@
 pub mod api;
 pub mod backtest;
 pub mod console;
+pub mod players;
 
 use crate::http::api::TriggerHub;
 use crate::processor::Processor;
@@ -74,6 +75,7 @@ pub fn router(http: Http) -> Router {
         .route("/metrics", get(metrics))
         .merge(crate::http::api::routes())
         .merge(crate::http::backtest::routes())
+        .merge(crate::http::players::routes())
         .merge(crate::http::console::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such resource; the API is under /api, the console at /") })
         .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this resource") })

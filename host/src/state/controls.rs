@@ -48,7 +48,15 @@ pub struct Controls {
 /// The default of `state.max_bytes` (spec §12: 1 KiB; the host's `state_max_bytes` caps it).
 pub const DEFAULT_STATE_MAX_BYTES: usize = 1024;
 
+/// The campaign fields of spec §12, in the order the API shows them.
+pub const FIELDS: [&str; 8] = ["cooldown", "max_triggers_per_player", "count", "inactivity", "holdout_percent", "variants", "state_version", "state"];
+
 impl Controls {
+    /// The fields of spec §12 a campaign object gives (not null), as given.
+    pub fn given(obj: &Map<String, Value>) -> Map<String, Value> {
+        FIELDS.iter().filter_map(|name| obj.get(*name).filter(|v| !v.is_null()).map(|v| ((*name).to_owned(), v.clone()))).collect()
+    }
+
     /// Whether the campaign uses any field of spec §12 (it then never matches an event without
     /// `player_id`).
     pub fn any(&self) -> bool {
@@ -276,6 +284,8 @@ mod tests {
         assert_eq!(c.variants.len(), 2);
         assert_eq!(c.state, Some(StateOptions { ttl_ms: Some(2_592_000_000), max_bytes: 512 }));
         assert!(c.any() && c.needs_state());
+        let given: Value = serde_json::from_str(r#"{"cooldown":"60m","holdout_percent":12.5,"inactivity":null,"game":"foe"}"#).unwrap();
+        assert_eq!(Value::Object(Controls::given(given.as_object().unwrap())), serde_json::json!({"cooldown": "60m", "holdout_percent": 12.5}), "as given, only the fields of spec §12");
         let plain = parse("{}").unwrap();
         assert!(!plain.any() && !plain.needs_state());
         assert!(parse(r#"{"holdout_percent":10}"#).unwrap().any(), "a holdout needs the player");

@@ -27,14 +27,36 @@ pub enum Source {
     Repartitioned,
 }
 
-/// An event's position in its source partition.
+/// An event's position in its source partition. A repartitioned event is known by where it was
+/// first read (`origin`, its partition in the events topic, and `offset` there): a copy forwarded
+/// twice (at-least-once, after a crash of the forwarding instance) is then a replay, not a new
+/// event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Position {
     #[serde(rename = "s")]
     pub source: Source,
     #[serde(rename = "o")]
     pub offset: i64,
+    /// The events-topic partition a repartitioned event came from (`None`: the event's own
+    /// partition, or a repartitioned record without its origin headers).
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<i32>,
 }
+
+impl Position {
+    /// The position of an event read from `source` at `offset`, first read at `origin`
+    /// (partition, offset) when it was repartitioned.
+    pub fn of(source: Source, offset: i64, origin: Option<(i32, i64)>) -> Position {
+        match (source, origin) {
+            (Source::Repartitioned, Some((partition, offset))) => Position { source, offset, origin: Some(partition) },
+            _ => Position { source, offset, origin: None },
+        }
+    }
+}
+
+/// How far (partition time) past its expiry a state is kept: the lateness a player's events may
+/// have relative to their partition without losing state (see [`PlayerState::deletable_at`]).
+pub const EXPIRY_GRACE_MS: Millis = 24 * 60 * 60 * 1000;
 
 /// How many trigger positions a state remembers for replays (more than a player's events
 /// between two offset commits).
@@ -98,6 +120,9 @@ pub struct PlayerState {
     pub seen_e: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seen_r: Option<i64>,
+    /// The last repartitioned event applied, by the events-topic partition it came from.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub seen_o: std::collections::BTreeMap<i32, i64>,
     /// The positions of the last triggers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fired: Vec<Position>,
@@ -131,18 +156,34 @@ fn is_zero_u32(v: &u32) -> bool {
 }
 
 impl PlayerState {
-    fn seen(&self, source: Source) -> Option<i64> {
-        match source {
-            Source::Events => self.seen_e,
-            Source::Repartitioned => self.seen_r,
+    fn seen(&self, at: Position) -> Option<i64> {
+        match (at.source, at.origin) {
+            (Source::Events, _) => self.seen_e,
+            (Source::Repartitioned, Some(partition)) => self.seen_o.get(&partition).copied(),
+            (Source::Repartitioned, None) => self.seen_r,
         }
     }
 
-    fn set_seen(&mut self, at: Position) {
-        match at.source {
-            Source::Events => self.seen_e = Some(at.offset),
-            Source::Repartitioned => self.seen_r = Some(at.offset),
+    fn set_seen(&mut self, at: Position, via: Option<i64>) {
+        match (at.source, at.origin) {
+            (Source::Events, _) => self.seen_e = Some(at.offset),
+            (Source::Repartitioned, Some(partition)) => {
+                self.seen_o.insert(partition, at.offset);
+                if via.is_some() {
+                    self.seen_r = via;
+                }
+            }
+            (Source::Repartitioned, None) => self.seen_r = Some(at.offset),
         }
+    }
+
+    /// Whether an event this state applied could still be read again (at-least-once: its offset
+    /// is not committed yet). `committed` gives the next offset to read per source of this
+    /// state's partition, as last committed (`None`: nothing committed). Deleting such a state
+    /// would make the replay of its event look new, so an expiry waits.
+    pub fn may_be_replayed(&self, committed: impl Fn(Source) -> Option<i64>) -> bool {
+        let pending = |seen: Option<i64>, source: Source| seen.is_some_and(|o| committed(source).is_none_or(|c| o >= c));
+        pending(self.seen_e, Source::Events) || pending(self.seen_r, Source::Repartitioned)
     }
 
     /// This state as the campaign sees it at `now`: a state of another `state_version` is
@@ -161,6 +202,15 @@ impl PlayerState {
             self.matches.retain(|t| *t > now - count.within_ms);
         }
         self
+    }
+
+    /// When the state may be deleted: [`PlayerState::expires`] plus [`EXPIRY_GRACE_MS`] of
+    /// partition time. Deleting is only garbage collection — every decision reads the state
+    /// as of its own event's time ([`PlayerState::current`]) — but a partition's time runs
+    /// ahead of a player whose events arrive late (forwarded from another partition, or
+    /// after a rebalance), and such an event must still find the state it needs.
+    pub fn deletable_at(&self, controls: &Controls) -> Option<Millis> {
+        self.expires(controls).map(|t| t.saturating_add(EXPIRY_GRACE_MS))
     }
 
     /// When this state holds nothing the campaign still needs (then it can be deleted): its
@@ -218,12 +268,15 @@ pub struct Input<'a> {
     pub trigger_id: &'a str,
     /// The JavaScript state the filter left (`state` campaigns; `None`: no JavaScript state).
     pub js: Option<Json>,
+    /// A repartitioned event's offset in the repartition topic (kept as `seen_r`, so that the
+    /// state is known to be past the partition's committed offset before it may expire).
+    pub via: Option<i64>,
 }
 
 /// Whether the event at `at` was applied to `prev` already (a replay): then the filter is not
 /// run again, and [`decide`] repeats its outcome.
 pub fn is_replay(prev: Option<&PlayerState>, controls: &Controls, at: Position) -> bool {
-    prev.is_some_and(|s| s.v == controls.state_version && s.seen(at.source).is_some_and(|seen| at.offset <= seen))
+    prev.is_some_and(|s| s.v == controls.state_version && s.seen(at).is_some_and(|seen| at.offset <= seen))
 }
 
 /// Decides one event for one (campaign, player): returns the outcome and the new state (`None`
@@ -240,7 +293,7 @@ pub fn decide(controls: &Controls, prev: Option<PlayerState>, input: &Input<'_>)
         next.js = input.js.clone();
     }
     next.v = controls.state_version;
-    next.set_seen(input.at);
+    next.set_seen(input.at, input.via);
     next.touched = next.touched.max(input.now);
     if !input.matched {
         // A non-match changes nothing but the JavaScript state: replaying it decides the same.
@@ -357,7 +410,7 @@ mod tests {
     const MIN: Millis = 60_000;
 
     fn at(offset: i64) -> Position {
-        Position { source: Source::Events, offset }
+        Position { source: Source::Events, offset, origin: None }
     }
 
     fn run(controls: &Controls, events: &[(Millis, bool)]) -> (Vec<Outcome>, Option<PlayerState>) {
@@ -365,7 +418,7 @@ mod tests {
         let mut outcomes = Vec::new();
         for (i, (now, matched)) in events.iter().enumerate() {
             let id = format!("7:e{i}");
-            let input = Input { campaign_id: 7, player: "p1", now: *now, at: at(i as i64), matched: *matched, event: b"{}", trigger_id: &id, js: None };
+            let input = Input { campaign_id: 7, player: "p1", now: *now, at: at(i as i64), matched: *matched, event: b"{}", trigger_id: &id, js: None, via: None };
             let (outcome, next) = decide(controls, state.clone(), &input);
             outcomes.push(outcome);
             if next.is_some() {
@@ -420,22 +473,38 @@ mod tests {
         let (_, state) = run(&c, &[(0, true), (MIN, true)]);
         let state = state.unwrap();
         let replay = |offset: i64| {
-            let input = Input { campaign_id: 7, player: "p1", now: offset * MIN, at: at(offset), matched: true, event: b"{}", trigger_id: "x", js: None };
+            let input = Input { campaign_id: 7, player: "p1", now: offset * MIN, at: at(offset), matched: true, event: b"{}", trigger_id: "x", js: None, via: None };
             decide(&c, Some(state.clone()), &input)
         };
         assert_eq!(replay(0), (Outcome::Replayed { triggered: true }, None), "event 0 triggered: again");
         assert_eq!(replay(1), (Outcome::Replayed { triggered: false }, None), "event 1 was in the cooldown: again not");
         assert!(matches!(replay(2).0, Outcome::Cooldown { .. }), "event 2 is new");
         // Another source's positions are independent.
-        let other = Input { campaign_id: 7, player: "p1", now: 2 * MIN, at: Position { source: Source::Repartitioned, offset: 0 }, matched: true, event: b"{}", trigger_id: "y", js: None };
+        let other = Input { campaign_id: 7, player: "p1", now: 2 * MIN, at: Position { source: Source::Repartitioned, offset: 0, origin: None }, matched: true, event: b"{}", trigger_id: "y", js: None, via: None };
         assert!(matches!(decide(&c, Some(state), &other).0, Outcome::Cooldown { .. }));
+    }
+
+    #[test]
+    fn a_repartitioned_event_forwarded_twice_is_a_replay_by_its_origin() {
+        let c = Controls { count: Some(crate::state::controls::CountRule { at_least: 2, within_ms: 10 * MIN }), ..Controls::default() };
+        let fwd = |repartition_offset: i64, origin: (i32, i64)| Position::of(Source::Repartitioned, repartition_offset, Some(origin));
+        let input = |at: Position, now: Millis| Input { campaign_id: 7, player: "p1", now, at, matched: true, event: b"{}", trigger_id: "x", js: None, via: None };
+        let (o, s) = decide(&c, None, &input(fwd(0, (3, 40)), 0));
+        assert_eq!(o, Outcome::Counting { so_far: 1, at_least: 2 });
+        // The forwarding instance crashed before committing: the same event, forwarded again,
+        // has a new repartition offset but the same origin. It must not count twice.
+        let (o, again) = decide(&c, s.clone(), &input(fwd(7, (3, 40)), 0));
+        assert_eq!((o, again), (Outcome::Replayed { triggered: false }, None));
+        // An event of another events partition with a smaller offset is new.
+        let (o, _) = decide(&c, s, &input(fwd(8, (1, 12)), MIN));
+        assert!(matches!(o, Outcome::Trigger { .. }), "{o:?}");
     }
 
     #[test]
     fn inactivity_arms_on_matches_and_fires_once_with_the_last_event() {
         let c = Controls { inactivity_ms: Some(7 * 24 * 60 * MIN), ..Controls::default() };
         let day = 24 * 60 * MIN;
-        let first = Input { campaign_id: 7, player: "p1", now: 0, at: at(0), matched: true, event: br#"{"n":1}"#, trigger_id: "7:a", js: None };
+        let first = Input { campaign_id: 7, player: "p1", now: 0, at: at(0), matched: true, event: br#"{"n":1}"#, trigger_id: "7:a", js: None, via: None };
         let (o, s) = decide(&c, None, &first);
         assert_eq!(o, Outcome::Armed { due: 7 * day });
         let second = Input { now: day, at: at(1), event: br#"{"n":2}"#, trigger_id: "7:b", js: None, ..first };
@@ -458,7 +527,7 @@ mod tests {
         let c = Controls { max_triggers_per_player: Some(1), ..Controls::default() };
         let (_, state) = run(&c, &[(0, true)]);
         let c2 = Controls { state_version: 2, ..c.clone() };
-        let input = Input { campaign_id: 7, player: "p1", now: MIN, at: at(5), matched: true, event: b"{}", trigger_id: "x", js: None };
+        let input = Input { campaign_id: 7, player: "p1", now: MIN, at: at(5), matched: true, event: b"{}", trigger_id: "x", js: None, via: None };
         assert!(matches!(decide(&c, state.clone(), &input).0, Outcome::Cap { .. }));
         assert!(matches!(decide(&c2, state, &input).0, Outcome::Trigger { .. }), "the cap was reset");
     }
@@ -485,7 +554,7 @@ mod tests {
     #[test]
     fn a_non_match_writes_only_a_changed_javascript_state() {
         let c = Controls { state: Some(crate::state::controls::StateOptions { ttl_ms: None, max_bytes: 1024 }), ..Controls::default() };
-        let base = Input { campaign_id: 7, player: "p1", now: 0, at: at(0), matched: false, event: b"{}", trigger_id: "x", js: None };
+        let base = Input { campaign_id: 7, player: "p1", now: 0, at: at(0), matched: false, event: b"{}", trigger_id: "x", js: None, via: None };
         assert_eq!(decide(&c, None, &base), (Outcome::NoMatch, None));
         let js = Json::new(r#"{"n":1}"#.into());
         let (o, s) = decide(&c, None, &Input { js: js.clone(), ..base });

@@ -91,7 +91,7 @@ impl Deadline {
         if state.pending.is_some() {
             out.push(Deadline { due: Millis::MIN, kind: DeadlineKind::Pending, key: key.to_owned() });
         }
-        if let Some(until) = state.expires(controls) {
+        if let Some(until) = state.deletable_at(controls) {
             out.push(Deadline { due: until, kind: DeadlineKind::Expiry, key: key.to_owned() });
         }
         out

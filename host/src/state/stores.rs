@@ -4,6 +4,7 @@
 use crate::kafka::{client_config, KafkaContext};
 use crate::processor::Processor;
 use crate::state::controls::Controls;
+use crate::state::decide::Source;
 use crate::state::store::{PartitionStore, StateDb, StateError};
 use anyhow::{Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -31,6 +32,8 @@ pub struct States {
     in_flight: Mutex<HashMap<i32, HashSet<String>>>,
     /// Restores that failed.
     failures: Mutex<Vec<String>>,
+    /// The next offset to read, per (source, partition), as last committed (at-least-once).
+    committed: Mutex<HashMap<(Source, i32), i64>>,
 }
 
 impl States {
@@ -38,15 +41,47 @@ impl States {
         let dir = processor.settings.process_state_dir();
         let db = StateDb::open(&dir).with_context(|| format!("opening the per-player state in {}", dir.display()))?;
         tracing::info!(dir = %dir.display(), partitions, "per-player state store opened");
-        Ok(Arc::new(States {
+        let states = States::new(db, processor.settings.workers, partitions);
+        // The HTTP API reads players' states through the processor.
+        processor.states.store(Some(states.clone()));
+        Ok(states)
+    }
+
+    fn new(db: Arc<StateDb>, shards: usize, partitions: i32) -> Arc<States> {
+        Arc::new(States {
             db,
-            shards: processor.settings.workers,
+            shards,
             partitions,
             stores: RwLock::default(),
             confirmed: Mutex::default(),
             in_flight: Mutex::default(),
             failures: Mutex::default(),
-        }))
+            committed: Mutex::default(),
+        })
+    }
+
+    /// States over `db` without a processor, with `owned` partitions opened and restored (tests).
+    #[cfg(test)]
+    pub fn detached(db: Arc<StateDb>, partitions: i32, owned: &[i32]) -> Arc<States> {
+        let states = States::new(db, 1, partitions);
+        for p in owned {
+            let store = states.db.partition(*p, 1).expect("opening a test partition");
+            store.set_restored();
+            states.stores.write().unwrap_or_else(|p| p.into_inner()).insert(*p, store);
+        }
+        states
+    }
+
+    /// Records offsets the consumer group committed (`next`: the next offset to read).
+    pub fn record_committed(&self, source: Source, partition: i32, next: i64) {
+        let mut committed = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = committed.entry((source, partition)).or_insert(next);
+        *entry = (*entry).max(next);
+    }
+
+    /// The next offset to read of `source`'s `partition`, as last committed by this process.
+    pub fn committed(&self, source: Source, partition: i32) -> Option<i64> {
+        self.committed.lock().unwrap_or_else(|p| p.into_inner()).get(&(source, partition)).copied()
     }
 
     /// The store of an owned partition (restored or not).

@@ -227,6 +227,25 @@ impl Metrics {
         self.transactions.get_or_create(&KindLabel { kind: outcome.into() }).inc();
     }
 
+    /// Campaign `id`'s per-player control counters (spec §12), read from its series of
+    /// `rtcrm_control_matches`, `rtcrm_suppressed`, `rtcrm_no_player`, `rtcrm_timers_pending`,
+    /// `rtcrm_state_entries` and `rtcrm_state_bytes` (0 where a series does not exist; none is
+    /// created).
+    pub fn control_counters(&self, id: i64) -> ControlCounters {
+        let label = CampaignLabel { campaign: id.to_string() };
+        let counter = |family: &Family<CampaignLabel, Counter>| family.get(&label).map_or(0, |c| c.get());
+        let gauge = |family: &Family<CampaignLabel, Gauge>| family.get(&label).map_or(0, |g| g.get());
+        let reason = |reason: &str| self.suppressed.get(&ReasonLabels { campaign: label.campaign.clone(), reason: reason.into() }).map_or(0, |c| c.get());
+        ControlCounters {
+            control_matches: counter(&self.control_matches),
+            suppressed: Suppressed { cooldown: reason("cooldown"), cap: reason("cap"), count: reason("count") },
+            no_player: counter(&self.no_player),
+            timers_pending: gauge(&self.timers_pending),
+            state_entries: gauge(&self.state_entries),
+            state_bytes: gauge(&self.state_bytes),
+        }
+    }
+
     /// The Prometheus text exposition.
     /// The metrics in OpenMetrics text format 1.0.0.
     pub fn encode(&self) -> String {
@@ -304,6 +323,32 @@ pub fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// One campaign's per-player control counters (spec §12), as `/api/campaigns` shows them:
+/// the same series as `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ControlCounters {
+    /// Would-be triggers of control-group players (`rtcrm_control_matches`).
+    pub control_matches: u64,
+    /// Matches that did not trigger, by reason (`rtcrm_suppressed`).
+    pub suppressed: Suppressed,
+    /// Events without `player_id` (`rtcrm_no_player`).
+    pub no_player: u64,
+    /// Armed inactivity timers held by this instance (`rtcrm_timers_pending`).
+    pub timers_pending: i64,
+    /// Per-player states held by this instance (`rtcrm_state_entries`) and their bytes.
+    pub state_entries: i64,
+    pub state_bytes: i64,
+}
+
+/// Matches that did not trigger, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Suppressed {
+    pub cooldown: u64,
+    pub cap: u64,
+    /// Matches counted toward `count` that did not reach it.
+    pub count: u64,
 }
 
 /// One campaign's metric and counter handles, looked up once per version and shared by every
@@ -407,6 +452,37 @@ mod tests {
         assert!(text.contains("rtcrm_suppressed_total{campaign=\"7\",reason=\"cap\"} 0"), "{text}");
         assert!(text.contains("rtcrm_state_entries{campaign=\"7\"} 3"), "{text}");
         assert!(text.contains("rtcrm_evaluation_errors_total{campaign=\"7\",kind=\"fuel\"} 0"), "{text}");
+    }
+
+    #[test]
+    fn control_counters_read_the_same_series_without_creating_any() {
+        let metrics = Metrics::new();
+        let stats = crate::telemetry::stats::Stats::default();
+        assert_eq!(metrics.control_counters(9), ControlCounters::default());
+        assert!(!metrics.encode().contains("campaign=\"9\""), "reading created no series");
+        let t = CampaignTelemetry::new(&metrics, &stats, 9);
+        t.control_matches.inc_by(4);
+        t.cooldown.inc_by(19);
+        t.cap.inc_by(17);
+        t.counting.inc_by(2);
+        t.no_player.inc();
+        t.timers.inc_by(3);
+        t.state_entries.inc_by(12);
+        t.state_bytes.inc_by(3_400);
+        t.timers.dec();
+        let got = metrics.control_counters(9);
+        assert_eq!(
+            got,
+            ControlCounters {
+                control_matches: 4,
+                suppressed: Suppressed { cooldown: 19, cap: 17, count: 2 },
+                no_player: 1,
+                timers_pending: 2,
+                state_entries: 12,
+                state_bytes: 3_400
+            }
+        );
+        assert_eq!(metrics.control_counters(10), ControlCounters::default(), "per campaign");
     }
 
     #[test]

@@ -1845,6 +1845,13 @@ fn backtest_bench(
     copier_throughput(rt, bootstrap, run, "warmup", warm, 1)?;
     let file = work.join("campaign.json");
     std::fs::write(&file, &campaign.json)?;
+    // The same campaign with per-player controls (spec §12): the backtest's in-memory state.
+    let controlled_file = work.join("campaign-controls.json");
+    let mut controlled: Value = serde_json::from_str(&campaign.json)?;
+    controlled["cooldown"] = json!("1h");
+    controlled["count"] = json!({"at_least": 3, "within": "10m"});
+    std::fs::write(&controlled_file, controlled.to_string())?;
+    let mut bt_controls_rate = vec![];
 
     let (mut run_rate, mut run_cpu, mut bt_rate, mut bt_cpu, mut bt_whole) = (vec![], vec![], vec![], vec![], vec![]);
     let mut notes = Vec::new();
@@ -1876,6 +1883,15 @@ fn backtest_bench(
         bt_rate.push(rate);
         bt_cpu.push(cpu);
         bt_whole.push(n / b.wall);
+
+        let c = backtest_once(bin, &controlled_file, bootstrap, &Topics::new(run, &config.phase).events)?;
+        let (read, matches, triggers) = (c.report["events_read"].as_u64().unwrap_or(0), c.report["filter_matches"].as_u64().unwrap_or(0), c.report["triggers"].as_u64().unwrap_or(0));
+        if read != n as u64 || matches != expected || triggers > expected || c.report["errors_total"] != 0 {
+            bail!("backtest with controls {}: {read} events read (of {n}), {matches} matches (expected {expected}), {triggers} triggers, errors {}", r + 1, c.report["errors"]);
+        }
+        let rate = c.report["events_per_second"].as_f64().unwrap_or(f64::NAN);
+        progress(format!("run {}: backtest with cooldown + count {rate:.0} events/s, {triggers} triggers after the controls", r + 1));
+        bt_controls_rate.push(rate);
     }
 
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -1901,6 +1917,8 @@ fn backtest_bench(
     writeln!(out, "| events/s, each run | {} | {} | |", each(&bt_rate), each(&run_rate))?;
     let whole = median(bt_whole);
     writeln!(out, "| events/s, whole backtest command (process start to report) | {whole:.0} | | {} |", ratio(whole, rr))?;
+    let controls = median(bt_controls_rate);
+    writeln!(out, "| events/s, backtest of the campaign with cooldown 1h + count 3 in 10m (ratio: against the plain backtest) | {controls:.0} | | {} |", ratio(controls, bt))?;
     let (bc, rc) = (median(bt_cpu), median(run_cpu));
     writeln!(out, "| CPU per event, µs | {bc:.1} | {rc:.1} | {} |", ratio(rc, bc))?;
     writeln!(out, "| triggers, every run | {expected} (as expected) | {expected} expected | |")?;

@@ -4,7 +4,8 @@
 use crate::dryrun::backtest::interval::format_time;
 use crate::dryrun::backtest::source::SourceView;
 use crate::dryrun::backtest::tally::{Tally, SKIPS};
-use crate::dryrun::decision::skip_code;
+use crate::dryrun::decision::{describe_controls, skip_code};
+use crate::state::controls::Controls;
 use rtcrm_sandbox::ErrorKind;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -58,6 +59,8 @@ pub struct ErrorExampleView {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub campaign_id: i64,
+    /// The campaign's controls (spec §12) in a few words; null: none.
+    pub controls: Option<String>,
     pub source: SourceView,
     /// `event` or `processing` (then the record timestamp stands for the wall clock).
     pub clock: &'static str,
@@ -65,18 +68,40 @@ pub struct Report {
     pub events_read: u64,
     /// Records that are not JSON objects (the processor dead-letters them).
     pub not_events: u64,
-    /// Events each cheap check of spec §4 excluded (in its order), and events without a string
-    /// game or event_name.
+    /// Events each cheap check of spec §4 excluded (in its order), events without a string
+    /// game or event_name, and, for a campaign with controls, events without `player_id`.
     #[serde(serialize_with = "in_order")]
     pub skipped: Vec<(&'static str, u64)>,
     /// Events the filter ran on.
     pub candidates: u64,
     /// The filter returned `true`.
     pub filter_matches: u64,
-    /// Triggers after the campaign's controls (spec §12).
+    /// Triggers after the campaign's controls (spec §12), to the triggers topic: of filter
+    /// matches and of inactivity timers.
     pub triggers: u64,
-    /// Would-be triggers of the control group (spec §12's holdout).
+    /// Would-be triggers of the control group (spec §12's holdout): to the control topic.
     pub control_group_matches: u64,
+    /// Distinct players of the control group's would-be triggers.
+    pub control_group_players: u64,
+    /// Would-be triggers held back by the player's `cooldown`.
+    pub suppressed_cooldown: u64,
+    /// Would-be triggers held back by `max_triggers_per_player`.
+    pub suppressed_cap: u64,
+    /// Filter matches that did not reach `count` yet (the count goes on).
+    pub counting: u64,
+    /// Filter matches that (re)armed an `inactivity` timer (such a match never triggers itself).
+    pub timers_armed: u64,
+    /// Inactivity timers that fired because their partition's time passed their due time
+    /// (their outcomes are among triggers, control-group matches and suppressed).
+    pub inactivity_firings: u64,
+    /// Of `triggers`, those of inactivity timers.
+    pub inactivity_triggers: u64,
+    /// Inactivity timers still armed at the end of the interval (not due by their partition's
+    /// latest event time): they would fire later, and are not counted as triggers.
+    pub timers_pending_at_end: u64,
+    /// Triggers per variant (spec §12's `variants`), in the campaign's order.
+    #[serde(serialize_with = "in_order_owned")]
+    pub variants: Vec<(String, u64)>,
     /// Distinct player ids among the triggers.
     pub unique_players: u64,
     pub triggers_without_player: u64,
@@ -112,6 +137,16 @@ fn in_order<S: serde::Serializer>(pairs: &[(&'static str, u64)], s: S) -> Result
     map.end()
 }
 
+/// [`in_order`] for owned names.
+fn in_order_owned<S: serde::Serializer>(pairs: &[(String, u64)], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(pairs.len()))?;
+    for (k, v) in pairs {
+        map.serialize_entry(k, v)?;
+    }
+    map.end()
+}
+
 /// The histogram of `per_hour` (Unix hour → triggers).
 pub fn histogram(per_hour: &BTreeMap<i64, u64>) -> Histogram {
     let (Some((&first, _)), Some((&last, _))) = (per_hour.first_key_value(), per_hour.last_key_value()) else {
@@ -139,9 +174,10 @@ pub fn histogram(per_hour: &BTreeMap<i64, u64>) -> Histogram {
 }
 
 /// Builds the report from the merged tally.
-pub fn build(campaign_id: i64, clock: &'static str, source: SourceView, tally: Tally, stopped: Option<Stopped>, seconds: f64) -> Report {
+pub fn build(campaign_id: i64, controls: &Controls, clock: &'static str, source: SourceView, tally: Tally, stopped: Option<Stopped>, seconds: f64) -> Report {
     let mut skipped: Vec<(&'static str, u64)> = SKIPS.iter().zip(tally.skipped).map(|(s, n)| (skip_code(*s), n)).collect();
     skipped.push(("no_game_or_event_name", tally.no_game_or_event_name));
+    skipped.push(("no_player", tally.no_player));
     let errors: Vec<(&'static str, u64)> = ErrorKind::ALL.iter().zip(tally.errors).map(|(k, n)| (k.as_str(), n)).collect();
     let errors_total = tally.errors.iter().sum();
     let mut warnings = Vec::new();
@@ -156,6 +192,22 @@ pub fn build(campaign_id: i64, clock: &'static str, source: SourceView, tally: T
             tally.candidates, example.message
         ));
     }
+    if controls.needs_state() {
+        let from = match &source {
+            SourceView::Topic { .. } => "at the interval's start (--from)",
+            SourceView::File { .. } => "at the file's first event",
+        };
+        warnings.push(format!(
+            "per-player state starts empty {from}: cooldowns, caps, counts, timers and filter state of earlier events are not \
+             known to the backtest (rtcrm run decides on what it has stored)"
+        ));
+    }
+    if tally.no_player > 0 {
+        warnings.push(format!(
+            "{} events had no player_id: a campaign with controls never matches them",
+            thousands(tally.no_player)
+        ));
+    }
     if tally.events == 0 && stopped.is_none() {
         warnings.push(match &source {
             SourceView::Topic { .. } => "no event in the interval: the topic holds no record with a timestamp in [from, to)".into(),
@@ -168,8 +220,12 @@ pub fn build(campaign_id: i64, clock: &'static str, source: SourceView, tally: T
         .map(|e| ErrorExampleView { kind: e.kind.as_str(), message: e.message, partition: e.partition, offset: e.offset })
         .collect();
     examples.sort_by_key(|e| ErrorKind::ALL.iter().position(|k| k.as_str() == e.kind));
+    // Every variant, in the campaign's order, those without a trigger included.
+    let mut by_variant = tally.variants;
+    let variants = controls.variants.iter().map(|v| (v.name.clone(), by_variant.remove(&v.name).unwrap_or(0))).collect();
     Report {
         campaign_id,
+        controls: describe_controls(controls),
         clock,
         events_read: tally.events,
         not_events: tally.not_events,
@@ -178,6 +234,15 @@ pub fn build(campaign_id: i64, clock: &'static str, source: SourceView, tally: T
         filter_matches: tally.matches,
         triggers: tally.triggers,
         control_group_matches: tally.control_matches,
+        control_group_players: tally.control_players.len() as u64,
+        suppressed_cooldown: tally.suppressed_cooldown,
+        suppressed_cap: tally.suppressed_cap,
+        counting: tally.counting,
+        timers_armed: tally.timers_armed,
+        inactivity_firings: tally.inactivity_firings,
+        inactivity_triggers: tally.inactivity_triggers,
+        timers_pending_at_end: tally.timers_pending,
+        variants,
         unique_players: tally.players.len() as u64,
         triggers_without_player: tally.triggers_without_player,
         errors,
@@ -244,6 +309,9 @@ impl Report {
             };
             let _ = writeln!(w, "stopped early: {why}; the counts cover the events read");
         }
+        if let Some(controls) = &self.controls {
+            let _ = writeln!(w, "controls: {controls}");
+        }
         let _ = writeln!(w);
         let mut rows: Vec<(String, String)> = vec![("events read".into(), thousands(self.events_read))];
         if self.not_events > 0 {
@@ -256,8 +324,29 @@ impl Report {
         }
         rows.push(("candidates (filter ran)".into(), thousands(self.candidates)));
         rows.push(("filter matches".into(), thousands(self.filter_matches)));
+        if self.controls.is_some() {
+            let mut controlled = |label: &str, n: u64| {
+                if n > 0 {
+                    rows.push((label.into(), thousands(n)));
+                }
+            };
+            controlled("  counting (count not reached)", self.counting);
+            controlled("  suppressed by cooldown", self.suppressed_cooldown);
+            controlled("  suppressed by cap", self.suppressed_cap);
+            controlled("  timers armed (inactivity)", self.timers_armed);
+            controlled("inactivity firings", self.inactivity_firings);
+        }
         rows.push(("triggers (after controls)".into(), thousands(self.triggers)));
+        if self.inactivity_triggers > 0 {
+            rows.push(("  by inactivity".into(), thousands(self.inactivity_triggers)));
+        }
+        for (variant, n) in &self.variants {
+            rows.push((format!("  variant {variant}"), thousands(*n)));
+        }
         rows.push(("control-group matches".into(), thousands(self.control_group_matches)));
+        if self.timers_pending_at_end > 0 {
+            rows.push(("timers still armed at the end".into(), thousands(self.timers_pending_at_end)));
+        }
         rows.push(("unique players".into(), thousands(self.unique_players)));
         if self.triggers_without_player > 0 {
             rows.push(("  triggers without player_id".into(), thousands(self.triggers_without_player)));

@@ -67,6 +67,8 @@ pub struct Raw<'a> {
     pub timestamp_ms: Option<i64>,
     pub key: Option<&'a [u8]>,
     pub payload: Option<&'a [u8]>,
+    /// The source's partition count (a file: 1), for the players' state partitions.
+    pub partitions: i32,
 }
 
 /// What the reader does after a record.
@@ -235,6 +237,7 @@ fn read_topic(settings: &Settings, interval: Interval, progress: &Progress, idle
     if ranges.is_empty() {
         return Err(SourceError::NoTopic { topic: topic.to_owned(), bootstrap: settings.bootstrap_servers.clone() });
     }
+    let partitions = ranges.len() as i32;
     let total: i64 = ranges.iter().map(|r| r.end_offset - r.start_offset).sum();
     progress.total.store(total.max(0) as u64, Ordering::Relaxed);
     let mut pending: BTreeMap<i32, i64> = ranges.iter().filter(|r| r.end_offset > r.start_offset).map(|r| (r.partition, r.end_offset)).collect();
@@ -273,7 +276,7 @@ fn read_topic(settings: &Settings, interval: Interval, progress: &Progress, idle
                 progress.position.store(consumed as u64, Ordering::Relaxed);
                 let timestamp = m.timestamp().to_millis();
                 if timestamp.is_some_and(|ts| interval.contains(ts)) {
-                    let raw = Raw { partition, offset: m.offset(), timestamp_ms: timestamp, key: m.key(), payload: m.payload() };
+                    let raw = Raw { partition, offset: m.offset(), timestamp_ms: timestamp, key: m.key(), payload: m.payload(), partitions };
                     stopped = each(raw) == Flow::Stop;
                 } else {
                     outside += 1;
@@ -353,7 +356,7 @@ fn read_file(path: &PathBuf, progress: &Progress, each: &mut dyn FnMut(Raw<'_>) 
         if text.is_empty() {
             continue;
         }
-        if each(Raw { partition: 0, offset: number, timestamp_ms: None, key: None, payload: Some(text) }) == Flow::Stop {
+        if each(Raw { partition: 0, offset: number, timestamp_ms: None, key: None, payload: Some(text), partitions: 1 }) == Flow::Stop {
             return Ok(());
         }
     }

@@ -4,7 +4,7 @@
 //! ([`FuelHistogram`], within 1 %), so memory stays bounded however many events are read.
 //! Unique players are an exact set of player ids.
 
-use crate::dryrun::decision::Decision;
+use crate::dryrun::decision::{Controlled, Decision};
 use crate::events::evaluate::Skip;
 use rtcrm_sandbox::ErrorKind;
 use std::collections::{BTreeMap, HashSet};
@@ -132,20 +132,41 @@ pub struct Tally {
     pub no_game_or_event_name: u64,
     /// Events excluded by each cheap check, in [`SKIPS`] order.
     pub skipped: [u64; 6],
+    /// Events without `player_id`, for a campaign with controls (spec §12: never a match).
+    pub no_player: u64,
     /// Events the filter ran on.
     pub candidates: u64,
     /// The filter returned `true`.
     pub matches: u64,
-    /// Triggers after the controls (spec §12; equal to `matches` until controls exist).
+    /// Triggers after the controls (spec §12), to the triggers topic: of matches and of
+    /// inactivity timers.
     pub triggers: u64,
-    /// Would-be triggers of the control group (spec §12's holdout).
+    /// Would-be triggers of the control group (spec §12's holdout), of matches and of timers.
     pub control_matches: u64,
+    /// Would-be triggers held back by the player's cooldown, and by the cap.
+    pub suppressed_cooldown: u64,
+    pub suppressed_cap: u64,
+    /// Matches that did not reach `count` yet.
+    pub counting: u64,
+    /// Matches that (re)armed an inactivity timer.
+    pub timers_armed: u64,
+    /// Inactivity timers that fired (their outcomes are counted with the others: triggers,
+    /// control group, cooldown, cap).
+    pub inactivity_firings: u64,
+    /// Of [`Tally::triggers`], those of inactivity timers.
+    pub inactivity_triggers: u64,
+    /// Timers still armed at the end (not due by their partition's final time): not triggers.
+    pub timers_pending: u64,
+    /// Triggers per variant (spec §12's `variants`).
+    pub variants: BTreeMap<String, u64>,
     /// Failed evaluations by kind, in [`ErrorKind::ALL`] order.
     pub errors: [u64; ErrorKind::ALL.len()],
     pub error_examples: BTreeMap<&'static str, ErrorExample>,
     pub fuel: FuelHistogram,
     /// Player ids (as trigger keys) of the triggers.
     pub players: Players,
+    /// Player ids of the control group's would-be triggers.
+    pub control_players: Players,
     pub triggers_without_player: u64,
     /// Triggers per hour: Unix hour (seconds / 3600, floored) → count, by the time the window
     /// was checked against.
@@ -169,6 +190,10 @@ impl Tally {
                 self.skipped[i] += 1;
                 return;
             }
+            Decision::NoPlayer => {
+                self.no_player += 1;
+                return;
+            }
             Decision::FilterError(e) => {
                 let i = ErrorKind::ALL.iter().position(|k| *k == e.kind()).expect("every kind is listed");
                 self.errors[i] += 1;
@@ -183,9 +208,29 @@ impl Tally {
                     .or_insert(example);
             }
             Decision::FilterFalse { fuel } => self.fuel.record(*fuel),
-            Decision::Trigger { fuel } => {
+            Decision::Matched { fuel, then } => {
                 self.fuel.record(*fuel);
                 self.matches += 1;
+                self.controlled(then, at, player, hour, sample);
+            }
+        }
+        self.candidates += 1;
+    }
+
+    /// Counts an inactivity timer's firing (spec §12): its outcome as for a match. `at` is the
+    /// position of the event it carries, `hour` the Unix hour of its due time.
+    pub fn record_firing(&mut self, outcome: &Controlled, at: (i32, i64), player: &str, hour: i64, sample: impl FnOnce() -> Vec<u8>) {
+        self.inactivity_firings += 1;
+        if matches!(outcome, Controlled::Trigger { .. }) {
+            self.inactivity_triggers += 1;
+        }
+        self.controlled(outcome, at, || player.to_owned(), hour, sample);
+    }
+
+    /// Counts what the controls made of a match or a firing.
+    fn controlled(&mut self, then: &Controlled, at: (i32, i64), player: impl FnOnce() -> String, hour: i64, sample: impl FnOnce() -> Vec<u8>) {
+        match then {
+            Controlled::Trigger { variant } => {
                 self.triggers += 1;
                 let player = player();
                 if player.is_empty() {
@@ -193,11 +238,31 @@ impl Tally {
                 } else if !self.players.contains(player.as_str()) {
                     self.players.insert(player.into_boxed_str());
                 }
+                if let Some(variant) = variant {
+                    match self.variants.get_mut(variant) {
+                        Some(n) => *n += 1,
+                        None => {
+                            self.variants.insert(variant.clone(), 1);
+                        }
+                    }
+                }
                 *self.per_hour.entry(hour).or_default() += 1;
                 self.keep_sample(at, sample);
             }
+            Controlled::ControlGroup => {
+                self.control_matches += 1;
+                let player = player();
+                if !self.control_players.contains(player.as_str()) {
+                    self.control_players.insert(player.into_boxed_str());
+                }
+            }
+            Controlled::Counting { .. } => self.counting += 1,
+            Controlled::Cooldown { .. } => self.suppressed_cooldown += 1,
+            Controlled::Cap { .. } => self.suppressed_cap += 1,
+            Controlled::Armed { .. } => self.timers_armed += 1,
+            // Explain's; a backtest decides every control.
+            Controlled::OnStoredState => {}
         }
-        self.candidates += 1;
     }
 
     fn keep_sample(&mut self, at: (i32, i64), json: impl FnOnce() -> Vec<u8>) {
@@ -218,10 +283,21 @@ impl Tally {
         for (a, b) in self.skipped.iter_mut().zip(other.skipped) {
             *a += b;
         }
+        self.no_player += other.no_player;
         self.candidates += other.candidates;
         self.matches += other.matches;
         self.triggers += other.triggers;
         self.control_matches += other.control_matches;
+        self.suppressed_cooldown += other.suppressed_cooldown;
+        self.suppressed_cap += other.suppressed_cap;
+        self.counting += other.counting;
+        self.timers_armed += other.timers_armed;
+        self.inactivity_firings += other.inactivity_firings;
+        self.inactivity_triggers += other.inactivity_triggers;
+        self.timers_pending += other.timers_pending;
+        for (variant, n) in other.variants {
+            *self.variants.entry(variant).or_default() += n;
+        }
         for (a, b) in self.errors.iter_mut().zip(other.errors) {
             *a += b;
         }
@@ -232,12 +308,8 @@ impl Tally {
             }
         }
         self.fuel.merge(&other.fuel);
-        if self.players.len() < other.players.len() {
-            let mine = std::mem::replace(&mut self.players, other.players);
-            self.players.extend(mine);
-        } else {
-            self.players.extend(other.players);
-        }
+        union(&mut self.players, other.players);
+        union(&mut self.control_players, other.control_players);
         self.triggers_without_player += other.triggers_without_player;
         for (hour, n) in other.per_hour {
             *self.per_hour.entry(hour).or_default() += n;
@@ -247,6 +319,16 @@ impl Tally {
         samples.sort_by_key(|s| (s.partition, s.offset));
         samples.truncate(self.max_samples);
         self.samples = samples;
+    }
+}
+
+/// `a` ∪= `b`, moving the smaller set into the larger.
+fn union(a: &mut Players, b: Players) {
+    if a.len() < b.len() {
+        let mine = std::mem::replace(a, b);
+        a.extend(mine);
+    } else {
+        a.extend(b);
     }
 }
 
@@ -278,7 +360,7 @@ mod tests {
 
     #[test]
     fn counts_merge_exactly() {
-        let trigger = Decision::Trigger { fuel: 1000 };
+        let trigger = Decision::Matched { fuel: 1000, then: Controlled::Trigger { variant: None } };
         let mut a = Tally::new(2);
         let mut b = Tally::new(2);
         a.record(&trigger, (0, 5), || "p1".into(), 10, || b"a5".to_vec());
@@ -301,5 +383,31 @@ mod tests {
         assert_eq!(kept, [(0, 5), (0, 7)]);
         // 1000 is the lower bound of its bucket [1000, 1008): the midpoint is reported.
         assert_eq!((a.fuel.percentile(0.01), a.fuel.percentile(1.0)), (Some(10), Some(1004)));
+    }
+
+    #[test]
+    fn controlled_decisions_and_firings_are_counted_apart_from_triggers() {
+        let matched = |then: Controlled| Decision::Matched { fuel: 5, then };
+        let mut a = Tally::new(4);
+        let mut b = Tally::new(4);
+        a.record(&matched(Controlled::Trigger { variant: Some("A".into()) }), (0, 1), || "p1".into(), 1, || b"t1".to_vec());
+        a.record(&matched(Controlled::Counting { so_far: 1, at_least: 3 }), (0, 2), || unreachable!(), 1, || unreachable!());
+        a.record(&matched(Controlled::Cooldown { until: 9 }), (0, 3), || unreachable!(), 1, || unreachable!());
+        a.record(&Decision::NoPlayer, (0, 4), || unreachable!(), 1, || unreachable!());
+        b.record(&matched(Controlled::ControlGroup), (1, 1), || "p2".into(), 2, || unreachable!());
+        b.record(&matched(Controlled::Cap { cap: 1 }), (1, 2), || unreachable!(), 2, || unreachable!());
+        b.record(&matched(Controlled::Armed { due: 7 }), (1, 3), || unreachable!(), 2, || unreachable!());
+        b.record(&matched(Controlled::Trigger { variant: Some("A".into()) }), (1, 4), || "p3".into(), 2, || b"t2".to_vec());
+        b.record_firing(&Controlled::Trigger { variant: Some("B".into()) }, (1, 3), "p3", 30, || b"f".to_vec());
+        b.record_firing(&Controlled::Cooldown { until: 1 }, (1, 0), "p4", 30, || unreachable!());
+        b.timers_pending = 2;
+        a.merge(b);
+        assert_eq!((a.candidates, a.matches, a.no_player), (7, 7, 1), "a firing is not an evaluation");
+        assert_eq!((a.triggers, a.control_matches, a.counting, a.suppressed_cooldown, a.suppressed_cap), (3, 1, 1, 2, 1));
+        assert_eq!((a.timers_armed, a.inactivity_firings, a.inactivity_triggers, a.timers_pending), (1, 2, 1, 2));
+        assert_eq!(a.variants, BTreeMap::from([("A".to_owned(), 2), ("B".to_owned(), 1)]));
+        assert_eq!((a.players.len(), a.control_players.len()), (2, 1));
+        assert_eq!(a.per_hour, BTreeMap::from([(1, 1), (2, 1), (30, 1)]), "triggers only, a firing at its due hour");
+        assert_eq!(a.samples.iter().map(|s| s.json.as_slice()).collect::<Vec<_>>(), [b"t1".as_slice(), b"f", b"t2"]);
     }
 }

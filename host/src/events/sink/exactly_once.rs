@@ -270,8 +270,12 @@ impl ExactlyOnce {
             return self.abort_open(&mut txn, "a record of the transaction was refused by the producer");
         }
         let producer = self.producer.load_full();
+        // A timed-out call is resumed by calling it again, and only it: librdkafka refuses any
+        // other transactional call while one is in progress ("Conflicting commit_transaction API
+        // call is already in progress"), so offsets sent once are not sent again.
+        let mut offsets_sent = txn.offsets.is_empty();
         let outcome = self.retrying(&format!("committing a transaction ({why})"), || {
-            if !txn.offsets.is_empty() {
+            if !offsets_sent {
                 let mut tpl = TopicPartitionList::new();
                 for ((source, partition), next) in &txn.offsets {
                     let topic = match source {
@@ -284,6 +288,7 @@ impl ExactlyOnce {
                 // offsets: abort and evaluate again.
                 let metadata = consumer.group_metadata().ok_or(KafkaError::Global(RDKafkaErrorCode::State))?;
                 producer.send_offsets_to_transaction(&tpl, &metadata, CALL_TIMEOUT)?;
+                offsets_sent = true;
             }
             producer.commit_transaction(CALL_TIMEOUT)
         });

@@ -160,6 +160,7 @@
       campaignObject = null;
       ui.campaignJson.removeAttribute('aria-invalid');
       setResult(ui.campaignJsonStatus, '', '');
+      updatePreview();
       updateCampaignSend();
       return;
     }
@@ -169,6 +170,8 @@
       campaignObject = value;
       ui.campaignJson.removeAttribute('aria-invalid');
       setResult(ui.campaignJsonStatus, '', '');
+      fillControls(value);
+      updatePreview();
       setWasmMode(wasmKind(value) ? value : null);
       if (wasmMode) { updateCampaignSend(); return; }
       const source = typeof value.filter === 'string' ? value.filter : '';
@@ -182,6 +185,7 @@
       ui.campaignJson.setAttribute('aria-invalid', 'true');
       setResult(ui.campaignJsonStatus, 'bad', text.trim() ? 'campaign JSON: ' + e.message : '');
     }
+    updatePreview();
     updateCampaignSend();
   }
 
@@ -298,6 +302,119 @@
   });
   ui.campaignExample.addEventListener('click', campaignExample);
   ui.campaignSend.addEventListener('click', sendCampaign);
+
+  // ------------------------------------------------------------------------------------------
+  // Per-player controls (spec §12): a form kept in step with the campaign JSON, and a live
+  // one-line preview of what they mean (controls.js); an edit of one input changes only its field
+
+  const controls = window.rtcrmControls;
+  const ctl = {
+    box: $('controls'), preview: $('controls-preview'),
+    cooldown: $('ctl-cooldown'), cap: $('ctl-cap'), atLeast: $('ctl-count-at-least'), within: $('ctl-count-within'),
+    inactivity: $('ctl-inactivity'), holdout: $('ctl-holdout'), variants: $('ctl-variants'), stateVersion: $('ctl-state-version'),
+    state: $('ctl-state'), stateTtl: $('ctl-state-ttl'), stateMaxBytes: $('ctl-state-max-bytes'),
+  };
+  const jsonText = (v) => (v === undefined || v === null ? '' : typeof v === 'string' ? v : JSON.stringify(v));
+  const numberText = (v) => (v === undefined || v === null ? '' : String(v));
+
+  /** A number if the text is one, else the text (the processor then says what is wrong). */
+  function numberOrText(text) {
+    const t = text.trim();
+    if (t === '') return undefined;
+    const n = Number(t);
+    return Number.isFinite(n) ? n : t;
+  }
+
+  /** "A:1, B:3" (or "A, B": weight 1) as the campaign's `variants`. */
+  function variantsFromText(text) {
+    const items = text.split(/[,;]/).map((x) => x.trim()).filter(Boolean);
+    if (!items.length) return undefined;
+    return items.map((item) => {
+      const i = item.lastIndexOf(':');
+      if (i < 0) return { name: item, weight: 1 };
+      return { name: item.slice(0, i).trim(), weight: numberOrText(item.slice(i + 1)) ?? 1 };
+    });
+  }
+
+  function variantsText(v) {
+    if (!Array.isArray(v)) return jsonText(v);
+    return v.map((x) => (x && typeof x === 'object' ? `${x.name}:${x.weight}` : jsonText(x))).join(', ');
+  }
+
+  /** The form from a campaign object (inputs being typed in keep their text). */
+  function fillControls(c) {
+    const set = (input, text) => { if (document.activeElement !== input) input.value = text; };
+    set(ctl.cooldown, jsonText(c.cooldown));
+    set(ctl.cap, numberText(c.max_triggers_per_player));
+    const count = c.count && typeof c.count === 'object' ? c.count : {};
+    set(ctl.atLeast, numberText(count.at_least));
+    set(ctl.within, jsonText(count.within));
+    set(ctl.inactivity, jsonText(c.inactivity));
+    set(ctl.holdout, numberText(c.holdout_percent));
+    set(ctl.variants, variantsText(c.variants));
+    set(ctl.stateVersion, numberText(c.state_version));
+    const state = c.state && typeof c.state === 'object' ? c.state : null;
+    ctl.state.checked = c.state !== undefined && c.state !== null;
+    set(ctl.stateTtl, state ? jsonText(state.ttl) : '');
+    set(ctl.stateMaxBytes, state ? numberText(state.max_bytes) : '');
+  }
+
+  /** The value of campaign field `field` the form gives (undefined: leave it out). */
+  function formValue(field) {
+    const text = (input) => input.value.trim() || undefined;
+    switch (field) {
+      case 'cooldown': return text(ctl.cooldown);
+      case 'max_triggers_per_player': return numberOrText(ctl.cap.value);
+      case 'count': {
+        const atLeast = numberOrText(ctl.atLeast.value), within = text(ctl.within);
+        return atLeast === undefined && within === undefined ? undefined : { at_least: atLeast ?? 1, within: within ?? '' };
+      }
+      case 'inactivity': return text(ctl.inactivity);
+      case 'holdout_percent': return numberOrText(ctl.holdout.value);
+      case 'variants': return variantsFromText(ctl.variants.value);
+      case 'state_version': return numberOrText(ctl.stateVersion.value);
+      case 'state': {
+        if (!ctl.state.checked) return undefined;
+        const state = {};
+        const ttl = text(ctl.stateTtl), maxBytes = numberOrText(ctl.stateMaxBytes.value);
+        if (ttl !== undefined) state.ttl = ttl;
+        if (maxBytes !== undefined) state.max_bytes = maxBytes;
+        return state;
+      }
+      default: return undefined;
+    }
+  }
+
+  /** An input changed: its field folded into the campaign JSON (the other fields untouched). */
+  function onControlInput(event) {
+    const input = event.target;
+    const field = input.dataset.field;
+    if (!field) return;
+    if ((input === ctl.stateTtl || input === ctl.stateMaxBytes) && input.value.trim()) ctl.state.checked = true;
+    if (!campaignObject) {
+      setResult(ctl.preview, 'bad', 'fix the campaign JSON first: the controls are folded into it');
+      return;
+    }
+    const value = formValue(field);
+    if (value === undefined) delete campaignObject[field];
+    else campaignObject[field] = value;
+    ui.campaignJson.value = JSON.stringify(campaignObject, null, 2);
+    setResult(ui.campaignResult, '', '');
+    updatePreview();
+    updateCampaignSend();
+  }
+
+  /** The preview line: what the controls in the campaign JSON mean, or what is wrong with them. */
+  function updatePreview() {
+    if (!campaignObject) { setResult(ctl.preview, '', ''); return; }
+    const { text, errors } = controls.describe(campaignObject);
+    ctl.preview.dataset.errors = String(errors.length);
+    setResult(ctl.preview, errors.length ? 'bad' : '', errors.length ? `${text} — ${errors.join('; ')}` : text);
+    ctl.preview.title = ctl.preview.textContent;
+  }
+
+  ctl.box.addEventListener('input', onControlInput);
+  ctl.box.addEventListener('change', (e) => { if (e.target === ctl.state) onControlInput(e); });
 
   // ------------------------------------------------------------------------------------------
   // Event editor
@@ -474,6 +591,11 @@
         });
         actions.append(edit);
       }
+      if (c.controls && Object.keys(c.controls).length) {
+        const who = el('button', { type: 'button', class: 'link', text: 'player…', title: 'look up one player\'s state for this campaign' });
+        who.addEventListener('click', () => { look.campaign.value = String(c.campaign_id); look.player.focus(); });
+        actions.append(who);
+      }
       if (c.state !== 'deleted') {
         const armed = deleteArmed === c.campaign_id;
         const del = el('button', { type: 'button', class: 'link danger', text: armed ? 'confirm delete' : 'delete' });
@@ -493,9 +615,20 @@
         el('td', { class: 'num errors', 'data-label': 'errors', title: errorsByKind || 'no error' }, el('span', { text: n.errors_total.toLocaleString() + (errorsByKind ? ` (${errorsByKind})` : '') })),
         cell('num', 'fuel p50 / p99', n.fuel_p50 == null ? '–' : `${n.fuel_p50.toLocaleString()} / ${n.fuel_p99.toLocaleString()}`),
         el('td', { class: 'when', 'data-label': 'last match', title: n.last_match_at || '' }, el('span', { text: ago(n.last_match_at) })),
+        controlsCell(c),
         errorCell(c, cell),
         actions);
     }));
+  }
+
+  /** The campaigns table's per-player controls: as given (compact; the preview as the title),
+   *  then their counters. */
+  function controlsCell(c) {
+    const given = controls.compact(c.controls), counts = controls.countersText(c.counters, c.controls);
+    return el('td', { class: 'controls', 'data-label': 'per-player controls', title: c.campaign ? controls.describe(c.campaign).text : '' },
+      el('span', {},
+        el('span', { class: 'given', text: given || '–' }),
+        counts ? el('span', { class: 'counts', text: counts }) : null));
   }
 
   async function refreshCampaigns() {
@@ -594,6 +727,16 @@
       figure('triggers', 'triggers', num(r.triggers)),
       figure('players', 'unique players', num(r.unique_players)),
       figure('control', 'control group', num(r.control_group_matches)),
+      // A campaign with controls (spec §12): what they held back, and the timers.
+      ...(r.controls == null ? [] : [
+        figure('controls', 'controls', r.controls),
+        figure('counting', 'counting', num(r.counting)),
+        figure('cooldown', 'cooldown', num(r.suppressed_cooldown)),
+        figure('cap', 'cap', num(r.suppressed_cap)),
+        ...(r.timers_armed || r.inactivity_firings || r.timers_pending_at_end ? [
+          figure('inactivity', 'inactivity triggers', num(r.inactivity_triggers)),
+          figure('pending', 'timers still armed', num(r.timers_pending_at_end))] : []),
+        ...Object.entries(r.variants || {}).map(([v, n]) => figure(`variant-${v}`, `variant ${v}`, num(n)))]),
       figure('errors', 'errors', num(r.errors_total) + (firstError ? ` (${firstError.kind}: ${firstError.message})` : ''), r.errors_total > 0),
       figure('fuel', 'fuel p50 / p99', `${num(r.fuel_p50)} / ${num(r.fuel_p99)}`));
     dry.figures.hidden = false;
@@ -660,7 +803,8 @@
   const decisionText = {
     trigger: '✓ trigger', filter_false: 'filter false', filter_error: 'filter error', disabled: 'disabled',
     quarantined: 'quarantined', other_event_name: 'event name', before_start: 'before start', after_end: 'after end',
-    not_evaluated: 'not evaluated',
+    not_evaluated: 'not evaluated', no_player: 'no player', control_group: 'control group', armed: 'timer armed',
+    controls: 'matched · controls decide', counting: 'counting', cooldown: 'cooldown', cap: 'cap',
   };
 
   async function runExplain() {
@@ -681,10 +825,12 @@
       const head = `event time ${x.time} (${x.time_source}) · player ${show(x.player)} · `;
       const verdict = x.note ? x.note
         : x.campaigns.length === 0 ? `no campaign of game ${x.game} is in force`
-          : `${x.triggers} of ${x.campaigns.length} campaigns of game ${x.game} would trigger`;
+          : `${x.triggers} of ${x.campaigns.length} campaigns of game ${x.game} would trigger`
+            + (x.decided_by_stored_state ? ` (${x.decided_by_stored_state} more matched: their controls decide on the player's stored state)` : '');
       setResult(dry.explainSummary, x.triggers > 0 ? '' : 'bad', head + verdict);
       dry.explainList.replaceChildren(...x.campaigns.map((c) => {
-        const kind = c.decision.startsWith('filter') || c.decision === 'trigger' || c.decision === 'not_evaluated' ? c.decision : 'skip';
+        const matched = ['control_group', 'armed', 'controls', 'counting', 'cooldown', 'cap'].includes(c.decision);
+        const kind = c.decision.startsWith('filter') || c.decision === 'trigger' || c.decision === 'not_evaluated' ? c.decision : matched ? 'matched' : 'skip';
         return el('li', { class: `${kind} ${c.decision}`, dataset: { campaign: String(c.campaign_id), decision: c.decision } },
           el('b', { text: String(c.campaign_id) }), el('span', { class: 'decision', text: decisionText[c.decision] || c.decision }),
           el('span', { class: 'reason', text: c.reason }));
@@ -713,6 +859,31 @@
   dry.estimate.addEventListener('click', runEstimate);
   dry.cancel.addEventListener('click', cancelEstimate);
   dry.explain.addEventListener('click', runExplain);
+
+  // ------------------------------------------------------------------------------------------
+  // One player's state (GET /api/campaigns/{id}/players/{player}), for support questions
+
+  const look = { form: $('player-lookup'), campaign: $('lookup-campaign'), player: $('lookup-player'), result: $('lookup-result'), lines: $('lookup-lines') };
+
+  async function lookUp(e) {
+    e.preventDefault();
+    const id = look.campaign.value.trim(), player = look.player.value.trim();
+    if (!id || !player) return;
+    look.lines.hidden = true;
+    setResult(look.result, 'pending', 'looking up…');
+    try {
+      const r = await api('GET', `/api/campaigns/${encodeURIComponent(id)}/players/${encodeURIComponent(player)}`);
+      if (!r.ok) { setResult(look.result, 'bad', errorText(r)); return; }
+      setResult(look.result, r.body.found ? 'ok' : '', r.body.message);
+      look.lines.replaceChildren(...controls.playerLines(r.body).map(([label, text]) =>
+        el('div', { dataset: { line: label } }, el('dt', { text: label }), el('dd', { text }))));
+      look.lines.hidden = false;
+    } catch (err) {
+      setResult(look.result, 'bad', 'not looked up: ' + err.message);
+    }
+  }
+
+  look.form.addEventListener('submit', lookUp);
 
   // ------------------------------------------------------------------------------------------
   // Start

@@ -10,6 +10,8 @@ use axum::Router;
 const INDEX: &str = include_str!("index.html");
 const CSS: &str = include_str!("console.css");
 const JS: &str = include_str!("console.js");
+/// Per-player controls without the DOM: checks, preview, table text (loaded before console.js).
+const CONTROLS_JS: &str = include_str!("controls.js");
 const ICON: &str = include_str!("favicon.svg");
 
 /// Only this server's own files; no inline script, no other origin.
@@ -34,5 +36,6 @@ pub fn routes() -> Router<Http> {
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
         .route("/console.css", get(|| async { asset("text/css; charset=utf-8", CSS) }))
         .route("/console.js", get(|| async { asset("text/javascript; charset=utf-8", JS) }))
+        .route("/controls.js", get(|| async { asset("text/javascript; charset=utf-8", CONTROLS_JS) }))
         .route("/favicon.svg", get(|| async { asset("image/svg+xml", ICON) }))
 }

@@ -1,7 +1,7 @@
 /*
  * rtcrm_filter.h: write rtcrm campaign filters in C. A single header implementing the filter
- * ABI, version 1 (filter-sdk/ABI.md): the exports, the event buffer for rtcrm_alloc, and a small
- * zero-copy JSON reader for the event's fields.
+ * ABI (filter-sdk/ABI.md), version 1 and, for per-player state, version 2: the exports, the event
+ * buffer for rtcrm_alloc, and a small zero-copy JSON reader for the event's fields.
  *
  *     #include "rtcrm_filter.h"
  *
@@ -23,6 +23,26 @@
  * (rtcrm_status). Compiled natively (not __wasm__), RTCRM_FILTER defines nothing and the same
  * function can be tested with rtcrm_eval(fn, json, len).
  *
+ * Per-player state (a campaign with "state", spec section 12; ABI.md section 9): the filter also
+ * takes the player's state, a JSON object the host keeps ("{}" at first). It reads the stored
+ * state with the same reader as the event (state->stored) and sets a new one with
+ * rtcrm_state_set; a state it does not set stays as it was. RTCRM_FILTER_STATE makes a module of
+ * ABI version 2 (RTCRM_FILTER one of version 1):
+ *
+ *     static int every_fifth_purchase(rtcrm_event event, rtcrm_state *state) {
+ *         double n = 0;
+ *         char json[32];
+ *         if (!rtcrm_string_eq(event, "event_name", "purchase")) return RTCRM_NO_MATCH;
+ *         rtcrm_get_number(state->stored, "purchases", &n);
+ *         n += 1;
+ *         rtcrm_state_set(state, json, (size_t)snprintf(json, sizeof json, "{\"purchases\":%.0f}", n));
+ *         return (long long)n % 5 == 0;
+ *     }
+ *     RTCRM_FILTER_STATE(every_fifth_purchase)
+ *
+ * Natively, rtcrm_eval_state(fn, json, len, state, cap) runs it with the state in a buffer of
+ * your own, as the host would keep it.
+ *
  * The JSON reader assumes what the host guarantees: the event is valid UTF-8 JSON, an object.
  * Lookups walk the raw bytes (no allocation, no parse tree); when an object repeats a key, the
  * last one wins, as in JavaScript's JSON.parse. Paths are dotted ("data.player.level"); use
@@ -40,8 +60,10 @@
 extern "C" {
 #endif
 
-/* The ABI version this header implements (the rtcrm_abi_version export). */
+/* The ABI version of a module made with RTCRM_FILTER (the rtcrm_abi_version export). */
 #define RTCRM_ABI_VERSION 1
+/* The ABI version of a module made with RTCRM_FILTER_STATE: per-player state (ABI.md section 9). */
+#define RTCRM_STATE_ABI_VERSION 2
 
 /* Export and import attributes (wasm only; empty natively). Imports other than
  * wasi_snapshot_preview1 functions are rejected by the host: RTCRM_IMPORT is for those. */
@@ -59,7 +81,8 @@ typedef enum rtcrm_status {
     RTCRM_MATCH = 1,          /* the event matches: a trigger */
     RTCRM_NO_MATCH = 0,       /* no match */
     RTCRM_INVALID_EVENT = -1, /* the event is not what the filter expects */
-    RTCRM_FILTER_ERROR = -2   /* any other failure of the filter */
+    RTCRM_FILTER_ERROR = -2,  /* any other failure of the filter */
+    RTCRM_INVALID_STATE = -4  /* the stored state is not a JSON object (the same code in every SDK) */
 } rtcrm_status;
 
 /* The event: the bytes read from Kafka, not NUL-terminated. Valid during the call only. */
@@ -320,15 +343,93 @@ static inline int rtcrm_get_bool(rtcrm_event event, const char *path, int *out) 
     return rtcrm_value_bool(rtcrm_get(event, path), out);
 }
 
+/* ---- Per-player state (ABI version 2) ---- */
+
+/* A player's state during one call of a filter of the state. */
+typedef struct rtcrm_state {
+    /* The stored state: UTF-8 JSON, an object ("{}" at first), not NUL-terminated. Read it with
+     * the event reader: rtcrm_get_number(state->stored, "purchases", &n). Valid during the call. */
+    rtcrm_event stored;
+    /* Set by rtcrm_state_set: the new state (in the header's own buffer) and whether there is
+     * one. A state not set is kept as stored. */
+    const char *json;
+    size_t len;
+    int changed;
+} rtcrm_state;
+
+/* The buffer the new state is copied into, kept between calls and grown as needed. */
+static char *rtcrm__state_buffer;
+static size_t rtcrm__state_cap;
+
+/* Sets the player's new state to json[0..len): UTF-8 JSON, a JSON object, at most the campaign's
+ * state.max_bytes (default 1024). The bytes are copied, so json may be a local buffer. The host
+ * checks them: not a JSON object, or over the limit, fails the evaluation with error kind "state"
+ * and keeps the stored state. Returns 0, or -1 if the copy cannot be allocated (the state is
+ * then left as it was). The last call wins. */
+static inline int rtcrm_state_set(rtcrm_state *state, const char *json, size_t len) {
+    if (len > (size_t)INT32_MAX) return -1;
+    if (len > rtcrm__state_cap || rtcrm__state_buffer == NULL) {
+        size_t cap = len < 256 ? 256 : len;
+        char *grown = (char *)malloc(cap);
+        if (grown == NULL) return -1;
+        free(rtcrm__state_buffer);
+        rtcrm__state_buffer = grown;
+        rtcrm__state_cap = cap;
+    }
+    memcpy(rtcrm__state_buffer, json, len);
+    state->json = rtcrm__state_buffer;
+    state->len = len;
+    state->changed = 1;
+    return 0;
+}
+
+/* rtcrm_state_set with a NUL-terminated string. */
+static inline int rtcrm_state_set_str(rtcrm_state *state, const char *json) {
+    return rtcrm_state_set(state, json, strlen(json));
+}
+
 /* ---- The ABI ---- */
 
 typedef int (*rtcrm_filter_fn)(rtcrm_event event);
+/* A filter of the state: the event and the player's state (RTCRM_FILTER_STATE). */
+typedef int (*rtcrm_filter_state_fn)(rtcrm_event event, rtcrm_state *state);
 
 /* Runs a filter on event bytes as rtcrm_filter does; usable natively in tests. */
 static inline int rtcrm_eval(rtcrm_filter_fn filter, const char *json, size_t len) {
     rtcrm_event event = {json, len};
     int status = filter(event);
     return status > 1 ? RTCRM_FILTER_ERROR : status; /* never a code the host would call a trap */
+}
+
+/* Whether the bytes start, after whitespace, an object: what the host guarantees of a stored state. */
+static inline int rtcrm__is_object(const char *json, size_t len) {
+    const char *p = rtcrm__ws(json, json + len);
+    return p < json + len && *p == '{';
+}
+
+/* Runs a filter of the state as rtcrm_filter_state does, on the stored state state[0..len): the
+ * status, and in *state the state to store (changed or not). Natively usable in tests. */
+static inline int rtcrm__eval_state(rtcrm_filter_state_fn filter, const char *json, size_t len, rtcrm_state *state) {
+    if (!rtcrm__is_object(state->stored.json, state->stored.len)) return RTCRM_INVALID_STATE;
+    rtcrm_event event = {json, len};
+    int status = filter(event, state);
+    return status > 1 ? RTCRM_FILTER_ERROR : status;
+}
+
+/* Runs a filter of the state on an event, natively, the way the host threads a player's state:
+ * state holds the stored state (a NUL-terminated JSON object, "{}" at first) in a buffer of cap
+ * bytes; after a verdict (1 or 0) it holds the new state, if the filter set one. On an error
+ * status it is left as it was, as the host keeps the stored state. Returns the status, or
+ * RTCRM_FILTER_ERROR when the new state does not fit in cap bytes with its NUL. */
+static inline int rtcrm_eval_state(rtcrm_filter_state_fn filter, const char *json, size_t len, char *state, size_t cap) {
+    rtcrm_state s = {{state, strlen(state)}, NULL, 0, 0};
+    int status = rtcrm__eval_state(filter, json, len, &s);
+    if ((status == RTCRM_MATCH || status == RTCRM_NO_MATCH) && s.changed) {
+        if (s.len >= cap) return RTCRM_FILTER_ERROR;
+        memmove(state, s.json, s.len);
+        state[s.len] = '\0';
+    }
+    return status;
 }
 
 #if defined(__wasm__)
@@ -357,9 +458,48 @@ static inline int32_t rtcrm__alloc(int32_t len) {
         return rtcrm_eval(fn, (const char *)(uintptr_t)(uint32_t)ptr, (size_t)len);              \
     }                                                                                            \
     RTCRM_EXPORT("rtcrm_abi_version") int32_t rtcrm_abi_version(void) { return RTCRM_ABI_VERSION; }
+
+/* The new state's length for rtcrm_state_len: -1 while the stored state stays. */
+static int32_t rtcrm__state_len = -1;
+
+static inline int32_t rtcrm__filter_state(rtcrm_filter_state_fn fn, int32_t ptr, int32_t len, int32_t state_ptr, int32_t state_len) {
+    rtcrm__state_len = -1;
+    if (len < 0 || state_len < 0) return RTCRM_INVALID_EVENT;
+    rtcrm_state state = {{(const char *)(uintptr_t)(uint32_t)state_ptr, (size_t)state_len}, NULL, 0, 0};
+    int status = rtcrm__eval_state(fn, (const char *)(uintptr_t)(uint32_t)ptr, (size_t)len, &state);
+    if ((status == RTCRM_MATCH || status == RTCRM_NO_MATCH) && state.changed) rtcrm__state_len = (int32_t)state.len;
+    return status;
+}
+
+/* A campaign without state: the filter runs on an empty state, discarded. */
+static inline int32_t rtcrm__filter_without_state(rtcrm_filter_state_fn fn, int32_t ptr, int32_t len) {
+    if (len < 0) return RTCRM_INVALID_EVENT;
+    rtcrm_state state = {{"{}", 2}, NULL, 0, 0};
+    return rtcrm__eval_state(fn, (const char *)(uintptr_t)(uint32_t)ptr, (size_t)len, &state);
+}
+
+/* Defines the ABI exports of version 2 for a filter of the state fn (once per module, instead of
+ * RTCRM_FILTER): rtcrm_filter_state gets the event and the player's stored state; rtcrm_filter
+ * (campaigns without state) runs fn on an empty state and discards it. */
+#define RTCRM_FILTER_STATE(fn)                                                                   \
+    RTCRM_EXPORT("rtcrm_alloc") int32_t rtcrm_alloc(int32_t len) { return rtcrm__alloc(len); }   \
+    RTCRM_EXPORT("rtcrm_filter") int32_t rtcrm_filter(int32_t ptr, int32_t len) {               \
+        return rtcrm__filter_without_state(fn, ptr, len);                                        \
+    }                                                                                            \
+    RTCRM_EXPORT("rtcrm_filter_state")                                                           \
+    int32_t rtcrm_filter_state(int32_t ptr, int32_t len, int32_t state_ptr, int32_t state_len) { \
+        return rtcrm__filter_state(fn, ptr, len, state_ptr, state_len);                          \
+    }                                                                                            \
+    RTCRM_EXPORT("rtcrm_state_ptr") int32_t rtcrm_state_ptr(void) {                              \
+        return (int32_t)(uintptr_t)rtcrm__state_buffer;                                          \
+    }                                                                                            \
+    RTCRM_EXPORT("rtcrm_state_len") int32_t rtcrm_state_len(void) { return rtcrm__state_len; }   \
+    RTCRM_EXPORT("rtcrm_abi_version") int32_t rtcrm_abi_version(void) { return RTCRM_STATE_ABI_VERSION; }
 #else
 /* Natively there is no ABI: the filter function is tested with rtcrm_eval. */
 #define RTCRM_FILTER(fn)
+/* Natively there is no ABI: the filter of the state is tested with rtcrm_eval_state. */
+#define RTCRM_FILTER_STATE(fn)
 #endif
 
 #ifdef __cplusplus

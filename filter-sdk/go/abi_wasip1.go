@@ -32,5 +32,45 @@ func rtcrmFilter(ptr, n int32) int32 {
 		report("rtcrm_filter called with a buffer rtcrm_alloc did not return")
 		return int32(InvalidEvent)
 	}
+	if f := stateHandler; f != nil {
+		// A campaign without state: the filter of the state runs on an empty state, discarded.
+		return int32(eval(buffer[:n], func(e *Event) (bool, error) { return f(e, State{}) }))
+	}
 	return int32(eval(buffer[:n], handler))
 }
+
+// ---- ABI version 2: per-player state (ABI.md section 9) ----
+
+// stateOut is the new state's JSON, kept until the next call (the host copies it out right
+// after rtcrm_filter_state returns); stateLen is its length for rtcrm_state_len, -1 while the
+// stored state stays.
+var (
+	stateOut []byte
+	stateLen int32 = -1
+)
+
+//go:wasmexport rtcrm_filter_state
+func rtcrmFilterState(ptr, n, statePtr, stateN int32) int32 {
+	stateLen = -1
+	// The host passes back the buffer rtcrm_alloc returned: the event, then the state.
+	base := uintptr(unsafe.Pointer(unsafe.SliceData(buffer)))
+	if n < 0 || stateN < 0 || int(n)+int(stateN) > len(buffer) || uintptr(ptr) != base || uintptr(statePtr) != base+uintptr(n) {
+		report("rtcrm_filter_state called with a buffer rtcrm_alloc did not return")
+		return int32(InvalidEvent)
+	}
+	if stateHandler == nil {
+		// A filter of the event only: the state stays as it was.
+		return int32(eval(buffer[:n], handler))
+	}
+	status, kept := evalState(buffer[:n], buffer[n:n+stateN], stateHandler)
+	if kept != nil {
+		stateOut, stateLen = kept, int32(len(kept))
+	}
+	return int32(status)
+}
+
+//go:wasmexport rtcrm_state_ptr
+func rtcrmStatePtr() int32 { return int32(uintptr(unsafe.Pointer(unsafe.SliceData(stateOut)))) }
+
+//go:wasmexport rtcrm_state_len
+func rtcrmStateLen() int32 { return stateLen }

@@ -1,7 +1,7 @@
-// Package filter writes rtcrm campaign filters in Go. A filter is a plain function of the event;
-// the package implements the filter ABI, version 1 (filter-sdk/ABI.md), for GOOS=wasip1
-// GOARCH=wasm with //go:wasmexport, and everything else builds natively so filters unit-test
-// with `go test`.
+// Package filter writes rtcrm campaign filters in Go. A filter is a plain function of the event
+// (and, for a campaign with "state", of the player's State); the package implements the filter
+// ABI, version 2 (filter-sdk/ABI.md), for GOOS=wasip1 GOARCH=wasm with //go:wasmexport, and
+// everything else builds natively so filters unit-test with `go test`.
 //
 //	package main
 //
@@ -21,12 +21,31 @@
 //
 //	GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -o fight-loss.wasm .
 //
-// The module exports memory, _initialize, rtcrm_alloc, rtcrm_filter and rtcrm_abi_version, and
-// imports only wasi_snapshot_preview1 functions. What it writes to os.Stdout or os.Stderr goes to
-// the host's log, capped.
+// A filter of the state gets the player's state, a JSON object the host keeps per (campaign,
+// player), "{}" at first; what it leaves is kept for the player's next event when it returns a
+// verdict (ABI.md section 9):
+//
+//	func everyFifthPurchase(e *filter.Event, s filter.State) bool {
+//		if e.EventName != "purchase" {
+//			return false
+//		}
+//		n, _ := s.Number("purchases")
+//		s["purchases"] = n + 1
+//		return int(n+1)%5 == 0
+//	}
+//
+//	func init() { filter.HandleState(everyFifthPurchase) }
+//
+// The module exports memory, _initialize, rtcrm_alloc, rtcrm_filter, rtcrm_filter_state,
+// rtcrm_state_ptr, rtcrm_state_len and rtcrm_abi_version (returning 2), and imports only
+// wasi_snapshot_preview1 functions. Every module built with this package is of ABI version 2,
+// because //go:wasmexport functions are always exported: one registered with Handle runs in a
+// campaign with "state" too and leaves the state as it was. What it writes to os.Stdout or
+// os.Stderr goes to the host's log, capped.
 package filter
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,8 +53,9 @@ import (
 	"strconv"
 )
 
-// ABIVersion is the ABI version this package implements (the rtcrm_abi_version export).
-const ABIVersion = 1
+// ABIVersion is the ABI version this package implements (the rtcrm_abi_version export): 2, version
+// 1 plus per-player state (ABI.md section 9).
+const ABIVersion = 2
 
 // Status is what rtcrm_filter returns (ABI.md section 3).
 //
@@ -48,7 +68,8 @@ const (
 	NoMatch      Status = 0  // no match
 	InvalidEvent Status = -1 // the bytes are not a JSON object
 	FilterError  Status = -2 // the filter returned an error or panicked
-	NoHandler    Status = -3 // no filter registered with Handle (call it from an init function)
+	NoHandler    Status = -3 // no filter registered with Handle or HandleState (call it from an init function)
+	InvalidState Status = -4 // the stored state is not a JSON object (the same code in every SDK)
 )
 
 // Event is the event as the host received it, with the original system's fields typed. A string
@@ -166,6 +187,9 @@ type Func interface {
 
 var handler func(*Event) (bool, error)
 
+// stateHandler is the filter of the state, if HandleState registered one (then handler is nil).
+var stateHandler func(*Event, State) (bool, error)
+
 // Handle registers the module's filter. Call it once, from an init function.
 func Handle[F Func](f F) {
 	switch f := any(f).(type) {
@@ -176,6 +200,114 @@ func Handle[F Func](f F) {
 	default:
 		panic("unreachable: Func's type set")
 	}
+	stateHandler = nil
+}
+
+// State is a player's state in a campaign with "state" (spec section 12): a JSON object the host
+// keeps per (campaign, player), "{}" at first, decoded as encoding/json decodes it (numbers are
+// float64). Read it with Fields' accessors (s.Number("purchases")) and write it as a map
+// (s["purchases"] = n + 1, delete(s, "x"), clear(s)).
+//
+// What the filter leaves is kept for the player's next event when it returns a verdict; on an
+// error or a panic the host keeps the stored state. Encoded with encoding/json (keys sorted, no
+// HTML escaping), it must fit the campaign's state.max_bytes (default 1 KiB), else the
+// evaluation fails with error kind "state". A state that encodes to the bytes it was stored as
+// is reported unchanged, and costs the host no copy.
+type State = Fields
+
+// StateFunc is a filter of the state: func(*Event, State) bool, or func(*Event, State) (bool, error).
+type StateFunc interface {
+	~func(*Event, State) bool | ~func(*Event, State) (bool, error)
+}
+
+// HandleState registers the module's filter, a filter of the state (instead of Handle). Call it
+// once, from an init function. In a campaign without "state" it runs on an empty state, which is
+// then discarded.
+func HandleState[F StateFunc](f F) {
+	stateHandler = stateFunc(f)
+	handler = nil
+}
+
+func stateFunc[F StateFunc](f F) func(*Event, State) (bool, error) {
+	switch f := any(f).(type) {
+	case func(*Event, State) bool:
+		return func(e *Event, s State) (bool, error) { return f(e, s), nil }
+	case func(*Event, State) (bool, error):
+		return f
+	}
+	panic("unreachable: StateFunc's type set")
+}
+
+// EvalState runs a filter of the state on event bytes and stored-state bytes exactly as
+// rtcrm_filter_state does, so it is testable natively: the status, and the new state to store,
+// or nil when the host keeps the stored one (the filter left it as it was, or the status is an
+// error). Errors and panics are written to stderr (the host's log).
+func EvalState[F StateFunc](raw, state []byte, f F) (Status, []byte) {
+	return evalState(raw, state, stateFunc(f))
+}
+
+// ParseState decodes stored-state bytes as the ABI glue does: a JSON object, else an error.
+func ParseState(raw []byte) (State, error) {
+	if trimmed := bytes.TrimLeft(raw, " \t\r\n"); len(trimmed) == 0 || trimmed[0] != '{' {
+		return nil, errors.New("the stored state is not a JSON object")
+	}
+	s := State{}
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return nil, fmt.Errorf("the stored state is not a JSON object: %w", err)
+	}
+	return s, nil
+}
+
+// encodeState is the state's JSON as the host stores it: compact, keys sorted, no HTML escaping.
+func encodeState(s State) ([]byte, error) {
+	var out bytes.Buffer
+	enc := json.NewEncoder(&out)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(s); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(out.Bytes(), []byte("\n")), nil
+}
+
+func evalState(raw, stored []byte, f func(*Event, State) (bool, error)) (status Status, kept []byte) {
+	if f == nil {
+		report("no filter of the state registered: call filter.HandleState from an init function")
+		return NoHandler, nil
+	}
+	e, err := Parse(raw)
+	if err != nil {
+		report(err.Error())
+		return InvalidEvent, nil
+	}
+	s, err := ParseState(stored)
+	if err != nil {
+		report(err.Error())
+		return InvalidState, nil
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			report(fmt.Sprintf("filter panicked: %v", p))
+			status, kept = FilterError, nil
+		}
+	}()
+	matched, err := f(e, s)
+	if err != nil {
+		report("filter error: " + err.Error())
+		return FilterError, nil
+	}
+	status = NoMatch
+	if matched {
+		status = Match
+	}
+	out, err := encodeState(s)
+	if err != nil {
+		report("the state cannot be encoded as JSON: " + err.Error())
+		return FilterError, nil
+	}
+	if bytes.Equal(out, stored) {
+		return status, nil
+	}
+	return status, out
 }
 
 // Eval runs a filter on event bytes exactly as rtcrm_filter does, so the mapping from bytes to

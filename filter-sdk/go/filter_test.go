@@ -101,3 +101,75 @@ func TestAnAbsentPlayerIdIsNotZero(t *testing.T) {
 		t.Fatalf("Has: market %v game %v hostname %v; player %+v", e.Has("market"), e.Has("game"), e.Has("hostname"), e.PlayerID)
 	}
 }
+
+func thirdLogin(e *Event, s State) (bool, error) {
+	if e.EventName != "login" {
+		return false, nil
+	}
+	n, _ := s.Number("logins")
+	s["logins"] = n + 1
+	if e.Data.Has("boom") {
+		return false, errors.New("boom")
+	}
+	if e.Data.Has("panic") {
+		panic("oops")
+	}
+	return n+1 == 3, nil
+}
+
+func TestEvalStateThreadsThePlayersStateAsTheHostDoes(t *testing.T) {
+	login := []byte(`{"event_name":"login","player_id":1}`)
+	fight := []byte(`{"event_name":"fight","player_id":1}`)
+	stored := []byte("{}")
+	var got []Status
+	for _, e := range [][]byte{login, fight, login, login, fight, login} {
+		status, kept := EvalState(e, stored, thirdLogin)
+		if kept != nil {
+			stored = kept
+		}
+		got = append(got, status)
+	}
+	want := []Status{NoMatch, NoMatch, NoMatch, Match, NoMatch, NoMatch}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	if string(stored) != `{"logins":4}` {
+		t.Fatalf("final state %s", stored)
+	}
+}
+
+func TestEvalStateKeepsNothingOnAnErrorAndReportsAnUnchangedState(t *testing.T) {
+	for _, c := range []struct {
+		event, state string
+		status       Status
+		kept         string
+	}{
+		{`{"event_name":"fight"}`, `{"logins":2}`, NoMatch, ""},           // unchanged: nil
+		{`{"event_name":"login"}`, `{"logins":2}`, Match, `{"logins":3}`}, // changed
+		{`{"event_name":"login","data":{"boom":1}}`, `{}`, FilterError, ""},
+		{`{"event_name":"login","data":{"panic":1}}`, `{}`, FilterError, ""},
+		{`[1]`, `{}`, InvalidEvent, ""},
+		{`{"event_name":"login"}`, `[1]`, InvalidState, ""},
+		{`{"event_name":"login"}`, `null`, InvalidState, ""},
+		{`{"event_name":"login"}`, `{`, InvalidState, ""},
+	} {
+		status, kept := EvalState([]byte(c.event), []byte(c.state), thirdLogin)
+		if status != c.status || string(kept) != c.kept {
+			t.Errorf("%s with %s: got %d %q, want %d %q", c.event, c.state, status, kept, c.status, c.kept)
+		}
+	}
+	// The encoding is compact, sorted and without HTML escapes.
+	status, kept := EvalState([]byte(`{}`), []byte(`{"b":1}`), func(e *Event, s State) bool {
+		s["a"] = "<&>"
+		return true
+	})
+	if status != Match || string(kept) != `{"a":"<&>","b":1}` {
+		t.Fatalf("%d %s", status, kept)
+	}
+}
+
+func TestStateStatusCodesAreNegative(t *testing.T) {
+	if InvalidState >= 0 || InvalidState == NoHandler || InvalidState == FilterError || InvalidState == InvalidEvent {
+		t.Fatal(InvalidState)
+	}
+}

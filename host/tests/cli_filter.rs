@@ -211,3 +211,78 @@ fn logs_are_flat_json_or_plain_text_without_colours_off_a_terminal() {
     assert!(plain.contains("WARN") && plain.contains("Kafka client error"), "{plain}");
     assert!(!plain.contains('\u{1b}') && !json.contains('\u{1b}'), "ANSI escape codes in a piped log: {plain:?}");
 }
+
+// Issue 12: `filter eval --state` runs a filter of the state (spec §12) as a campaign with `state`.
+
+/// Fight events of one player with these results, as a JSON lines file.
+fn fights(name: &str, results: &[&str]) -> PathBuf {
+    let loss = std::fs::read_to_string(examples().join("events/fight-loss.json")).unwrap();
+    let lines: Vec<String> = results.iter().map(|r| loss.trim().replace(r#""result":"loss""#, &format!(r#""result":"{r}""#))).collect();
+    tmp(name, &(lines.join("\n") + "\n"))
+}
+
+const THIRD_LOSS: &str = "(event, state) => {
+    if (event.data.result === 'boom') throw new Error('boom');
+    if (event.data.result !== 'loss') return false;
+    state.losses = (state.losses || 0) + 1;
+    return state.losses === 3;
+}";
+
+#[test]
+fn eval_with_state_prints_the_verdict_then_the_new_state() {
+    let filter = tmp("third-loss.js", THIRD_LOSS);
+    let event = examples().join("events/fight-loss.json");
+    for (state, expected) in [("{}", "false\n{\"losses\":1}\n"), (r#"{"losses":2,"x":[1]}"#, "true\n{\"losses\":3,\"x\":[1]}\n")] {
+        let out = rtcrm(&["filter", "eval", "--filter", s(&filter), "--event", s(&event), "--state", state]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), expected, "from {state}");
+    }
+    // A win leaves the state as it was given.
+    let win = examples().join("events/fight-win.json");
+    let out = rtcrm(&["filter", "eval", "--filter", s(&filter), "--event", s(&win), "--state", r#"{"losses":2}"#]);
+    assert_eq!(text(&out.stdout), "false\n{\"losses\":2}\n");
+    // Without --state the output is as before: the verdict only (state is undefined, so this
+    // filter throws on a loss).
+    let out = rtcrm(&["filter", "eval", "--filter", s(&filter), "--event", s(&win)]);
+    assert_eq!(text(&out.stdout), "false\n");
+}
+
+#[test]
+fn eval_with_state_over_events_threads_one_state_and_keeps_it_on_a_failure() {
+    let filter = tmp("third-loss-events.js", THIRD_LOSS);
+    let events = fights("fights.jsonl", &["loss", "win", "loss", "boom", "loss", "loss", "loss", "loss", "loss"]);
+    let out = rtcrm(&["filter", "eval", "--filter", s(&filter), "--events", s(&events), "--state", "{}"]);
+    // losses 1, -, 2, (throw: the state stays at 2), 3 → true, 4, 5, 6, 7.
+    assert_eq!(text(&out.stdout), "false\nfalse\nfalse\nerror:exception\ntrue\nfalse\nfalse\nfalse\nfalse\n{\"losses\":7}\n");
+    assert_eq!(out.status.code(), Some(3), "a failed event is exit 3, as without state");
+    assert!(text(&out.stderr).contains("Error: boom"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn eval_with_state_checks_the_state_and_its_limit() {
+    let filter = tmp("third-loss-limits.js", THIRD_LOSS);
+    let event = examples().join("events/fight-loss.json");
+    for bad in ["[1]", "7", "{", "not json"] {
+        let out = rtcrm(&["filter", "eval", "--filter", s(&filter), "--event", s(&event), "--state", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(text(&out.stderr).starts_with("--state must be a JSON object"), "{bad}: {}", text(&out.stderr));
+        assert!(out.stdout.is_empty(), "{bad}");
+    }
+    // `{"losses":1}` is 12 bytes: over 11 it is kind `state`, nothing on stdout; at 12 it is kept.
+    let out = rtcrm(&["filter", "eval", "--filter", s(&filter), "--event", s(&event), "--state", "{}", "--state-max-bytes", "11"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).starts_with("state: the filter's state is 12 bytes of JSON, over its limit of 11 bytes"), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    let out = rtcrm(&["filter", "eval", "--filter", s(&filter), "--event", s(&event), "--state", "{}", "--state-max-bytes", "12"]);
+    assert_eq!(text(&out.stdout), "false\n{\"losses\":1}\n", "{}", text(&out.stderr));
+    // Above the host's default cap (1 KiB) the cap is raised with it.
+    let big = tmp("big-state.js", "(e, s) => { s.pad = 'x'.repeat(2000); return true }");
+    let out = rtcrm(&["filter", "eval", "--filter", s(&big), "--event", s(&event), "--state", "{}", "--state-max-bytes", "4096"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().nth(1).map(str::len), Some(2010));
+    let out = rtcrm(&["filter", "eval", "--filter", s(&big), "--event", s(&event), "--state", "{}"]);
+    assert!(text(&out.stderr).contains("over its limit of 1024 bytes"), "the default: {}", text(&out.stderr));
+    // --state-max-bytes means nothing without --state.
+    let out = rtcrm(&["filter", "eval", "--filter", s(&filter), "--event", s(&event), "--state-max-bytes", "12"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}

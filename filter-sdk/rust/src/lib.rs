@@ -1,6 +1,7 @@
-//! Write rtcrm campaign filters in Rust. A filter is a plain function of the event; one attribute
-//! generates the glue of the filter ABI (`filter-sdk/ABI.md`, version 1) for `wasm32` targets
-//! only, so the same function unit-tests natively with `cargo test`.
+//! Write rtcrm campaign filters in Rust. A filter is a plain function of the event (and, for a
+//! campaign with `state`, of the player's [`State`]); one attribute generates the glue of the
+//! filter ABI (`filter-sdk/ABI.md`: version 1, or version 2 for a filter of the state) for
+//! `wasm32` targets only, so the same function unit-tests natively with `cargo test`.
 //!
 //! ```
 //! use rtcrm_filter::{filter, Event};
@@ -15,10 +16,37 @@
 //! assert!(fight_loss(&loss));
 //! ```
 //!
+//! A campaign with `state` (spec §12) keeps a JSON object per player; a filter that takes it as a
+//! second argument reads and changes it, and the host keeps what it leaves when the evaluation
+//! succeeds (ABI version 2, `filter-sdk/ABI.md` §9):
+//!
+//! ```
+//! use rtcrm_filter::{filter, Event, State};
+//!
+//! /// Every fifth purchase of a player triggers.
+//! #[filter]
+//! fn every_fifth_purchase(event: &Event, state: &mut State) -> bool {
+//!     if event.event_name() != Some("purchase") {
+//!         return false; // the state is left unchanged
+//!     }
+//!     let n = state.get("purchases").and_then(|v| v.as_u64()).unwrap_or(0) + 1;
+//!     state.set("purchases", n);
+//!     n % 5 == 0
+//! }
+//!
+//! let purchase = Event::from_json(br#"{"event_name":"purchase","player_id":7}"#).unwrap();
+//! let mut state = State::new(); // `{}`: the player's first event
+//! let verdicts: Vec<bool> = (0..5).map(|_| every_fifth_purchase(&purchase, &mut state)).collect();
+//! assert_eq!(verdicts, [false, false, false, false, true]);
+//! assert_eq!(state.to_json(), r#"{"purchases":5}"#);
+//! ```
+//!
 //! Build it as a `cdylib` for `wasm32-unknown-unknown` (a module without imports) or
 //! `wasm32-wasip1` (imports from `wasi_snapshot_preview1` only; what the filter writes to
 //! stdout or stderr goes to the host's log). The module exports `memory`, `rtcrm_alloc`,
-//! `rtcrm_filter` and `rtcrm_abi_version`. `filter-sdk/README.md` has the commands.
+//! `rtcrm_filter` and `rtcrm_abi_version` (returning [`ABI_VERSION`], 1); a filter of the state
+//! also `rtcrm_filter_state`, `rtcrm_state_ptr` and `rtcrm_state_len`, and its
+//! `rtcrm_abi_version` returns [`STATE_ABI_VERSION`], 2. `filter-sdk/README.md` has the commands.
 //!
 //! # What the glue does
 //! - `rtcrm_alloc(len)` returns one buffer, kept between calls and grown when an event is larger
@@ -29,6 +57,16 @@
 //!   [`Status::FilterError`] with `e` written to stderr (the host log, on `wasm32-wasip1`).
 //! - A panic aborts the call (`unreachable`): the host counts error kind `trap` and rebuilds the
 //!   instance. Build with `panic = "abort"`.
+//!
+//! A filter of the state (`fn f(event: &Event, state: &mut State)`) gets, in addition:
+//! - `rtcrm_filter_state(ptr, len, state_ptr, state_len)` parses the event and the stored state
+//!   (not a JSON object: [`Status::InvalidState`]), calls the function and maps its result as
+//!   above. When it returns a verdict and changed the state (any `&mut` use of it, see
+//!   [`State::is_changed`]), the new state is serialised into a second buffer, kept between calls;
+//!   an unchanged state is answered with `rtcrm_state_len() == -1`, so the host keeps the stored
+//!   one without copying. On `Err` the host keeps the stored state, whatever the function did to it.
+//! - `rtcrm_filter(ptr, len)` (a campaign without `state`) calls the function on an empty state
+//!   and discards it.
 //!
 //! # Misuse is a compile error
 //! The attribute checks the signature and reports a misuse at the offending tokens:
@@ -49,11 +87,20 @@
 //! #[rtcrm_filter::filter(loss)]
 //! fn f(event: &rtcrm_filter::Event) -> bool { true }
 //! ```
+//! ```compile_fail
+//! #[rtcrm_filter::filter]
+//! fn f(event: &rtcrm_filter::Event, state: &rtcrm_filter::State) -> bool { true } // `&mut State`
+//! ```
+//! ```compile_fail
+//! #[rtcrm_filter::filter]
+//! fn f(event: &rtcrm_filter::Event, state: &mut rtcrm_filter::Map<String, rtcrm_filter::Value>) -> bool { true }
+//! ```
 
 use serde::de;
 use serde_json::value::RawValue;
 use std::cell::OnceCell;
 use std::fmt;
+use std::ops::{Deref, DerefMut};
 
 // So `#[filter]`'s `::rtcrm_filter::` paths resolve in this crate's own tests.
 extern crate self as rtcrm_filter;
@@ -61,8 +108,13 @@ extern crate self as rtcrm_filter;
 pub use rtcrm_filter_macros::filter;
 pub use serde_json::{self, Map, Value};
 
-/// The ABI version this SDK implements, returned by the generated `rtcrm_abi_version` export.
+/// The ABI version of a module whose filter takes the event only, returned by its generated
+/// `rtcrm_abi_version` export (ABI.md §6).
 pub const ABI_VERSION: i32 = 1;
+
+/// The ABI version of a module whose filter also takes the player's [`State`] (ABI.md §9),
+/// returned by its generated `rtcrm_abi_version` export.
+pub const STATE_ABI_VERSION: i32 = 2;
 
 /// What `rtcrm_filter` returns (ABI.md §3).
 ///
@@ -81,6 +133,9 @@ pub enum Status {
     InvalidEvent = -1,
     /// The filter function returned `Err`.
     FilterError = -2,
+    /// The stored state is not a JSON object (the host only passes objects, so this means a host
+    /// bug or an ABI mismatch). `-4` in every SDK (`-3` is Go's `NoHandler`).
+    InvalidState = -4,
 }
 
 impl Status {
@@ -178,6 +233,109 @@ impl fmt::Display for EventError {
 }
 
 impl std::error::Error for EventError {}
+
+/// A player's state for a campaign with `state` (spec §12; ABI.md §9): a JSON object the host
+/// keeps per (campaign, player), `{}` at first. It reads and writes as the [`Map`] it wraps
+/// (`state.get("n")`, `state.insert(..)`, `state.remove(..)`, …), plus [`State::set`].
+///
+/// What the filter leaves is kept for the player's next event when the evaluation succeeds (a
+/// verdict); on `Err`, a panic or any limit the host keeps the stored state instead. The
+/// serialised state must fit the campaign's `state.max_bytes` (default 1 KiB), else the
+/// evaluation fails with error kind `state`. Keys serialise in sorted order (serde_json's `Map`).
+///
+/// A state is *changed* as soon as it is borrowed mutably (`DerefMut`), even if nothing ends up
+/// different; an unchanged state costs the host no copy (`rtcrm_state_len() == -1`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct State {
+    map: Map<String, Value>,
+    changed: bool,
+}
+
+/// Why bytes are not a [`State`].
+#[derive(Debug)]
+pub enum StateError {
+    /// Not JSON.
+    Json(serde_json::Error),
+    /// JSON, but not an object.
+    NotAnObject,
+}
+
+impl fmt::Display for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateError::Json(e) => write!(f, "the stored state is not JSON: {e}"),
+            StateError::NotAnObject => f.write_str("the stored state is not a JSON object"),
+        }
+    }
+}
+
+impl std::error::Error for StateError {}
+
+impl State {
+    /// An empty state, `{}`: what a player's first event sees.
+    pub fn new() -> State {
+        State::default()
+    }
+
+    /// Parses a stored state (UTF-8 JSON, a JSON object), as the glue does. Unchanged until
+    /// borrowed mutably.
+    pub fn from_json(bytes: &[u8]) -> Result<State, StateError> {
+        match serde_json::from_slice::<Value>(bytes).map_err(StateError::Json)? {
+            Value::Object(map) => Ok(State { map, changed: false }),
+            _ => Err(StateError::NotAnObject),
+        }
+    }
+
+    /// A state holding `map`, unchanged (e.g. a test's starting point).
+    pub fn from_map(map: Map<String, Value>) -> State {
+        State { map, changed: false }
+    }
+
+    /// Sets `key` to `value` (anything `serde_json::Value` converts from: numbers, strings,
+    /// booleans, `json!(..)`), replacing what was there.
+    pub fn set(&mut self, key: &str, value: impl Into<Value>) {
+        self.insert(key.to_owned(), value.into());
+    }
+
+    /// Whether the state was borrowed mutably since it was made or parsed: the glue returns it
+    /// to the host only then.
+    pub fn is_changed(&self) -> bool {
+        self.changed
+    }
+
+    /// The state as compact JSON, as the host stores it.
+    pub fn to_json(&self) -> String {
+        Value::Object(self.map.clone()).to_string()
+    }
+
+    /// The map inside.
+    pub fn into_map(self) -> Map<String, Value> {
+        self.map
+    }
+
+    /// Writes the state as compact JSON into `out` (cleared first): the glue's buffer.
+    #[cfg(target_arch = "wasm32")]
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        out.clear();
+        serde_json::to_writer(out, &self.map)
+    }
+}
+
+impl Deref for State {
+    type Target = Map<String, Value>;
+
+    fn deref(&self) -> &Map<String, Value> {
+        &self.map
+    }
+}
+
+impl DerefMut for State {
+    /// Marks the state changed.
+    fn deref_mut(&mut self) -> &mut Map<String, Value> {
+        self.changed = true;
+        &mut self.map
+    }
+}
 
 macro_rules! str_fields {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
@@ -381,11 +539,42 @@ pub fn evaluate<R: IntoStatus>(bytes: &[u8], filter: impl FnOnce(&Event) -> R) -
     }
 }
 
+/// Runs a filter of the state on event bytes and stored-state bytes exactly as the wasm32 glue's
+/// `rtcrm_filter_state` does, so the mapping is testable natively. Returns the status and the
+/// new state to store: `Some(json)` when the function returned a verdict and changed the state,
+/// `None` when the host keeps the stored one (unchanged, `rtcrm_state_len() == -1`, or an error
+/// status).
+pub fn evaluate_with_state<R: IntoStatus>(event: &[u8], state: &[u8], filter: impl FnOnce(&Event, &mut State) -> R) -> (Status, Option<String>) {
+    let (status, state) = run_with_state(event, state, filter);
+    (status, state.map(|s| s.to_json()))
+}
+
+/// [`evaluate_with_state`] without serialising: the changed state, if it is to be kept.
+fn run_with_state<R: IntoStatus>(event: &[u8], state: &[u8], filter: impl FnOnce(&Event, &mut State) -> R) -> (Status, Option<State>) {
+    let event = match Event::from_json(event) {
+        Ok(event) => event,
+        Err(e) => {
+            report(format_args!("{e}"));
+            return (Status::InvalidEvent, None);
+        }
+    };
+    let mut state = match State::from_json(state) {
+        Ok(state) => state,
+        Err(e) => {
+            report(format_args!("{e}"));
+            return (Status::InvalidState, None);
+        }
+    };
+    let status = filter(&event, &mut state).into_status();
+    let keep = matches!(status, Status::Match | Status::NoMatch) && state.is_changed();
+    (status, keep.then_some(state))
+}
+
 /// The ABI exports' bodies, called by the code `#[filter]` generates. Not a public API.
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod __abi {
-    use super::{evaluate, Event, IntoStatus, Status};
+    use super::{evaluate, report, run_with_state, Event, IntoStatus, State, Status};
     use std::cell::UnsafeCell;
 
     /// The one event buffer. wasm32 modules built by this SDK are single-threaded (no `atomics`
@@ -416,6 +605,69 @@ pub mod __abi {
         let Ok(len) = usize::try_from(len) else { return Status::InvalidEvent.code() };
         let bytes = std::slice::from_raw_parts(ptr as u32 as usize as *const u8, len);
         evaluate(bytes, f).code()
+    }
+
+    // ---- ABI version 2 (ABI.md §9) ----
+
+    /// The new state's JSON, kept between calls (the host copies it out right after
+    /// `rtcrm_filter_state` returns), and its length for `rtcrm_state_len` (-1: unchanged).
+    static STATE_OUT: Buffer = Buffer(UnsafeCell::new(Vec::new()));
+    struct Len(UnsafeCell<i32>);
+    // SAFETY: single-threaded target, see `Buffer`.
+    unsafe impl Sync for Len {}
+    static STATE_LEN: Len = Len(UnsafeCell::new(-1));
+
+    /// `rtcrm_filter` of a filter of the state: a campaign without `state` runs it on an empty
+    /// state, discarded afterwards.
+    ///
+    /// # Safety
+    /// As [`filter`].
+    pub unsafe fn filter_without_state<R: IntoStatus>(ptr: i32, len: i32, f: fn(&Event, &mut State) -> R) -> i32 {
+        let Ok(len) = usize::try_from(len) else { return Status::InvalidEvent.code() };
+        let bytes = std::slice::from_raw_parts(ptr as u32 as usize as *const u8, len);
+        evaluate(bytes, |event| f(event, &mut State::new())).code()
+    }
+
+    /// `rtcrm_filter_state`: the event and the stored state in, the verdict out; the new state
+    /// is left for `rtcrm_state_ptr` and `rtcrm_state_len`.
+    ///
+    /// # Safety
+    /// `[ptr, ptr + len)` and `[state_ptr, state_ptr + state_len)` are readable: the host fills
+    /// a buffer [`alloc`] returned with both.
+    pub unsafe fn filter_state<R: IntoStatus>(ptr: i32, len: i32, state_ptr: i32, state_len: i32, f: fn(&Event, &mut State) -> R) -> i32 {
+        // SAFETY: single-threaded, and no reference to these outlives a call.
+        let (out, out_len) = unsafe { (&mut *STATE_OUT.0.get(), &mut *STATE_LEN.0.get()) };
+        *out_len = -1;
+        let (Ok(len), Ok(state_len)) = (usize::try_from(len), usize::try_from(state_len)) else {
+            return Status::InvalidEvent.code();
+        };
+        let event = std::slice::from_raw_parts(ptr as u32 as usize as *const u8, len);
+        let stored = std::slice::from_raw_parts(state_ptr as u32 as usize as *const u8, state_len);
+        let (status, state) = run_with_state(event, stored, f);
+        if let Some(state) = state {
+            if let Err(e) = state.write_json(out) {
+                report(format_args!("the state cannot be serialised: {e}"));
+                return Status::FilterError.code();
+            }
+            let Ok(n) = i32::try_from(out.len()) else {
+                report(format_args!("the state is over 2 GiB"));
+                return Status::FilterError.code();
+            };
+            *out_len = n;
+        }
+        status.code()
+    }
+
+    /// `rtcrm_state_ptr`: where the new state starts.
+    pub fn state_ptr() -> i32 {
+        // SAFETY: single-threaded, see `Buffer`.
+        unsafe { (*STATE_OUT.0.get()).as_ptr() as usize as i32 }
+    }
+
+    /// `rtcrm_state_len`: the new state's length, or -1 when the stored state stays.
+    pub fn state_len() -> i32 {
+        // SAFETY: single-threaded, see `Buffer`.
+        unsafe { *STATE_LEN.0.get() }
     }
 }
 
@@ -496,7 +748,7 @@ mod tests {
 
     #[test]
     fn errors_are_negative() {
-        for s in [Status::Match, Status::NoMatch, Status::InvalidEvent, Status::FilterError] {
+        for s in [Status::Match, Status::NoMatch, Status::InvalidEvent, Status::FilterError, Status::InvalidState] {
             assert!(matches!(s, Status::Match | Status::NoMatch) == (s.code() >= 0), "{s:?}");
         }
         assert_eq!((Status::Match.code(), Status::NoMatch.code()), (1, 0));
@@ -513,10 +765,70 @@ mod tests {
         Ok(level > 10.0)
     }
 
+    #[filter]
+    fn third_login(event: &Event, state: &mut State) -> Result<bool, String> {
+        if event.event_name() != Some("login") {
+            return Ok(false);
+        }
+        let n = state.get("logins").and_then(Value::as_u64).unwrap_or(0) + 1;
+        state.set("logins", n);
+        if event.data().get("boom").is_some() {
+            return Err("boom".into());
+        }
+        Ok(n == 3)
+    }
+
+    #[test]
+    fn a_state_reads_and_writes_as_a_map_and_knows_whether_it_changed() {
+        let mut state = State::from_json(br#"{"b":[1,2],"a":{"x":null}}"#).unwrap();
+        assert!(!state.is_changed());
+        assert_eq!(state.get("b"), Some(&json!([1, 2])));
+        assert_eq!(state.len(), 2);
+        assert!(!state.is_changed(), "reading does not change it");
+        state.set("n", 3);
+        state.remove("a");
+        assert!(state.is_changed());
+        assert_eq!(state.to_json(), r#"{"b":[1,2],"n":3}"#);
+        assert_eq!(State::new().to_json(), "{}");
+        assert!(matches!(State::from_json(b"[1]"), Err(StateError::NotAnObject)));
+        assert!(matches!(State::from_json(b"{"), Err(StateError::Json(_))));
+        assert_eq!(State::from_map(Map::new()), State::new());
+    }
+
+    #[test]
+    fn evaluate_with_state_returns_the_state_only_when_it_is_to_be_kept() {
+        let login = br#"{"event_name":"login","player_id":1}"#;
+        let fight = br#"{"event_name":"fight","player_id":1}"#;
+        // Threaded as the host does: the new state replaces the stored one when there is one.
+        let mut stored = "{}".to_owned();
+        let mut verdicts = Vec::new();
+        for event in [&login[..], fight, login, login, fight, login] {
+            let (status, new) = evaluate_with_state(event, stored.as_bytes(), third_login);
+            if let Some(new) = new {
+                stored = new;
+            }
+            verdicts.push(status);
+        }
+        use Status::{Match, NoMatch};
+        assert_eq!(verdicts, [NoMatch, NoMatch, NoMatch, Match, NoMatch, NoMatch]);
+        assert_eq!(stored, r#"{"logins":4}"#);
+        // An event that changes nothing: `None`, the host keeps the stored state (-1).
+        assert_eq!(evaluate_with_state(fight, br#"{"logins":4}"#, third_login), (NoMatch, None));
+        // An error: the changes are not kept.
+        let boom = br#"{"event_name":"login","data":{"boom":1}}"#;
+        assert_eq!(evaluate_with_state(boom, b"{}", third_login), (Status::FilterError, None));
+        assert_eq!(evaluate_with_state(b"[]", b"{}", third_login), (Status::InvalidEvent, None));
+        assert_eq!(evaluate_with_state(login, b"[1]", third_login), (Status::InvalidState, None));
+        assert_eq!(evaluate_with_state(login, b"{\"logins\":2}", third_login), (Match, Some(r#"{"logins":3}"#.into())));
+    }
+
     #[test]
     fn attributed_functions_stay_plain_functions() {
         assert!(fight_loss(&Event::from_json(SEED).unwrap()));
         assert_eq!(level_over_10(&Event::from_value(json!({"data": {"player": {"level": 11}}})).unwrap()), Ok(true));
         assert!(level_over_10(&Event::from_json(SEED).unwrap()).is_err());
+        let mut state = State::new();
+        let login = Event::from_value(json!({"event_name": "login"})).unwrap();
+        assert_eq!((0..3).map(|_| third_login(&login, &mut state)).collect::<Vec<_>>(), [Ok(false), Ok(false), Ok(true)]);
     }
 }

@@ -100,7 +100,7 @@ pub enum WasmError {
         max: u64,
     },
     /// Uses a WebAssembly proposal the ABI does not allow.
-    #[error("the module uses the WebAssembly {feature} proposal, which filter ABI version 1 does not allow (filter-sdk/ABI.md §1): {detail}")]
+    #[error("the module uses the WebAssembly {feature} proposal, which the filter ABI (versions 1 and 2) does not allow (filter-sdk/ABI.md §1): {detail}")]
     UnsupportedFeature {
         /// The proposal(s), e.g. `multi-memory`.
         feature: String,
@@ -155,7 +155,7 @@ pub enum WasmError {
     },
     /// A campaign with `state` and a module that cannot keep one (ABI version 1); see
     /// [`CompiledFilter::check_state_support`](crate::CompiledFilter::check_state_support).
-    #[error("the campaign has `state`, but its module implements filter ABI version {declared}, which sees one event at a time; per-player state needs ABI version 2: export rtcrm_filter_state, rtcrm_state_ptr and rtcrm_state_len and return 2 from rtcrm_abi_version (filter-sdk/ABI.md §9; the Rust SDK's `#[filter] fn f(event: &Event, state: &mut State)` and the C header's RTCRM_FILTER_STATE do)")]
+    #[error("the campaign has `state`, but its module implements filter ABI version {declared}, which sees one event at a time; per-player state needs ABI version 2: export rtcrm_filter_state, rtcrm_state_ptr and rtcrm_state_len and return 2 from rtcrm_abi_version (filter-sdk/ABI.md §9). The SDKs build it from a filter of the state: Rust `#[filter] fn f(event: &Event, state: &mut State) -> bool`, C `RTCRM_FILTER_STATE(f)` with `int f(rtcrm_event event, rtcrm_state *state)`, Go `filter.HandleState(f)` (every module of the Go SDK is version 2: rebuild it)")]
     StateNeedsAbiVersion2 {
         /// The version the module declares.
         declared: i32,
@@ -745,8 +745,11 @@ impl WasmFilter {
         self.core.admit(event)?;
         let max = max_bytes.min(self.core.config.state_max_bytes);
         let state = state.unwrap_or(crate::state::EMPTY_STATE);
-        // The module reads the state as the ABI promises it: a JSON object.
-        crate::state::check_object(state)?;
+        // The module reads the state as the ABI promises it: a JSON object (ABI.md §9.2).
+        crate::state::check_object(state).map_err(|e| match e {
+            EvalError::StateInvalid(why) => EvalError::StateInvalid(format!("the stored state is not a JSON object ({why})")),
+            other => other,
+        })?;
         if self.instance.is_none() {
             self.instance = Some(ModuleInstance::new(&self.core, &self.compiled, self.name.clone(), self.limits, Owner::Filter)?);
         }

@@ -492,3 +492,71 @@ impl Follower {
         p.metrics.update_campaigns(&p.registry);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtcrm_sandbox::SandboxConfig;
+
+    /// A filter module matching every event; `extra` adds exports (a version, state functions).
+    fn module(extra: &str) -> FilterSource {
+        FilterSource::Wasm(
+            wat::parse_str(format!(
+                r#"(module
+                  (memory (export "memory") 1)
+                  (func (export "rtcrm_alloc") (param i32) (result i32) (i32.const 1024))
+                  (func (export "rtcrm_filter") (param i32 i32) (result i32) (i32.const 1))
+                  {extra})"#
+            ))
+            .expect("valid WAT"),
+        )
+    }
+
+    const VERSION_2: &str = r#"
+        (func (export "rtcrm_abi_version") (result i32) (i32.const 2))
+        (func (export "rtcrm_filter_state") (param i32 i32 i32 i32) (result i32) (i32.const 1))
+        (func (export "rtcrm_state_ptr") (result i32) (i32.const 0))
+        (func (export "rtcrm_state_len") (result i32) (i32.const -1))"#;
+
+    #[test]
+    fn a_version_1_module_in_a_campaign_with_state_is_rejected_naming_what_is_missing() {
+        let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+        let declared_1 = r#"(func (export "rtcrm_abi_version") (result i32) (i32.const 1))"#;
+        for v1 in [module(""), module(declared_1)] {
+            let rejection = compile_filter(&sandbox, &v1, true).expect_err("a version 1 module cannot keep state");
+            assert!(
+                matches!(rejection, FilterRejection::Wasm(WasmError::StateNeedsAbiVersion2 { declared: 1 })),
+                "{rejection:?}"
+            );
+            // The status message: what is missing, where it is described, what the SDKs offer.
+            let message = rejection.to_string();
+            assert!(message.starts_with("filter_wasm: the campaign has `state`, but its module implements filter ABI version 1"), "{message}");
+            for needed in [
+                "rtcrm_filter_state",
+                "rtcrm_state_ptr",
+                "rtcrm_state_len",
+                "return 2 from rtcrm_abi_version",
+                "filter-sdk/ABI.md §9",
+                "#[filter] fn f(event: &Event, state: &mut State) -> bool",
+                "RTCRM_FILTER_STATE(f)",
+                "filter.HandleState(f)",
+            ] {
+                assert!(message.contains(needed), "missing {needed:?} in {message}");
+            }
+            // The same module in a campaign without `state` is fine.
+            let compiled = compile_filter(&sandbox, &v1, false).expect("version 1 without state");
+            assert!(!compiled.supports_state());
+        }
+    }
+
+    #[test]
+    fn a_version_2_module_and_javascript_are_accepted_with_or_without_state() {
+        let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+        for stateful in [true, false] {
+            let compiled = compile_filter(&sandbox, &module(VERSION_2), stateful).expect("version 2");
+            assert!(compiled.supports_state());
+            let js = FilterSource::Js("(event, state) => true".into());
+            assert!(compile_filter(&sandbox, &js, stateful).is_ok());
+        }
+    }
+}

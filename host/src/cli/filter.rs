@@ -4,7 +4,7 @@
 use crate::cli::{EvalArgs, FilterCommand, LimitArgs};
 use crate::Exit;
 use anyhow::{Context, Result};
-use rtcrm_sandbox::{CompileError, CompiledFilter, CompiledJs, Event, Limits, ModuleLoadError, Sandbox, SandboxConfig};
+use rtcrm_sandbox::{CompileError, CompiledFilter, CompiledJs, EvalError, Event, Filter, Limits, ModuleLoadError, Sandbox, SandboxConfig, Verdict};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::time::Duration;
@@ -76,7 +76,7 @@ fn is_module(file: &Path) -> Result<bool> {
 fn check_module(sandbox: &Sandbox, file: &Path) -> Result<String> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let js = crate::cli::campaign::is_js_campaign_module(&bytes);
-    load_filter(sandbox, file)?;
+    let compiled = load_filter(sandbox, file)?;
     let size = bytes.len();
     Ok(if js {
         format!(
@@ -84,10 +84,14 @@ fn check_module(sandbox: &Sandbox, file: &Path) -> Result<String> {
              carries the JavaScript source instead (rtcrm campaign put CAMPAIGN.json --js SOURCE.js)"
         )
     } else {
+        let (version, state) = match &compiled {
+            CompiledFilter::Wasm(w) if w.supports_state() => (w.abi_version(), "with per-player state, for campaigns with or without `state`"),
+            CompiledFilter::Wasm(w) => (w.abi_version(), "for campaigns without `state`"),
+            CompiledFilter::Js(_) => unreachable!("a module that is not a JavaScript campaign module loads as Wasm"),
+        };
         format!(
-            "a filter module of ABI version {} ({size} bytes): imports, exports and version as filter-sdk/ABI.md asks, \
-             instantiated once; submit it with rtcrm campaign put CAMPAIGN.json --wasm {}",
-            rtcrm_sandbox::SUPPORTED_ABI_VERSION,
+            "a filter module of ABI version {version} ({size} bytes, {state}): imports, exports and version as \
+             filter-sdk/ABI.md asks, instantiated once; submit it with rtcrm campaign put CAMPAIGN.json --wasm {}",
             file.display()
         )
     })
@@ -106,14 +110,71 @@ pub fn load_filter(sandbox: &Sandbox, file: &Path) -> Result<CompiledFilter> {
     compile_file(sandbox, file).map(CompiledFilter::Js)
 }
 
+/// The default of a campaign's `state.max_bytes` (spec §12), for `eval --state`.
+const DEFAULT_STATE_MAX_BYTES: usize = 1024;
+
+/// `eval --state JSON`: the player's state as given, checked to be a JSON object.
+fn initial_state(text: &str) -> Result<String, Exit> {
+    let usage = |why: String| Exit { code: 2, message: format!("--state must be a JSON object such as '{{}}' or '{{\"purchases\":4}}': {why}") };
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(_)) => Ok(text.trim().to_owned()),
+        Ok(other) => {
+            let shown: String = other.to_string().chars().take(40).collect();
+            Err(usage(format!("`{shown}` is not an object")))
+        }
+        Err(e) => Err(usage(format!("it is not JSON ({e})"))),
+    }
+}
+
+/// One player's evaluations: plain, or with the state threaded from one event to the next.
+struct Evaluator {
+    filter: Filter,
+    /// The current state and the campaign's `state.max_bytes` (`eval --state`).
+    state: Option<(String, usize)>,
+}
+
+impl Evaluator {
+    /// Evaluates one event; with a state, the new state replaces the current one only when the
+    /// evaluation succeeds, as the processor keeps a player's state.
+    fn eval(&mut self, event: &Event) -> Result<Verdict, EvalError> {
+        match &mut self.state {
+            None => self.filter.eval(event),
+            Some((state, max)) => {
+                let (verdict, new) = self.filter.eval_with_state(event, Some(state), *max)?;
+                *state = new;
+                Ok(verdict)
+            }
+        }
+    }
+
+    /// The line printed after the verdicts: the state, with --state.
+    fn state_line(&self) -> Option<&str> {
+        self.state.as_ref().map(|(s, _)| s.as_str())
+    }
+}
+
 fn eval(args: EvalArgs) -> Result<()> {
+    let state = args.state.as_deref().map(initial_state).transpose()?;
+    let max_bytes = args.state_max_bytes.map_or(DEFAULT_STATE_MAX_BYTES, |n| n as usize);
     // Compiled under the host's limits; evaluated under the lowered ones, as a campaign's `limits`.
-    let sandbox = new_sandbox()?;
+    // With --state-max-bytes above the host's default cap, the cap is raised to it, as the
+    // processor's `--state-max-bytes` would.
+    let sandbox = match state {
+        Some(_) if max_bytes > SandboxConfig::default().state_max_bytes => {
+            Sandbox::new(SandboxConfig { state_max_bytes: max_bytes, ..SandboxConfig::default() }).context("starting the filter sandbox")?
+        }
+        _ => new_sandbox()?,
+    };
     let compiled = load_filter(&sandbox, &args.filter)?;
+    if state.is_some() {
+        // As a campaign with `state` is refused at submission (filter-sdk/ABI.md §9.6).
+        compiled.check_state_support().map_err(|e| Exit { code: 2, message: format!("{}: {e}", args.filter.display()) })?;
+    }
     let name = args.filter.file_stem().map_or_else(|| "filter".into(), |s| s.to_string_lossy().into_owned());
-    let mut filter = sandbox
+    let filter = sandbox
         .filter(&compiled, &name, lowered(sandbox.limits(), args.limits))
         .map_err(|e| Exit { code: 3, message: format!("{}: {e}", e.kind()) })?;
+    let mut filter = Evaluator { filter, state: state.map(|s| (s, max_bytes)) };
 
     if let Some(path) = args.event {
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -122,6 +183,9 @@ fn eval(args: EvalArgs) -> Result<()> {
         return match filter.eval(&event) {
             Ok(v) => {
                 println!("{}", v.matched);
+                if let Some(state) = filter.state_line() {
+                    println!("{state}");
+                }
                 Ok(())
             }
             Err(e) => Err(Exit { code: 3, message: format!("{}: {e}", e.kind()) }.into()),
@@ -154,6 +218,9 @@ fn eval(args: EvalArgs) -> Result<()> {
             }
         };
         writeln!(out, "{result}")?;
+    }
+    if let Some(state) = filter.state_line() {
+        writeln!(out, "{state}")?;
     }
     out.flush()?;
     if failed > 0 {

@@ -95,7 +95,8 @@ pub enum FilterCommand {
     },
     /// Evaluate a filter against events: prints `true` or `false` per event. A limit, trap or
     /// throw prints the error kind and message on stderr and exits 3 (with --events, the line
-    /// shows `error:<kind>` and the run continues).
+    /// shows `error:<kind>` and the run continues). With --state, the filter also gets a player's
+    /// state (a campaign with `state`), and the new state is printed on the last line.
     Eval(EvalArgs),
 }
 
@@ -110,6 +111,19 @@ pub struct EvalArgs {
     /// Events, one JSON object per line.
     #[arg(long)]
     pub events: Option<PathBuf>,
+    /// Evaluate as a campaign with `state` (spec §12), starting from this player's state: a JSON
+    /// object, passed to the filter as given ('{}' for a player without one). JavaScript filters
+    /// are called as filter(event, state); a WebAssembly module must implement filter ABI version
+    /// 2 (filter-sdk/ABI.md §9). With --event: the verdict, then the new state on a second line.
+    /// With --events the events are taken as ONE player's, in file order, whatever their
+    /// player_id: the state each evaluation leaves is the next one's (a failed evaluation keeps
+    /// the state it was given, as the processor does); one verdict per line, then the final state.
+    #[arg(long, value_name = "JSON")]
+    pub state: Option<String>,
+    /// The campaign's `state.max_bytes` for --state: a new state over it fails the evaluation
+    /// with error kind `state` [default: 1024].
+    #[arg(long, value_name = "BYTES", requires = "state", value_parser = clap::value_parser!(u64).range(2..=16 * 1024 * 1024))]
+    pub state_max_bytes: Option<u64>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }

@@ -36,7 +36,17 @@ fn every_example_filter_gives_its_expected_verdicts() {
         for line in cases.lines().filter(|l| !l.trim().is_empty()) {
             let case: serde_json::Value = serde_json::from_str(line).unwrap();
             let expect = case["expect"].as_bool().unwrap();
-            let got = f.eval(&event(&case["event"].to_string())).unwrap().matched;
+            let e = event(&case["event"].to_string());
+            // A filter of the state (spec §12): the case gives the player's stored state and the
+            // state the filter must leave.
+            let got = match case.get("state") {
+                None => f.eval(&e).unwrap().matched,
+                Some(state) => {
+                    let (verdict, new) = f.eval_with_state(&e, Some(&state.to_string()), 1024).unwrap();
+                    assert_eq!(new, case["expect_state"].to_string(), "{}: {line}", path.display());
+                    verdict.matched
+                }
+            };
             assert_eq!(got, expect, "{}: {line}", path.display());
             if expect { pos += 1 } else { neg += 1 }
         }

@@ -319,6 +319,17 @@ fn what_a_version_2_module_leaves_is_checked() {
 }
 
 #[test]
+fn a_stored_state_that_is_not_a_json_object_is_refused_before_a_version_2_module_runs() {
+    let (_, mut f) = wasm(&counter_module(2, COUNTER_EXPORTS));
+    for bad in ["[1]", "{", "7"] {
+        let err = f.eval_with_state(&event(&purchase(1)), Some(bad), MAX).unwrap_err();
+        assert!(matches!(err, EvalError::StateInvalid(_)), "{bad}: {err:?}");
+        assert!(err.to_string().contains("the stored state is not a JSON object"), "{bad}: {err}");
+    }
+    assert_eq!(f.rebuilds(), 0, "the module never ran");
+}
+
+#[test]
 fn the_host_charges_a_version_2_modules_state_copies() {
     let sb = Sandbox::new(SandboxConfig { state_max_bytes: 1 << 20, ..SandboxConfig::default() }).unwrap();
     let unchanged = r#"

@@ -92,6 +92,11 @@ pub struct KafkaContext {
 
 impl ClientContext for KafkaContext {
     fn error(&self, error: KafkaError, reason: &str) {
+        // The end of a partition is what a reader with `enable.partition.eof` waits for (the
+        // changelog restore), not a failure.
+        if matches!(error, KafkaError::PartitionEOF(_)) || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
         self.errors.record(self.name, &error, reason);
     }
 }

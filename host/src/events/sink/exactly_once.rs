@@ -49,6 +49,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_CONSECUTIVE_ABORTS: u32 = 10;
 /// The broker aborts a transaction left open this long (by a crashed instance).
 const TRANSACTION_TIMEOUT_MS: &str = "30000";
+/// How long a transactional call is retried (the broker unreachable or its transaction
+/// coordinator unavailable) before the producer is replaced and the events are processed again
+/// from the committed offsets: the consumer thread never waits longer than this for one call,
+/// so it keeps polling within the group's `max.poll.interval.ms`.
+const RETRY_LIMIT: Duration = Duration::from_secs(90);
 /// New transactional producers started after fatal errors, at most, per window.
 pub const MAX_RECREATIONS: usize = 5;
 pub const RECREATION_WINDOW: Duration = Duration::from_secs(600);
@@ -231,6 +236,9 @@ impl ExactlyOnce {
                 }
                 Err(TxnError::Retry(e)) => {
                     let since = *first.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= RETRY_LIMIT {
+                        return Err(format!("{what} kept failing for {} s: {e}", since.elapsed().as_secs()));
+                    }
                     self.processor.health.set_delivery_failing(Some(format!(
                         "{what} has failed for {} s: {e}",
                         since.elapsed().as_secs()

@@ -483,12 +483,17 @@ impl Sink for ExactlyOnce {
 
 impl ExactlyOnce {
     /// [`ExactlyOnce::retrying`] for a plain consumer call: any error is retried (while not
-    /// stopping), since the consumer's calls have no abort state.
+    /// stopping, for [`RETRY_LIMIT`] at most: then the event path fails, and the process exits
+    /// non-zero rather than stall), since the consumer's calls have no abort state.
     fn retrying_plain(&self, what: &str, mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<()> {
         let mut backoff = Duration::from_millis(100);
+        let started = Instant::now();
         loop {
             match call() {
                 Ok(()) => return Ok(()),
+                Err(e) if started.elapsed() >= RETRY_LIMIT => {
+                    bail!("{what} kept failing for {} s (the group coordinator does not answer): {e}", started.elapsed().as_secs())
+                }
                 Err(e) if !self.stopping() => {
                     tracing::warn!(error = %e, "{what} failed; retrying");
                     std::thread::sleep(backoff);

@@ -412,7 +412,7 @@ fn with_the_processing_clock_the_record_timestamp_is_the_time() {
     let seed = write_file("seed.json", SEED_CAMPAIGN);
     let args = [seed.to_str().unwrap(), "--bootstrap-servers", &bootstrap, "--event-topic", &t.events, "--from", "2024-01-01", "--json"];
     let by_event = report(&args);
-    assert_eq!((by_event["clock"].as_str(), by_event["triggers"].as_u64()), (Some("event"), Some(10)));
+    assert_eq!((by_event["clock"].as_str(), by_event["triggers"].as_u64()), (Some("event"), Some(10)), "{by_event}");
     let by_record = report(&[&args[..], &["--clock", "processing"]].concat());
     assert_eq!((by_record["clock"].as_str(), by_record["triggers"].as_u64()), (Some("processing"), Some(0)));
     assert_eq!(by_record["skipped"]["after_end"], 10, "May 2024 is after the window: {}", by_record["skipped"]);

@@ -137,6 +137,11 @@ fn workload() -> Vec<Ev> {
 
 /// The 100,000 events on a 4-partition topic (keyed by player, explicit record timestamps),
 /// loaded once for every test of this file, and an empty triggers topic.
+/// Events topics of these tests hold records with timestamps from 2023 and 2024: with the
+/// broker's default retention (7 days, by record timestamp) their segments are deleted at its
+/// next retention check, and a backtest would find nothing.
+const HISTORIC: &[(&str, &str)] = &[("retention.ms", "-1")];
+
 struct Loaded {
     topics: Topics,
     events: Vec<Ev>,
@@ -147,7 +152,7 @@ fn loaded() -> &'static Loaded {
     static LOADED: OnceLock<Loaded> = OnceLock::new();
     LOADED.get_or_init(|| {
         let topics = Topics::new("backtest");
-        create_topic(&topics.events, 4);
+        create_topic_with(&topics.events, 4, HISTORIC);
         create_topic(&topics.triggers, 1);
         let events = workload();
         let t0 = Instant::now();
@@ -282,7 +287,7 @@ fn small_topic() -> &'static Topics {
     static SMALL: OnceLock<Topics> = OnceLock::new();
     SMALL.get_or_init(|| {
         let t = Topics::new("backtest-faults");
-        create_topic(&t.events, 2);
+        create_topic_with(&t.events, 2, HISTORIC);
         let msgs: Vec<Msg> = (0..10)
             .map(|i| Msg::keyed(format!("{i}"), seed_event(&format!("f-{i}"), "loss").to_string()).at(ts("2024-05-01T00:00:00Z") + i))
             .collect();
@@ -509,7 +514,7 @@ fn control_topic() -> &'static (Topics, Vec<Cev>) {
     static LOADED: OnceLock<(Topics, Vec<Cev>)> = OnceLock::new();
     LOADED.get_or_init(|| {
         let topics = Topics::new("backtest-controls");
-        create_topic(&topics.events, 4);
+        create_topic_with(&topics.events, 4, HISTORIC);
         create_topic(&topics.triggers, 1);
         let events = control_workload();
         let msgs: Vec<Msg> = events.iter().map(|e| match e.player {
@@ -788,7 +793,7 @@ fn inactivity_native(by_partition: &BTreeMap<i32, Vec<&Cev>>, id: i64, inactivit
 fn a_backtest_with_inactivity_fires_timers_on_each_partitions_time_and_reports_the_armed_ones() {
     let bootstrap = broker();
     let t = Topics::new("backtest-inactivity");
-    create_topic(&t.events, 4);
+    create_topic_with(&t.events, 4, HISTORIC);
     // 60 players over about 33 hours, an event every 20 s; in the last 8 hours the players of
     // partition 3 send nothing, so that partition's time stops early.
     let mut rng = Rng::new(9102);

@@ -407,7 +407,7 @@ impl Evaluator {
         } else if let Some(options) = controls.state {
             // `filter(event, state)`: the state as the campaign sees it now (another
             // `state_version` or past its ttl: none). Kept only when the evaluation succeeds
-            // (an error returns here, before anything is written).
+            // (on an error below, only a timer that fired first is written).
             let current = prev.clone().map(|p| p.current(controls, now)).and_then(|p| p.js);
             evaluate_filter_with_state(&self.processor, campaign, event, job, tick, current.as_ref().map(|j| j.get()), options.max_bytes).map(|(verdict, next)| {
                 // `{}` for a player without a state yet is no state.

@@ -38,8 +38,29 @@ pub struct States {
 
 impl States {
     pub fn open(processor: &Processor, partitions: i32) -> Result<Arc<States>> {
-        let dir = processor.settings.process_state_dir();
-        let db = StateDb::open(&dir).with_context(|| format!("opening the per-player state in {}", dir.display()))?;
+        let mut dir = processor.settings.process_state_dir();
+        let db = match StateDb::open(&dir) {
+            // Another live process holds the directory: one with the same group and instance id,
+            // which this one is about to fence (a takeover). The changelog is the source of
+            // truth, so this process keeps its state in a directory of its own and restores it
+            // from there.
+            Err(StateError::Store { source: fjall::Error::Locked, .. }) => {
+                let own = dir.with_file_name(format!(
+                    "{}.takeover-{}",
+                    dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                    std::process::id()
+                ));
+                tracing::warn!(
+                    locked = %dir.display(),
+                    dir = %own.display(),
+                    "the state directory is in use by another rtcrm process with the same --group-id and --instance-id;                      restoring the per-player state from the changelog into a directory of this process"
+                );
+                dir = own;
+                StateDb::open(&dir)
+            }
+            other => other,
+        }
+        .with_context(|| format!("opening the per-player state in {}", dir.display()))?;
         tracing::info!(dir = %dir.display(), partitions, "per-player state store opened");
         let states = States::new(db, processor.settings.workers, partitions);
         // The HTTP API reads players' states through the processor.

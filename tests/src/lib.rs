@@ -32,6 +32,7 @@ use serde_json::Value;
 
 pub use serde_json::json;
 
+pub mod bench;
 pub mod faults;
 
 // ---------------------------------------------------------------------------------------------

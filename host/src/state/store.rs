@@ -224,7 +224,9 @@ impl PartitionStore {
         self.restored.store(true, Ordering::SeqCst);
     }
 
-    /// The state under `key`, as worker `shard` sees it (its own changes first).
+    /// The state under `key`, as worker `shard` sees it (its own changes first; tests: the
+    /// processor reads it with its size, [`PartitionStore::get_sized`]).
+    #[cfg(test)]
     pub fn get(&self, shard: usize, key: &str) -> Result<Option<PlayerState>, StateError> {
         Ok(self.get_sized(shard, key)?.map(|(state, _)| state))
     }

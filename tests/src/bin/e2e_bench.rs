@@ -63,12 +63,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use rtcrm_integration_tests::{free_port, http_get, parse_rfc3339, target_dir, workspace_dir, Rng};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::config::ClientConfig;
+use rtcrm_integration_tests::bench::{shell_line, metric_sum, evaluation_errors, process_cpu, median, client_config, create_topics, check_delivery};
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
@@ -171,38 +169,8 @@ fn summarize(mut samples: Vec<u64>) -> Option<Latency> {
     Some(Latency { p50_us: rank(50.0), p99_us: rank(99.0), max_us: *samples.last().unwrap() })
 }
 
-/// A shell-quoted command line, to print exactly what ran.
-fn shell_line(args: impl IntoIterator<Item = impl AsRef<str>>) -> String {
-    args.into_iter()
-        .map(|a| {
-            let a = a.as_ref();
-            if !a.is_empty() && a.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_./:=,@%+".contains(&c)) {
-                a.to_string()
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
-/// The value of an unlabelled Prometheus sample, or the sum over its labels.
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .fold(0.0, |a, b| a + b)
-}
 
-/// The non-zero `rtcrm_evaluation_errors_total{campaign, kind}` samples of a `/metrics` text.
-fn evaluation_errors(metrics: &str) -> Vec<String> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("rtcrm_evaluation_errors_total{") && !l.ends_with(" 0"))
-        .map(String::from)
-        .collect()
-}
 
 // =============================================================================================
 // Broker
@@ -293,11 +261,6 @@ impl Topics {
     }
 }
 
-fn client_config(bootstrap: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap);
-    c
-}
 
 /// The producer settings of rtcrm's trigger producer (host/src/kafka.rs), used by the bench's
 /// producers and the baseline copier alike.
@@ -311,22 +274,6 @@ fn producer(bootstrap: &str, linger_ms: u32) -> Result<FutureProducer> {
         .context("creating a Kafka producer")
 }
 
-/// Creates `plain` topics with `partitions` partitions and one-partition `append_time` topics
-/// with broker (LogAppendTime) timestamps.
-fn create_topics(rt: &tokio::runtime::Runtime, bootstrap: &str, plain: &[&str], partitions: i32, append_time: &[&str]) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
-    let mut new: Vec<NewTopic> = plain.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
-    new.extend(
-        append_time
-            .iter()
-            .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)).set("message.timestamp.type", "LogAppendTime")),
-    );
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for r in rt.block_on(admin.create_topics(&new, &opts))? {
-        r.map_err(|(t, e)| anyhow!("creating topic {t}: {e}"))?;
-    }
-    Ok(())
-}
 
 /// Produces (key, value) records and waits until all are acknowledged.
 fn produce_all(rt: &tokio::runtime::Runtime, bootstrap: &str, topic: &str, records: &[(String, String)]) -> Result<()> {
@@ -360,14 +307,6 @@ fn produce_all(rt: &tokio::runtime::Runtime, bootstrap: &str, topic: &str, recor
     Ok(())
 }
 
-/// Ok once the broker acknowledged the record (`E` is the future's "producer gone" error).
-fn check_delivery<E>(r: Result<OwnedDeliveryResult, E>) -> Result<()> {
-    match r {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => bail!("delivery failed: {e}"),
-        Err(_) => bail!("delivery cancelled (producer gone)"),
-    }
-}
 
 /// A consumer outside any group, for watermarks and for reading a topic with `assign`.
 fn reader(bootstrap: &str) -> Result<BaseConsumer> {
@@ -1407,15 +1346,6 @@ fn main() {
     }
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.retain(|x| x.is_finite());
-    if xs.is_empty() {
-        return f64::NAN;
-    }
-    xs.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    let n = xs.len();
-    if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 }
-}
 
 /// The medians of one configuration's runs.
 struct Row {
@@ -1990,14 +1920,6 @@ fn backtest_once(bin: &Path, campaign: &Path, bootstrap: &str, topic: &str) -> R
     Ok(BacktestOnce { report, wall, cpu, command })
 }
 
-/// CPU time (user + system) process `pid` has used so far, from /proc.
-fn process_cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
-    let fields: Vec<&str> = stat.rsplit_once(") ").map_or(vec![], |(_, rest)| rest.split(' ').collect());
-    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    Duration::from_millis((field(11) + field(12)) * 10)
-}
 
 #[cfg(test)]
 mod tests {

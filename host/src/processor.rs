@@ -180,12 +180,16 @@ pub async fn serve(settings: Settings, signal: watch::Receiver<bool>) -> Result<
 /// turns it unhealthy at once; a metadata request every [`PROBE_INTERVAL`] confirms either way.
 async fn probe_forever(processor: Arc<Processor>, mut stop: watch::Receiver<bool>) -> Result<()> {
     let mut last_probe = std::time::Instant::now();
+    // Whether this watch said the cluster does not answer (other reasons can make the
+    // process unhealthy too; "answers again" is logged only after "does not answer").
+    let mut down = false;
     loop {
         tokio::select! {
             _ = crate::supervisor::stopped(&mut stop) => return Ok(()),
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
-        if processor.kafka_errors.all_brokers_down() && processor.health.unhealthy().is_none() {
+        if processor.kafka_errors.all_brokers_down() && !down {
+            down = true;
             let reason = processor.kafka_errors.last().unwrap_or_else(|| "all brokers are down".into());
             tracing::warn!(error = %reason, "the Kafka cluster does not answer");
             processor.health.set_kafka_unreachable(Some(format!("the Kafka cluster at {} does not answer: {reason}", processor.settings.bootstrap_servers)));
@@ -201,13 +205,13 @@ async fn probe_forever(processor: Arc<Processor>, mut stop: watch::Receiver<bool
         .await?;
         match verdict {
             Ok(()) => {
-                if processor.health.unhealthy().is_some() {
+                if std::mem::take(&mut down) {
                     tracing::info!("the Kafka cluster answers again");
                 }
                 processor.health.set_kafka_unreachable(None);
             }
             Err(e) => {
-                if processor.health.unhealthy().is_none() {
+                if !std::mem::replace(&mut down, true) {
                     tracing::warn!(error = format!("{e:#}"), "the Kafka cluster does not answer");
                 }
                 processor.health.set_kafka_unreachable(Some(format!("{e:#}")));

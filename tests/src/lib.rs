@@ -407,6 +407,30 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
 
 static LOG_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// The message of the latest panic (of any test thread), kept so that a failing test's reason
+/// is printed again after the processors' log tails, at the end of its output.
+static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
+
+/// Installs (once) a panic hook that records the message in [`LAST_PANIC`] and then prints it as
+/// the default hook does.
+fn record_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let msg = info
+                .payload()
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+            *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{}{at}", msg.lines().next().unwrap_or("")));
+            default(info);
+        }));
+    });
+}
+
 /// How to start an `rtcrm` process; see [`Processor::start`] for the common case.
 pub struct ProcessorBuilder {
     subcommand: String,
@@ -470,6 +494,7 @@ impl ProcessorBuilder {
     }
 
     pub fn start(self) -> Processor {
+        record_panics();
         let bin = rtcrm_bin();
         let port = free_port();
         let http = format!("127.0.0.1:{port}");
@@ -704,8 +729,11 @@ impl Drop for Processor {
                 "[harness] log of `{}`: {}\n--- last lines ---\n{}",
                 self.cmdline,
                 self.log.display(),
-                self.log_tail(40)
+                self.log_tail(25)
             );
+            if let Some(reason) = LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()).as_deref() {
+                eprintln!("[harness] the test failed: {reason}");
+            }
         }
     }
 }
@@ -1023,8 +1051,13 @@ pub fn wait_topic_partitions(bootstrap: &str, topic: &str, timeout: Duration) ->
 
 /// The high watermark (the offset the next record will get) of every partition of `topic`.
 pub fn high_watermarks(topic: &str) -> Vec<i64> {
-    let n = wait_topic_partitions(&broker(), topic, Duration::from_secs(30));
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", broker()).create().expect("create a Kafka consumer");
+    high_watermarks_on(&broker(), topic)
+}
+
+/// [`high_watermarks`] on the broker at `bootstrap`.
+pub fn high_watermarks_on(bootstrap: &str, topic: &str) -> Vec<i64> {
+    let n = wait_topic_partitions(bootstrap, topic, Duration::from_secs(30));
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("create a Kafka consumer");
     (0..n as i32)
         .map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap_or_else(|e| panic!("watermarks of {topic}/{p}: {e}")).1)
         .collect()
@@ -1100,6 +1133,9 @@ pub struct Reader {
     cursor: usize,
     /// Per campaign id: the index after its last status matched by [`wait_status`].
     status_cursors: BTreeMap<i64, usize>,
+    /// Consumer errors seen (the first few are printed, then one in a hundred, so that an outage
+    /// does not push a failing test's message out of a shortened CI log).
+    errors: u64,
 }
 
 impl Reader {
@@ -1140,7 +1176,7 @@ impl Reader {
             tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
         }
         consumer.assign(&tpl).expect("assign partitions");
-        Reader { consumer, topic: topic.to_string(), records: Vec::new(), cursor: 0, status_cursors: BTreeMap::new() }
+        Reader { consumer, topic: topic.to_string(), records: Vec::new(), cursor: 0, status_cursors: BTreeMap::new(), errors: 0 }
     }
 
     /// Polls once (up to `timeout`); returns whether a record arrived.
@@ -1161,7 +1197,10 @@ impl Reader {
                 true
             }
             Some(Err(e)) => {
-                eprintln!("[harness] consumer error on {}: {e}", self.topic);
+                self.errors += 1;
+                if self.errors <= 3 || self.errors % 100 == 0 {
+                    eprintln!("[harness] consumer error #{} on {}: {e}", self.errors, self.topic);
+                }
                 false
             }
             None => false,

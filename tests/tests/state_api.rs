@@ -178,6 +178,17 @@ fn a_players_count_so_far_and_cooldown_until_through_the_api_and_the_cli() {
     let (code, _, err) = cli_state(&format!("127.0.0.1:{port}"), "201", "777", &[]);
     assert_eq!(code, 1);
     assert!(err.contains(&format!("cannot reach the processor's HTTP API at 127.0.0.1:{port}")), "{err}");
+
+    // After a restart the gauges count the restored states, not only the changes made since.
+    let mut p = p;
+    assert_eq!(p.sigterm().code(), Some(0));
+    let p = Processor::start(&t.args());
+    get_until(&p, "/api/campaigns/201/players/777", |s, v| s == 200 && v["found"] == true);
+    let (_, list) = p.request("GET", "/api/campaigns", None);
+    let c201 = list["campaigns"].as_array().unwrap().iter().find(|c| c["campaign_id"] == 201).unwrap().clone();
+    assert_eq!((c201["counters"]["evaluations"].clone(), c201["counters"]["state_entries"].clone()), (json!(0), json!(2)), "restored states counted: {c201}");
+    assert_eq!(c201["counters"]["state_bytes"], bytes, "the restored states' bytes");
+    assert_eq!(p.metric("rtcrm_state_entries"), Some(2.0), "rtcrm_state_entries over all campaigns after the restart");
 }
 
 /// Kafka's murmur2 (the partition of a player's state: murmur2(player id) mod partitions),

@@ -140,6 +140,10 @@ impl States {
                             "per-player state restored"
                         );
                     }
+                    Err(e) if !states.store(partition).is_some_and(|s| Arc::ptr_eq(&s, &store)) => {
+                        // Revoked while restoring: the next owner restores it.
+                        tracing::info!(partition, error = format!("{e:#}"), "restoring the per-player state of a revoked partition stopped");
+                    }
                     Err(e) => {
                         // The partition stays held back; the event path reports it.
                         tracing::error!(partition, error = format!("{e:#}"), "restoring the per-player state failed");
@@ -220,6 +224,31 @@ impl States {
     }
 }
 
+/// How long a restore retries a cluster that does not answer (or does not know the changelog's
+/// partition yet, as just after the topic was created or a broker came back) before the event
+/// path fails and the process exits non-zero.
+const RESTORE_RETRY_LIMIT: Duration = Duration::from_secs(120);
+
+/// The changelog partition's low and high watermarks, retried while the cluster is unavailable
+/// (for [`RESTORE_RETRY_LIMIT`] at most).
+fn changelog_bounds(consumer: &BaseConsumer<KafkaContext>, topic: &str, partition: i32) -> Result<(i64, i64)> {
+    let started = Instant::now();
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok(bounds) => return Ok(bounds),
+            Err(e) if started.elapsed() < RESTORE_RETRY_LIMIT => {
+                tracing::warn!(error = %e, partition, "reading the end of the changelog; retrying in 1 s");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("reading the end of `{topic}` partition {partition} (retried for {} s)", RESTORE_RETRY_LIMIT.as_secs())
+                })
+            }
+        }
+    }
+}
+
 /// Reads the changelog partition from the store's checkpoint to its end (committed records
 /// only) into the store; returns how many records were applied.
 fn restore(processor: &Processor, store: &PartitionStore) -> Result<usize> {
@@ -234,9 +263,7 @@ fn restore(processor: &Processor, store: &PartitionStore) -> Result<usize> {
         .create_with_context(KafkaContext { errors: processor.kafka_errors.clone(), name: "state restore" })
         .context("creating the changelog reader")?;
     let partition = store.partition;
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, Duration::from_secs(30))
-        .with_context(|| format!("reading the end of `{topic}` partition {partition}"))?;
+    let (low, high) = changelog_bounds(&consumer, topic, partition)?;
     let from = (store.checkpoint() + 1).max(low);
     if from >= high {
         return Ok(0);
@@ -270,13 +297,13 @@ fn restore(processor: &Processor, store: &PartitionStore) -> Result<usize> {
                 }
             }
             Some(Err(e)) => {
-                if idle_since.elapsed() > Duration::from_secs(60) {
+                if idle_since.elapsed() > RESTORE_RETRY_LIMIT {
                     return Err(e).context(format!("reading `{topic}` partition {partition}"));
                 }
                 tracing::warn!(error = %e, partition, "reading the changelog; retrying");
             }
-            None if idle_since.elapsed() > Duration::from_secs(60) => {
-                anyhow::bail!("reading `{topic}` partition {partition}: no progress for 60 s at offset {}", last + 1)
+            None if idle_since.elapsed() > RESTORE_RETRY_LIMIT => {
+                anyhow::bail!("reading `{topic}` partition {partition}: no progress for {} s at offset {}", RESTORE_RETRY_LIMIT.as_secs(), last + 1)
             }
             None => {}
         }

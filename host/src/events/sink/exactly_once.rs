@@ -45,6 +45,8 @@ use tokio::sync::watch;
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 /// Timeout of one transactional call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one attempt to read the committed offsets of a rewind may block the poll loop.
+const REWIND_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Aborted transactions in a row after which the event path gives up.
 pub const MAX_CONSECUTIVE_ABORTS: u32 = 10;
 /// The broker aborts a transaction left open this long (by a crashed instance).
@@ -116,6 +118,9 @@ pub struct ExactlyOnce {
     txn: Mutex<Txn>,
     /// The consumer must seek back to the committed offsets (after an abort).
     rewind: AtomicBool,
+    /// Since when a rewind waits for the committed offsets (the group coordinator does not
+    /// answer, or holds them back behind another member's open transaction).
+    rewind_pending_since: Mutex<Option<Instant>>,
     /// A failure inside the rebalance callback, reported at the next poll.
     failure: Mutex<Option<String>>,
     stop: watch::Receiver<bool>,
@@ -158,6 +163,7 @@ impl ExactlyOnce {
             limits,
             txn: Mutex::default(),
             rewind: AtomicBool::new(false),
+            rewind_pending_since: Mutex::new(None),
             failure: Mutex::new(None),
             stop,
             states,
@@ -433,16 +439,35 @@ impl Sink for ExactlyOnce {
     }
 
     fn take_rewind(&self, consumer: &EventConsumer) -> Result<bool> {
-        if !self.rewind.swap(false, Ordering::SeqCst) {
+        if !self.rewind.load(Ordering::SeqCst) {
             return Ok(false);
         }
         let reset = match self.processor.settings.auto_offset_reset {
             crate::config::OffsetReset::Earliest => Offset::Beginning,
             crate::config::OffsetReset::Latest => Offset::End,
         };
-        let mut committed = None;
-        self.retrying_plain("reading committed offsets", || consumer.committed(CALL_TIMEOUT).map(|c| committed = Some(c)))?;
-        for elem in committed.expect("read above").elements() {
+        // A short wait: the poll loop must go on serving the group (a rebalance may be what the
+        // answer waits for), discarding what it reads, until the committed offsets are known.
+        let committed = match consumer.committed(REWIND_CALL_TIMEOUT) {
+            Ok(committed) => committed,
+            Err(e) => {
+                let mut since = self.rewind_pending_since.lock().unwrap_or_else(|p| p.into_inner());
+                let since = *since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= RETRY_LIMIT {
+                    bail!(
+                        "reading the committed offsets to rewind to kept failing for {} s (the group coordinator does not answer): {e}",
+                        since.elapsed().as_secs()
+                    );
+                }
+                if since.elapsed() < REWIND_CALL_TIMEOUT {
+                    tracing::warn!(error = %e, "reading the committed offsets to rewind to failed; discarding what is read meanwhile and retrying");
+                }
+                return Ok(true);
+            }
+        };
+        self.rewind.store(false, Ordering::SeqCst);
+        *self.rewind_pending_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        for elem in committed.elements() {
             let offset = match elem.offset() {
                 Offset::Offset(o) => Offset::Offset(o),
                 _ => reset,
@@ -478,29 +503,5 @@ impl Sink for ExactlyOnce {
 
     fn state_settled(&self) -> bool {
         !self.txn.lock().unwrap_or_else(|p| p.into_inner()).open
-    }
-}
-
-impl ExactlyOnce {
-    /// [`ExactlyOnce::retrying`] for a plain consumer call: any error is retried (while not
-    /// stopping, for [`RETRY_LIMIT`] at most: then the event path fails, and the process exits
-    /// non-zero rather than stall), since the consumer's calls have no abort state.
-    fn retrying_plain(&self, what: &str, mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<()> {
-        let mut backoff = Duration::from_millis(100);
-        let started = Instant::now();
-        loop {
-            match call() {
-                Ok(()) => return Ok(()),
-                Err(e) if started.elapsed() >= RETRY_LIMIT => {
-                    bail!("{what} kept failing for {} s (the group coordinator does not answer): {e}", started.elapsed().as_secs())
-                }
-                Err(e) if !self.stopping() => {
-                    tracing::warn!(error = %e, "{what} failed; retrying");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => bail!("{what} failed while stopping: {e}"),
-            }
-        }
     }
 }

@@ -176,7 +176,7 @@ impl ConsumerContext for EventsContext {
                 owned.remove(p);
             }
             if !remaining.contains(p) {
-                self.states.release(*p);
+                self.states.release(&self.processor, *p);
                 self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(p);
                 self.restoring.lock().unwrap_or_else(|p| p.into_inner()).remove(p);
             }

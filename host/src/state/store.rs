@@ -16,7 +16,7 @@
 use crate::state::controls::{Controls, Millis};
 use crate::state::decide::PlayerState;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -406,6 +406,38 @@ impl PartitionStore {
     pub fn approximate_len(&self) -> usize {
         self.states.approximate_len()
     }
+
+    /// What this partition holds on disk, per campaign (call after [`PartitionStore::flush`]):
+    /// the states, their bytes and their armed inactivity timers. A scan of the partition; the
+    /// per-campaign gauges count restored states with it, and forget released ones.
+    pub fn census(&self) -> Result<BTreeMap<i64, Census>, StateError> {
+        let mut out: BTreeMap<i64, Census> = BTreeMap::new();
+        for item in self.states.iter() {
+            let (key, value) = item.into_inner().map_err(|e| self.db.err(e))?;
+            if let Some((campaign, _)) = std::str::from_utf8(&key).ok().and_then(split_key) {
+                let c = out.entry(campaign).or_default();
+                c.entries += 1;
+                c.bytes += value.len() as i64;
+            }
+        }
+        for item in self.deadlines.iter() {
+            let key = item.key().map_err(|e| self.db.err(e))?;
+            if let Some(d) = Deadline::decode(&key).filter(|d| d.kind == DeadlineKind::Inactivity) {
+                if let Some((campaign, _)) = split_key(&d.key) {
+                    out.entry(campaign).or_default().timers += 1;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One campaign's share of a partition's store ([`PartitionStore::census`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Census {
+    pub entries: i64,
+    pub bytes: i64,
+    pub timers: i64,
 }
 
 #[cfg(test)]
@@ -454,6 +486,33 @@ mod tests {
         assert!(p.now() >= 5, "the clock survives");
         let other = db.partition(4, 2).unwrap();
         assert_eq!((other.checkpoint(), other.get(0, "7:p1").unwrap()), (-1, None), "partitions are separate");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_census_counts_states_bytes_and_armed_timers_per_campaign() {
+        let d = dir("census");
+        let db = StateDb::open(&d).unwrap();
+        let p = db.partition(0, 2).unwrap();
+        let timer = Controls { inactivity_ms: Some(1000), ..Controls::default() };
+        let armed = PlayerState {
+            touched: 5,
+            inactive: Some(Armed { due: 1005, id: "7:x".into(), event: Json::new("{}".into()).unwrap() }),
+            ..PlayerState::default()
+        };
+        let plain = PlayerState { triggers: 2, ..PlayerState::default() };
+        let a = p.put(0, "7:a", None, Some(&armed), &timer).unwrap().len() as i64;
+        let b = p.put(1, "7:b", None, Some(&plain), &timer).unwrap().len() as i64;
+        let c = p.put(0, "8:a", None, Some(&plain), &Controls::default()).unwrap().len() as i64;
+        assert!(p.census().unwrap().is_empty(), "changes in the overlays are not on disk yet");
+        p.flush().unwrap();
+        let census = p.census().unwrap();
+        assert_eq!(census.get(&7), Some(&Census { entries: 2, bytes: a + b, timers: 1 }));
+        assert_eq!(census.get(&8), Some(&Census { entries: 1, bytes: c, timers: 0 }));
+        assert_eq!(census.len(), 2);
+        p.put(0, "7:a", Some(&armed), None, &timer);
+        p.flush().unwrap();
+        assert_eq!(p.census().unwrap().get(&7), Some(&Census { entries: 1, bytes: b, timers: 0 }), "a deleted state and its timer leave");
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -131,6 +131,11 @@ impl States {
                 let started = Instant::now();
                 match restore(&processor, &store) {
                     Ok(records) => {
+                        // Before the partition's events are evaluated: they change the gauges
+                        // from there.
+                        if states.store(partition).is_some_and(|s| Arc::ptr_eq(&s, &store)) {
+                            count_in_gauges(&processor, &store, 1);
+                        }
                         store.set_restored();
                         tracing::info!(
                             partition,
@@ -164,12 +169,15 @@ impl States {
         self.failures.lock().unwrap_or_else(|p| p.into_inner()).first().cloned()
     }
 
-    /// Flushes and releases the store of a revoked partition.
-    pub fn release(&self, partition: i32) {
+    /// Flushes and releases the store of a revoked partition (its states leave the gauges).
+    pub fn release(&self, processor: &Processor, partition: i32) {
         let store = self.stores.write().unwrap_or_else(|p| p.into_inner()).remove(&partition);
         if let Some(store) = store {
             if let Err(e) = store.flush().and_then(|_| store.persist()) {
                 tracing::warn!(partition, error = %e, "flushing the per-player state of a revoked partition");
+            }
+            if store.is_restored() {
+                count_in_gauges(processor, &store, -1);
             }
         }
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&partition);
@@ -221,6 +229,27 @@ impl States {
             }
         }
         keys
+    }
+}
+
+/// Adds (`sign` 1) or removes (-1) what `store` holds to the per-campaign gauges
+/// `rtcrm_state_entries`, `rtcrm_state_bytes` and `rtcrm_timers_pending`.
+fn count_in_gauges(processor: &Processor, store: &PartitionStore, sign: i64) {
+    let census = match store.census() {
+        Ok(census) => census,
+        Err(e) => {
+            tracing::warn!(partition = store.partition, error = %e, "counting the per-player states for the metrics");
+            return;
+        }
+    };
+    let campaigns = processor.registry.snapshot();
+    for (id, c) in census {
+        if let Some(campaign) = campaigns.get(id) {
+            let t = &campaign.telemetry;
+            t.state_entries.inc_by(sign * c.entries);
+            t.state_bytes.inc_by(sign * c.bytes);
+            t.timers.inc_by(sign * c.timers);
+        }
     }
 }
 

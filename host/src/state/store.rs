@@ -407,12 +407,19 @@ impl PartitionStore {
         self.states.approximate_len()
     }
 
-    /// What this partition holds on disk, per campaign (call after [`PartitionStore::flush`]):
-    /// the states, their bytes and their armed inactivity timers. A scan of the partition; the
-    /// per-campaign gauges count restored states with it, and forget released ones.
-    pub fn census(&self) -> Result<BTreeMap<i64, Census>, StateError> {
+    /// A consistent view of what is on disk now, for [`PartitionStore::census`].
+    pub fn snapshot(&self) -> fjall::Snapshot {
+        self.db.db.snapshot()
+    }
+
+    /// What this partition held on disk at `snapshot`, per campaign (changes still in the
+    /// overlays are not on disk): the states, their bytes and their armed inactivity timers. A
+    /// scan of the partition; the per-campaign gauges count restored states with it, and forget
+    /// released ones.
+    pub fn census(&self, snapshot: &fjall::Snapshot) -> Result<BTreeMap<i64, Census>, StateError> {
+        use fjall::Readable;
         let mut out: BTreeMap<i64, Census> = BTreeMap::new();
-        for item in self.states.iter() {
+        for item in snapshot.iter(&self.states) {
             let (key, value) = item.into_inner().map_err(|e| self.db.err(e))?;
             if let Some((campaign, _)) = std::str::from_utf8(&key).ok().and_then(split_key) {
                 let c = out.entry(campaign).or_default();
@@ -420,7 +427,7 @@ impl PartitionStore {
                 c.bytes += value.len() as i64;
             }
         }
-        for item in self.deadlines.iter() {
+        for item in snapshot.iter(&self.deadlines) {
             let key = item.key().map_err(|e| self.db.err(e))?;
             if let Some(d) = Deadline::decode(&key).filter(|d| d.kind == DeadlineKind::Inactivity) {
                 if let Some((campaign, _)) = split_key(&d.key) {
@@ -504,15 +511,17 @@ mod tests {
         let a = p.put(0, "7:a", None, Some(&armed), &timer).unwrap().len() as i64;
         let b = p.put(1, "7:b", None, Some(&plain), &timer).unwrap().len() as i64;
         let c = p.put(0, "8:a", None, Some(&plain), &Controls::default()).unwrap().len() as i64;
-        assert!(p.census().unwrap().is_empty(), "changes in the overlays are not on disk yet");
+        assert!(p.census(&p.snapshot()).unwrap().is_empty(), "changes in the overlays are not on disk yet");
         p.flush().unwrap();
-        let census = p.census().unwrap();
+        let before = p.snapshot();
+        let census = p.census(&p.snapshot()).unwrap();
         assert_eq!(census.get(&7), Some(&Census { entries: 2, bytes: a + b, timers: 1 }));
         assert_eq!(census.get(&8), Some(&Census { entries: 1, bytes: c, timers: 0 }));
         assert_eq!(census.len(), 2);
         p.put(0, "7:a", Some(&armed), None, &timer);
         p.flush().unwrap();
-        assert_eq!(p.census().unwrap().get(&7), Some(&Census { entries: 1, bytes: b, timers: 0 }), "a deleted state and its timer leave");
+        assert_eq!(p.census(&p.snapshot()).unwrap().get(&7), Some(&Census { entries: 1, bytes: b, timers: 0 }), "a deleted state and its timer leave");
+        assert_eq!(p.census(&before).unwrap(), census, "a snapshot keeps what was on disk when it was taken");
         let _ = std::fs::remove_dir_all(&d);
     }
 

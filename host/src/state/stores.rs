@@ -5,12 +5,12 @@ use crate::kafka::{client_config, KafkaContext};
 use crate::processor::Processor;
 use crate::state::controls::Controls;
 use crate::state::decide::Source;
-use crate::state::store::{PartitionStore, StateDb, StateError};
+use crate::state::store::{Census, PartitionStore, StateDb, StateError};
 use anyhow::{Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -131,11 +131,9 @@ impl States {
                 let started = Instant::now();
                 match restore(&processor, &store) {
                     Ok(records) => {
-                        // Before the partition's events are evaluated: they change the gauges
-                        // from there.
-                        if states.store(partition).is_some_and(|s| Arc::ptr_eq(&s, &store)) {
-                            count_in_gauges(&processor, &store, 1);
-                        }
+                        // What the partition holds before its events are evaluated (they change
+                        // the gauges from there on), counted after they are let through.
+                        let restored = store.snapshot();
                         store.set_restored();
                         tracing::info!(
                             partition,
@@ -144,6 +142,10 @@ impl States {
                             seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
                             "per-player state restored"
                         );
+                        let census = store.census(&restored);
+                        if states.store(partition).is_some_and(|s| Arc::ptr_eq(&s, &store)) {
+                            count_in_gauges(&processor, store.partition, census, 1);
+                        }
                     }
                     Err(e) if !states.store(partition).is_some_and(|s| Arc::ptr_eq(&s, &store)) => {
                         // Revoked while restoring: the next owner restores it.
@@ -177,7 +179,7 @@ impl States {
                 tracing::warn!(partition, error = %e, "flushing the per-player state of a revoked partition");
             }
             if store.is_restored() {
-                count_in_gauges(processor, &store, -1);
+                count_in_gauges(processor, partition, store.census(&store.snapshot()), -1);
             }
         }
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&partition);
@@ -232,13 +234,13 @@ impl States {
     }
 }
 
-/// Adds (`sign` 1) or removes (-1) what `store` holds to the per-campaign gauges
+/// Adds (`sign` 1) or removes (-1) a partition's census to the per-campaign gauges
 /// `rtcrm_state_entries`, `rtcrm_state_bytes` and `rtcrm_timers_pending`.
-fn count_in_gauges(processor: &Processor, store: &PartitionStore, sign: i64) {
-    let census = match store.census() {
+fn count_in_gauges(processor: &Processor, partition: i32, census: Result<BTreeMap<i64, Census>, StateError>, sign: i64) {
+    let census = match census {
         Ok(census) => census,
         Err(e) => {
-            tracing::warn!(partition = store.partition, error = %e, "counting the per-player states for the metrics");
+            tracing::warn!(partition, error = %e, "counting the per-player states for the metrics");
             return;
         }
     };

@@ -39,7 +39,6 @@ pub struct States {
 impl States {
     pub fn open(processor: &Processor, partitions: i32) -> Result<Arc<States>> {
         let mut dir = processor.settings.process_state_dir();
-        remove_stale_takeovers(&dir);
         let db = match StateDb::open(&dir) {
             // Another live process holds the directory: one with the same group and instance id,
             // which this one is about to fence (a takeover). The changelog is the source of
@@ -235,25 +234,6 @@ impl States {
     }
 }
 
-/// Removes the directories `<dir>.takeover-<pid>` that processes no longer running left (a
-/// takeover's state is a copy of the changelog: nothing is lost).
-fn remove_stale_takeovers(dir: &std::path::Path) {
-    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name().map(|n| n.to_string_lossy().into_owned())) else { return };
-    let Ok(entries) = std::fs::read_dir(parent) else { return };
-    let prefix = format!("{name}.takeover-");
-    for entry in entries.flatten() {
-        let file_name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = file_name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        match std::fs::remove_dir_all(entry.path()) {
-            Ok(()) => tracing::info!(dir = %entry.path().display(), "removed the state directory a finished takeover left"),
-            Err(e) => tracing::warn!(dir = %entry.path().display(), error = %e, "removing the state directory a finished takeover left"),
-        }
-    }
-}
-
 /// Adds (`sign` 1) or removes (-1) a partition's census to the per-campaign gauges
 /// `rtcrm_state_entries`, `rtcrm_state_bytes` and `rtcrm_timers_pending`.
 fn count_in_gauges(processor: &Processor, partition: i32, census: Result<BTreeMap<i64, Census>, StateError>, sign: i64) {
@@ -362,35 +342,4 @@ fn restore(processor: &Processor, store: &PartitionStore) -> Result<usize> {
     // The end offset may be a transaction marker: the checkpoint goes to the end either way.
     store.commit_restore(batch, (high - 1).max(last))?;
     Ok(applied)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_takeover_directories_of_finished_processes_are_removed() {
-        let root = std::env::temp_dir().join(format!("rtcrm-takeovers-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let dir = root.join("group--instance");
-        let names = [
-            "group--instance".to_string(),
-            // No process has this id (Linux pids stay below 2^22).
-            "group--instance.takeover-999999999".to_string(),
-            format!("group--instance.takeover-{}", std::process::id()),
-            "group--instance.takeover-1".to_string(),
-            "group--instance.takeover-x".to_string(),
-            "other--instance.takeover-999999999".to_string(),
-        ];
-        for n in &names {
-            std::fs::create_dir_all(root.join(n).join("keyspaces")).unwrap();
-        }
-        remove_stale_takeovers(&dir);
-        let mut left: Vec<String> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        left.sort();
-        let mut expected: Vec<String> = names.iter().filter(|n| n.as_str() != "group--instance.takeover-999999999").cloned().collect();
-        expected.sort();
-        assert_eq!(left, expected);
-        let _ = std::fs::remove_dir_all(&root);
-    }
 }

@@ -196,6 +196,23 @@ impl Tracker {
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
     }
 
+    /// Waits up to `timeout` until every batch in flight is done (evaluated, and its records
+    /// acknowledged), without removing any; whether they are.
+    pub fn wait_all_done(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if queue.iter().all(|b| b.is_done()) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            queue = self.changed.wait_timeout(queue, left.min(Duration::from_millis(50))).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
     /// Removes the done batches at the front and returns the offsets they release: the next
     /// offset to consume, per (topic, partition).
     pub fn pop_done(&self) -> Offsets {

@@ -42,6 +42,9 @@ pub const MAX_BATCH: usize = 500;
 const POLL_WAIT: Duration = Duration::from_millis(50);
 /// How often due deadlines are looked for (and, at-least-once, the stores flushed).
 const DEADLINE_SCAN: Duration = Duration::from_millis(250);
+/// How long an at-least-once deadline scan waits for the batches in flight to be done (no batch
+/// is dispatched meanwhile); the scan is tried again at the next interval if they are not.
+const SCAN_SETTLE: Duration = Duration::from_secs(1);
 /// Most deadlines run per scan and partition.
 const DEADLINES_PER_SCAN: usize = 2_000;
 
@@ -318,6 +321,7 @@ fn consume(
     let limits = processor.sandbox.event_limits();
     let mut last_scan = Instant::now();
     let mut deadline_batch: Option<Arc<Batch>> = None;
+    let exactly_once = processor.settings.delivery == crate::config::Delivery::ExactlyOnce;
     loop {
         if *stop.borrow() {
             return Ok(());
@@ -355,7 +359,13 @@ fn consume(
         sink.after_poll(consumer)?;
         if last_scan.elapsed() >= DEADLINE_SCAN && deadline_batch.as_ref().is_none_or(|b| b.is_done()) && sink.state_settled() {
             last_scan = Instant::now();
-            deadline_batch = run_deadlines(processor, states, sink, workers, tracker)?;
+            // At-least-once writes the partition clocks to disk with the scan: every event they
+            // have seen must be evaluated by then. Otherwise the clock restored after a crash is
+            // ahead of the states written with it, and fires timers that the replayed events
+            // re-arm. (Exactly-once writes them with its transactions.)
+            if exactly_once || tracker.wait_all_done(SCAN_SETTLE) {
+                deadline_batch = run_deadlines(processor, states, sink, workers, tracker)?;
+            }
         }
         metrics.in_flight_events.set(tracker.in_flight_events() as i64);
     }

@@ -45,6 +45,10 @@ use tokio::sync::watch;
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 /// Timeout of one transactional call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `send_offsets_to_transaction` is waited for before its producer is given up and
+/// replaced. librdkafka returns from it after its 30 s socket timeout at most, except when its
+/// group-coordinator request hangs (confluentinc/librdkafka#5456, #5511): then never.
+const HUNG_CALL_LIMIT: Duration = Duration::from_secs(45);
 /// How long one attempt to read the committed offsets of a rewind may block the poll loop.
 const REWIND_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Aborted transactions in a row after which the event path gives up.
@@ -288,6 +292,7 @@ impl ExactlyOnce {
         // other transactional call while one is in progress ("Conflicting commit_transaction API
         // call is already in progress"), so offsets sent once are not sent again.
         let mut offsets_sent = txn.offsets.is_empty();
+        let mut hung = false;
         let outcome = self.retrying(&format!("committing a transaction ({why})"), || {
             if !offsets_sent {
                 let mut tpl = TopicPartitionList::new();
@@ -301,7 +306,14 @@ impl ExactlyOnce {
                 // Without group metadata (not a member right now) the commit cannot include the
                 // offsets: abort and evaluate again.
                 let metadata = consumer.group_metadata().ok_or(KafkaError::Global(RDKafkaErrorCode::State))?;
-                producer.send_offsets_to_transaction(&tpl, &metadata, CALL_TIMEOUT)?;
+                let p = producer.clone();
+                match on_own_thread(HUNG_CALL_LIMIT, move || p.send_offsets_to_transaction(&tpl, &metadata, CALL_TIMEOUT)) {
+                    Some(result) => result?,
+                    None => {
+                        hung = true;
+                        return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
+                    }
+                }
                 offsets_sent = true;
             }
             producer.commit_transaction(CALL_TIMEOUT)
@@ -309,6 +321,13 @@ impl ExactlyOnce {
         txn.open = false;
         txn.opened = None;
         txn.offsets.clear();
+        if hung {
+            self.processor.metrics.transaction("aborted");
+            return self.recreate(&format!(
+                "sending the offsets to the transaction did not return within {} s (librdkafka's coordinator request can hang after an outage: confluentinc/librdkafka#5456)",
+                HUNG_CALL_LIMIT.as_secs()
+            ));
+        }
         match outcome {
             Ok(()) => {
                 txn.aborts_in_a_row = 0;
@@ -503,5 +522,32 @@ impl Sink for ExactlyOnce {
 
     fn state_settled(&self) -> bool {
         !self.txn.lock().unwrap_or_else(|p| p.into_inner()).open
+    }
+}
+
+/// Runs `call` on a thread of its own and waits up to `limit` for its result; None if it has not
+/// returned by then (the thread is left to finish, or not, on its own).
+fn on_own_thread<T: Send + 'static>(limit: Duration, call: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new().name("rtcrm-txn-call".into()).spawn(move || {
+        let _ = tx.send(call());
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "starting a thread for a transactional call failed; the call is given up");
+        return None;
+    }
+    rx.recv_timeout(limit).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_that_does_not_return_in_time_is_given_up() {
+        assert_eq!(on_own_thread(Duration::from_secs(5), || 7), Some(7));
+        let t0 = Instant::now();
+        assert_eq!(on_own_thread(Duration::from_millis(200), || std::thread::sleep(Duration::from_secs(3))), None);
+        assert!(t0.elapsed() < Duration::from_secs(2), "the wait ends at the limit");
     }
 }

@@ -4,11 +4,9 @@
 //! transactions) between polls.
 //!
 //! Partition ownership follows the group's rebalances. On assignment a partition's state store
-//! is opened and restored (from its checkpoint and the changelog) on a thread of its own; what
-//! is polled for it meanwhile is held back, so no event is evaluated before its state is there,
-//! and its topic partition is paused at the first message held (not at the assignment: a pause
-//! while librdkafka still fetches the committed offset, which a broker holds back behind an open
-//! transaction after an outage, leaves the partition stopped for good). Before a partition is revoked, the sink
+//! is opened and restored (from its checkpoint and the changelog) on a thread of its own; the
+//! partition is paused meanwhile and whatever was already fetched for it is held back, so no
+//! event is evaluated before its state is there. Before a partition is revoked, the sink
 //! finishes every batch in flight, delivers and commits (exactly-once: commits the open
 //! transaction), the state store is flushed and released, and messages polled for it but not yet
 //! dispatched are dropped (their next owner reads them from the commit). Partition `p` of both
@@ -62,10 +60,8 @@ pub struct EventsContext {
     owned: Mutex<BTreeSet<i32>>,
     /// (topic, partition) revoked during the current poll.
     revoked: Mutex<BTreeSet<(Source, i32)>>,
-    /// State partitions whose store is restoring.
+    /// State partitions whose store is restoring (their topic partitions are paused).
     restoring: Mutex<BTreeSet<i32>>,
-    /// Topic partitions paused while their state partition restores.
-    paused: Mutex<BTreeSet<(Source, i32)>>,
     /// Jobs polled for partitions still restoring, held back in order.
     held: Mutex<BTreeMap<i32, Vec<Job>>>,
     /// A fatal consumer error (fenced static member, ...).
@@ -106,16 +102,13 @@ impl EventsContext {
         self.owned.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// The topic partitions `tps` (by source).
-    fn topic_partition_list(&self, tps: &[(Source, i32)]) -> TopicPartitionList {
-        let settings = &self.processor.settings;
+    /// Both topics' partition `p`, as far as they are assigned.
+    fn topic_partitions(&self, consumer: &BaseConsumer<Self>, p: i32) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
-        for (source, p) in tps {
-            let topic = match source {
-                Source::Events => &settings.event_topic,
-                Source::Repartitioned => &settings.repartition_topic,
-            };
-            tpl.add_partition(topic, *p);
+        if let Ok(assigned) = consumer.assignment() {
+            for e in assigned.elements().iter().filter(|e| e.partition() == p) {
+                tpl.add_partition(e.topic(), p);
+            }
         }
         tpl
     }
@@ -189,13 +182,12 @@ impl ConsumerContext for EventsContext {
                 self.states.release(&self.processor, *p);
                 self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(p);
                 self.restoring.lock().unwrap_or_else(|p| p.into_inner()).remove(p);
-                self.paused.lock().unwrap_or_else(|p| p.into_inner()).retain(|(_, q)| q != p);
             }
         }
         tracing::info!(?revoked, "partitions revoked (drained, committed, state flushed)");
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
                 let assigned: Vec<(Source, i32)> = list.elements().iter().map(|e| (self.source(e.topic()), e.partition())).collect();
@@ -208,6 +200,9 @@ impl ConsumerContext for EventsContext {
                     match self.states.assign(&self.processor, p) {
                         Ok(true) => {
                             self.restoring.lock().unwrap_or_else(|p| p.into_inner()).insert(p);
+                            if let Err(e) = consumer.pause(&self.topic_partitions(consumer, p)) {
+                                tracing::warn!(partition = p, error = %e, "pausing a partition while its state is restored");
+                            }
                         }
                         Ok(false) => {}
                         Err(e) => {
@@ -254,7 +249,6 @@ pub fn run(processor: Arc<Processor>, stop: watch::Receiver<bool>) -> Result<()>
         owned: Mutex::default(),
         revoked: Mutex::default(),
         restoring: Mutex::default(),
-        paused: Mutex::default(),
         held: Mutex::default(),
         fatal: Mutex::default(),
         abandoned: AtomicBool::new(false),
@@ -383,30 +377,16 @@ fn release_restored(context: &EventsContext, consumer: &EventConsumer, states: &
     let mut held = context.held.lock().unwrap_or_else(|p| p.into_inner());
     let mut restoring = context.restoring.lock().unwrap_or_else(|p| p.into_inner());
     let mut out = Vec::with_capacity(jobs.len());
-    let mut paused = context.paused.lock().unwrap_or_else(|p| p.into_inner());
     let done: Vec<i32> = restoring.iter().copied().filter(|p| states.store(*p).is_some_and(|s| s.is_restored())).collect();
     for p in done {
         restoring.remove(&p);
         out.extend(held.remove(&p).unwrap_or_default());
-        let was_paused: Vec<(Source, i32)> = paused.iter().copied().filter(|(_, q)| *q == p).collect();
-        if !was_paused.is_empty() {
-            for tp in &was_paused {
-                paused.remove(tp);
-            }
-            if let Err(e) = consumer.resume(&context.topic_partition_list(&was_paused)) {
-                tracing::warn!(partition = p, error = %e, "resuming a restored partition");
-            }
+        if let Err(e) = consumer.resume(&context.topic_partitions(consumer, p)) {
+            tracing::warn!(partition = p, error = %e, "resuming a restored partition");
         }
     }
     for job in jobs {
         if restoring.contains(&job.partition) {
-            // The first message held: the partition has its fetch position, and is paused
-            // until its state is restored (what it already fetched is held here).
-            if paused.insert((job.source, job.partition)) {
-                if let Err(e) = consumer.pause(&context.topic_partition_list(&[(job.source, job.partition)])) {
-                    tracing::warn!(partition = job.partition, error = %e, "pausing a partition while its state is restored");
-                }
-            }
             held.entry(job.partition).or_default().push(job);
         } else {
             out.push(job);

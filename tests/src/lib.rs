@@ -1066,9 +1066,17 @@ pub fn high_watermarks_on(bootstrap: &str, topic: &str) -> Vec<i64> {
 /// Committed offsets of consumer group `group` for every partition of `topic` (None where the
 /// group has committed nothing), read with an OffsetFetch (the group is not joined).
 pub fn committed_offsets(group: &str, topic: &str) -> Vec<Option<i64>> {
-    let n = wait_topic_partitions(&broker(), topic, Duration::from_secs(30));
+    committed_offsets_on(&broker(), group, topic, "read_uncommitted").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`committed_offsets`] on the broker at `bootstrap`, asked as a consumer of `isolation`
+/// (`read_committed` asks for stable offsets: the broker holds back offsets of an open
+/// transaction); an error as text.
+pub fn committed_offsets_on(bootstrap: &str, group: &str, topic: &str, isolation: &str) -> Result<Vec<Option<i64>>, String> {
+    let n = wait_topic_partitions(bootstrap, topic, Duration::from_secs(30));
     let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker())
+        .set("bootstrap.servers", bootstrap)
+        .set("isolation.level", isolation)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()
@@ -1077,15 +1085,13 @@ pub fn committed_offsets(group: &str, topic: &str) -> Vec<Option<i64>> {
     for p in 0..n as i32 {
         tpl.add_partition(topic, p);
     }
-    let res = c
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("OffsetFetch for group {group} on {topic}: {e}"));
-    (0..n as i32)
+    let res = c.committed_offsets(tpl, Duration::from_secs(10)).map_err(|e| format!("OffsetFetch for group {group} on {topic}: {e}"))?;
+    Ok((0..n as i32)
         .map(|p| match res.find_partition(topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => Some(o),
             _ => None,
         })
-        .collect()
+        .collect())
 }
 
 // ---------------------------------------------------------------------------------------------

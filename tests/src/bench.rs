@@ -90,3 +90,66 @@ pub fn check_delivery<E>(r: Result<OwnedDeliveryResult, E>) -> Result<()> {
         Err(_) => bail!("delivery cancelled (producer gone)"),
     }
 }
+
+/// A broker started with `scripts/kafka/broker.sh`, stopped on drop (its logs stay, its topics'
+/// data goes).
+pub struct Broker {
+    pub dir: std::path::PathBuf,
+    pub addr: String,
+}
+
+impl Broker {
+    pub fn start(dir: &std::path::Path) -> Result<Broker> {
+        use anyhow::Context;
+        use std::process::{Command, Stdio};
+        let script = crate::workspace_dir().join("scripts/kafka/broker.sh");
+        std::fs::create_dir_all(dir)?;
+        // A detached watchdog stops the broker once this process is gone, even if it is killed
+        // (the broker runs under setsid, so it would outlive us).
+        let watchdog = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; exec bash {} stop {}",
+            shell_line([script.to_string_lossy()]),
+            shell_line([dir.to_string_lossy()]),
+            pid = std::process::id()
+        );
+        Command::new("setsid")
+            .args(["bash", "-c", &watchdog])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("watchdog.log")).map(Stdio::from).unwrap_or(Stdio::null()))
+            .spawn()
+            .context("spawning the broker watchdog (setsid bash)")?;
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running scripts/kafka/broker.sh")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let addr = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+        // From here on, drop stops the broker (also after a failed start: stop is idempotent).
+        let broker = Broker { dir: dir.to_path_buf(), addr };
+        if !out.status.success() || broker.addr.is_empty() {
+            bail!("`broker.sh start {}` failed ({}): {stdout}", dir.display(), out.status);
+        }
+        Ok(broker)
+    }
+
+    /// The broker's log dir (`log.dirs` of scripts/kafka/broker.sh).
+    pub fn log_dir(&self) -> std::path::PathBuf {
+        self.dir.join("data")
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        eprintln!("stopping the broker ({})", self.dir.display());
+        let script = crate::workspace_dir().join("scripts/kafka/broker.sh");
+        let stopped = std::process::Command::new("bash").arg(script).arg("stop").arg(&self.dir).stdin(std::process::Stdio::null()).status();
+        if stopped.is_ok_and(|s| s.success()) {
+            let _ = std::fs::remove_dir_all(self.dir.join("data"));
+        }
+    }
+}

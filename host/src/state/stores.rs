@@ -129,6 +129,8 @@ impl States {
             .name(format!("rtcrm-restore-{partition}"))
             .spawn(move || {
                 let started = Instant::now();
+                // Not revoked (and maybe assigned again) meanwhile.
+                let still_owned = || states.store(partition).is_some_and(|s| Arc::ptr_eq(&s, &store));
                 match restore(&processor, &store) {
                     Ok(records) => {
                         // What the partition holds before its events are evaluated (they change
@@ -143,11 +145,11 @@ impl States {
                             "per-player state restored"
                         );
                         let census = store.census(&restored);
-                        if states.store(partition).is_some_and(|s| Arc::ptr_eq(&s, &store)) {
+                        if still_owned() {
                             count_in_gauges(&processor, store.partition, census, 1);
                         }
                     }
-                    Err(e) if !states.store(partition).is_some_and(|s| Arc::ptr_eq(&s, &store)) => {
+                    Err(e) if !still_owned() => {
                         // Revoked while restoring: the next owner restores it.
                         tracing::info!(partition, error = format!("{e:#}"), "restoring the per-player state of a revoked partition stopped");
                     }

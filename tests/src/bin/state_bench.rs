@@ -69,8 +69,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rtcrm_integration_tests::{fmt_rfc3339, free_port, http_get, parse_rfc3339, target_dir, ts, workspace_dir};
-use rtcrm_integration_tests::bench::{shell_line, metric_sum, evaluation_errors, process_cpu, median, client_config, create_topics, check_delivery};
+use rtcrm_integration_tests::{fmt_rfc3339, free_port, http_get, parse_rfc3339, target_dir, ts};
+use rtcrm_integration_tests::bench::{Broker, shell_line, metric_sum, evaluation_errors, process_cpu, median, client_config, create_topics, check_delivery};
 use serde_json::{json, Value};
 
 /// Time without progress after which a wait for output gives up (and reports what is missing).
@@ -198,71 +198,6 @@ fn journal_du(path: &Path) -> u64 {
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
-}
-
-// =============================================================================================
-// Broker (copied from e2e_bench.rs)
-// =============================================================================================
-
-/// A broker started with `scripts/kafka/broker.sh`, stopped on drop.
-struct Broker {
-    dir: PathBuf,
-    addr: String,
-}
-
-impl Broker {
-    fn start(dir: &Path) -> Result<Broker> {
-        let script = workspace_dir().join("scripts/kafka/broker.sh");
-        std::fs::create_dir_all(dir)?;
-        // A detached watchdog stops the broker once this process is gone, even if it is killed
-        // (the broker runs under setsid, so it would outlive us).
-        let watchdog = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; exec bash {} stop {}",
-            shell_line([script.to_string_lossy()]),
-            shell_line([dir.to_string_lossy()]),
-            pid = std::process::id()
-        );
-        Command::new("setsid")
-            .args(["bash", "-c", &watchdog])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(dir.join("watchdog.log")).map(Stdio::from).unwrap_or(Stdio::null()))
-            .spawn()
-            .context("spawning the broker watchdog (setsid bash)")?;
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .context("running scripts/kafka/broker.sh")?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let addr = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
-        // From here on, drop stops the broker (also after a failed start: stop is idempotent).
-        let broker = Broker { dir: dir.to_path_buf(), addr };
-        if !out.status.success() || broker.addr.is_empty() {
-            bail!("`broker.sh start {}` failed ({}): {stdout}", dir.display(), out.status);
-        }
-        Ok(broker)
-    }
-
-    /// The broker's log dir (`log.dirs` of scripts/kafka/broker.sh).
-    fn log_dir(&self) -> PathBuf {
-        self.dir.join("data")
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        progress(format!("stopping the broker ({})", self.dir.display()));
-        let script = workspace_dir().join("scripts/kafka/broker.sh");
-        let stopped = Command::new("bash").arg(script).arg("stop").arg(&self.dir).stdin(Stdio::null()).status();
-        // The logs stay for inspection; the topics' data (gigabytes) goes.
-        if stopped.is_ok_and(|s| s.success()) {
-            let _ = std::fs::remove_dir_all(self.dir.join("data"));
-        }
-    }
 }
 
 // =============================================================================================

@@ -1,7 +1,8 @@
 //! What `/healthz` and `/readyz` report.
 //!
 //! - `/healthz` is 200 while the processor can do its work: no task has failed, the Kafka cluster
-//!   answers the periodic probe, and (exactly-once) transactions are committing. Otherwise 503
+//!   answers the periodic probe, (exactly-once) transactions are committing, and no assigned
+//!   partition has waited long for its committed offset. Otherwise 503
 //!   with the reason, so an instance that consumes nothing never looks healthy.
 //! - `/readyz` is 200 when it is healthy, has read the campaigns topic to its end, and has joined
 //!   the events consumer group.
@@ -20,6 +21,8 @@ pub struct Health {
     kafka: Mutex<Option<String>>,
     /// Why the event path cannot deliver (e.g. transactions failing), if it cannot.
     delivery: Mutex<Option<String>>,
+    /// Which assigned partitions have long waited for their committed offsets, if any.
+    waiting: Mutex<Option<String>>,
 }
 
 fn get(slot: &Mutex<Option<String>>) -> Option<String> {
@@ -62,12 +65,20 @@ impl Health {
         set(&self.delivery, reason);
     }
 
+    /// The event path's verdict on its assigned partitions: `None` when every one of them
+    /// fetches (or has not waited long for its committed offset). A partition whose offset
+    /// fetch the group coordinator keeps answering with UNSTABLE_OFFSET_COMMIT consumes
+    /// nothing while everything else looks well.
+    pub fn set_partitions_waiting(&self, reason: Option<String>) {
+        set(&self.waiting, reason);
+    }
+
     /// Why the processor is unhealthy (`/healthz` 503), if it is.
     pub fn unhealthy(&self) -> Option<String> {
         if let Some(f) = self.failure() {
             return Some(format!("stopping after a failure: {f}"));
         }
-        get(&self.kafka).or_else(|| get(&self.delivery))
+        get(&self.kafka).or_else(|| get(&self.delivery)).or_else(|| get(&self.waiting))
     }
 
     /// Why the processor is not ready (`/readyz` 503, `/api/info`), if it is not.
@@ -101,6 +112,10 @@ mod tests {
         assert!(h.not_ready().is_some());
         h.set_kafka_unreachable(None);
         assert_eq!(h.unhealthy(), None);
+        h.set_partitions_waiting(Some("1 assigned partition(s) (events[0]) have waited 31 s".into()));
+        assert_eq!(h.unhealthy().as_deref(), Some("1 assigned partition(s) (events[0]) have waited 31 s"));
+        h.set_partitions_waiting(None);
+        assert_eq!(h.not_ready(), None);
         h.fail("event path: fenced");
         h.fail("later");
         assert_eq!(h.unhealthy().as_deref(), Some("stopping after a failure: event path: fenced"));

@@ -47,6 +47,8 @@ const DEADLINE_SCAN: Duration = Duration::from_millis(250);
 const SCAN_SETTLE: Duration = Duration::from_secs(1);
 /// Most deadlines run per scan and partition.
 const DEADLINES_PER_SCAN: usize = 2_000;
+/// How long an assigned partition may wait for its committed offset before `/healthz` says so.
+const WAITING_UNHEALTHY: Duration = Duration::from_secs(30);
 
 /// The events consumer.
 pub type EventConsumer = BaseConsumer<EventsContext>;
@@ -69,6 +71,8 @@ pub struct EventsContext {
     /// The event path failed: revocations while closing commit nothing.
     abandoned: AtomicBool,
     limiter: LogLimiter,
+    /// Since when some assigned partition has not been fetching (read from the statistics).
+    waiting: Mutex<Option<(Instant, Vec<String>)>>,
 }
 
 impl EventsContext {
@@ -80,6 +84,49 @@ impl EventsContext {
             Some(reason) => Err(anyhow!(reason)),
             None => Ok(()),
         }
+    }
+
+    /// How long some assigned partition has not been fetching: its consumer still waits for
+    /// its committed offset (see `Health::set_partitions_waiting`). Known to within the
+    /// statistics interval.
+    pub fn waiting_for_offsets(&self) -> Option<Duration> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(since, _)| since.elapsed())
+    }
+
+    /// Notes which assigned partitions are not fetching, from librdkafka's statistics, and
+    /// reports them in `/healthz` once they have waited [`WAITING_UNHEALTHY`].
+    fn note_waiting(&self, stats: &Statistics) {
+        let settings = &self.processor.settings;
+        // Both topics' partition p are assigned together (range assignor, co-partitioned).
+        let owned = self.owned.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut waiting: Vec<String> = [&settings.event_topic, &settings.repartition_topic]
+            .into_iter()
+            .filter_map(|topic| stats.topics.get(topic.as_str()).map(|t| (topic, t)))
+            .flat_map(|(topic, t)| {
+                t.partitions
+                    .values()
+                    .filter(|p| owned.contains(&p.partition) && p.fetch_state != "active")
+                    .map(move |p| format!("{topic}[{}]", p.partition))
+            })
+            .collect();
+        waiting.sort();
+        let mut slot = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if waiting.is_empty() {
+            *slot = None;
+        } else {
+            let since = slot.as_ref().map_or_else(Instant::now, |(since, _)| *since);
+            *slot = Some((since, waiting));
+        }
+        let report = slot.as_ref().filter(|(since, _)| since.elapsed() >= WAITING_UNHEALTHY).map(|(since, partitions)| {
+            format!(
+                "{} assigned partition(s) ({}) have waited {} s for their committed offsets: the group coordinator does not \
+                 answer, or holds them back behind an unfinished transactional offset commit",
+                partitions.len(),
+                partitions.join(", "),
+                since.elapsed().as_secs()
+            )
+        });
+        self.processor.health.set_partitions_waiting(report);
     }
 
     fn source(&self, topic: &str) -> Source {
@@ -138,6 +185,7 @@ impl ClientContext for EventsContext {
             .map(|t| t.partitions.values().filter(|p| owned.contains(&p.partition) && p.consumer_lag >= 0).map(|p| p.consumer_lag).sum())
             .unwrap_or(0);
         self.processor.metrics.consumer_lag.set(lag);
+        self.note_waiting(&stats);
     }
 }
 
@@ -253,6 +301,7 @@ pub fn run(processor: Arc<Processor>, stop: watch::Receiver<bool>) -> Result<()>
         fatal: Mutex::default(),
         abandoned: AtomicBool::new(false),
         limiter: LogLimiter::default(),
+        waiting: Mutex::default(),
     };
     let consumer: EventConsumer =
         crate::kafka::event_consumer_config(settings, exactly_once).create_with_context(context).context("creating the events consumer")?;
@@ -351,7 +400,7 @@ fn consume(
         let jobs_now = release_restored(context, consumer, states, std::mem::take(&mut jobs));
         if !jobs_now.is_empty() {
             advance_clocks(processor, states, &jobs_now);
-            sink.before_dispatch()?;
+            sink.before_dispatch(consumer)?;
             metrics.events.inc_by(jobs_now.iter().filter(|j| j.offset >= 0).count() as u64);
             let batch = Batch::dispatch(jobs_now, workers.len(), tracker);
             workers.dispatch(&batch)?;
@@ -364,7 +413,7 @@ fn consume(
             // ahead of the states written with it, and fires timers that the replayed events
             // re-arm. (Exactly-once writes them with its transactions.)
             if exactly_once || tracker.wait_all_done(SCAN_SETTLE) {
-                deadline_batch = run_deadlines(processor, states, sink, workers, tracker)?;
+                deadline_batch = run_deadlines(processor, consumer, states, sink, workers, tracker)?;
             }
         }
         metrics.in_flight_events.set(tracker.in_flight_events() as i64);
@@ -415,7 +464,7 @@ fn advance_clocks(processor: &Processor, states: &States, jobs: &[Job]) {
 /// Dispatches the due deadlines and confirmed timer triggers of every restored partition as one
 /// batch (state work only; it commits no offset). At-least-once flushes the stores first, so the
 /// scan sees every change made so far.
-fn run_deadlines(processor: &Processor, states: &Arc<States>, sink: &dyn Sink, workers: &Workers, tracker: &Arc<Tracker>) -> Result<Option<Arc<Batch>>> {
+fn run_deadlines(processor: &Processor, consumer: &EventConsumer, states: &Arc<States>, sink: &dyn Sink, workers: &Workers, tracker: &Arc<Tracker>) -> Result<Option<Arc<Batch>>> {
     if processor.settings.delivery != crate::config::Delivery::ExactlyOnce {
         states.flush_all().map_err(|e| anyhow!("writing the per-player state: {e}"))?;
     }
@@ -436,7 +485,7 @@ fn run_deadlines(processor: &Processor, states: &Arc<States>, sink: &dyn Sink, w
     if jobs.is_empty() {
         return Ok(None);
     }
-    sink.before_dispatch()?;
+    sink.before_dispatch(consumer)?;
     let batch = Batch::dispatch(jobs, workers.len(), tracker);
     workers.dispatch(&batch)?;
     Ok(Some(batch))

@@ -226,7 +226,7 @@ impl Sink for AtLeastOnce {
         self.outlet.send(&self.producer, &record, pending);
     }
 
-    fn before_dispatch(&self) -> Result<()> {
+    fn before_dispatch(&self, _consumer: &EventConsumer) -> Result<()> {
         self.check_fatal()
     }
 

@@ -19,6 +19,11 @@
 //!   [`MAX_CONSECUTIVE_ABORTS`] aborts in a row: no silent loop.
 //! - A record the producer refuses at enqueue for a reason other than its size dooms the open
 //!   transaction (it is aborted instead of committed without the record).
+//! - Abandoned offset commits are cleared: after an outage the group coordinator may hold a
+//!   transactional offset commit of this `transactional.id` that belongs to no open transaction
+//!   (see [`ExactlyOnce::clear_abandoned`]). Before its first transaction, and whenever an assigned
+//!   partition has long waited for its committed offset, a producer runs an empty transaction
+//!   that only adds the group's offsets, and aborts it: the abort marker discards them.
 
 use super::{base_record, RecordLimits, dead_letter, enqueue, is_permanent, oversize, Record, RecordKind, Sink};
 use arc_swap::ArcSwap;
@@ -60,6 +65,11 @@ const TRANSACTION_TIMEOUT_MS: &str = "30000";
 /// from the committed offsets: the consumer thread never waits longer than this for one call,
 /// so it keeps polling within the group's `max.poll.interval.ms`.
 const RETRY_LIMIT: Duration = Duration::from_secs(90);
+/// How long an assigned partition waits for its committed offset before the producer clears
+/// abandoned offset commits again, and how often it does so at most while one waits.
+const CLEAR_WHEN_WAITING: Duration = Duration::from_secs(15);
+/// How soon a clearing that could not be done is tried again.
+const CLEAR_RETRY: Duration = Duration::from_secs(1);
 /// New transactional producers started after fatal errors, at most, per window.
 pub const MAX_RECREATIONS: usize = 5;
 pub const RECREATION_WINDOW: Duration = Duration::from_secs(600);
@@ -134,6 +144,10 @@ pub struct ExactlyOnce {
     /// Timer triggers sent in the open transaction (confirmed by its commit). Not under the
     /// `txn` lock: workers add to it while a commit waits for them.
     confirm: Mutex<Vec<(i32, String)>>,
+    /// The current producer has not yet cleared abandoned offset commits.
+    clear_due: AtomicBool,
+    /// When abandoned offset commits were last cleared, or tried to be.
+    last_clear: Mutex<Option<Instant>>,
 }
 
 enum TxnError {
@@ -173,6 +187,8 @@ impl ExactlyOnce {
             states,
             changelog,
             confirm: Mutex::new(Vec::new()),
+            clear_due: AtomicBool::new(true),
+            last_clear: Mutex::new(None),
         };
         sink.init().map_err(|e| anyhow!("{e:#} (does the broker support transactions?)"))?;
         Ok(sink)
@@ -222,6 +238,8 @@ impl ExactlyOnce {
         self.init()?;
         self.doomed.store(false, Ordering::SeqCst);
         self.rewind.store(true, Ordering::SeqCst);
+        self.clear_due.store(true, Ordering::SeqCst);
+        *self.last_clear.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.processor.metrics.transaction("producer_recreated");
         Ok(())
     }
@@ -377,6 +395,90 @@ impl ExactlyOnce {
         Ok(())
     }
 
+    /// Clears abandoned offset commits of this `transactional.id`, when due: before the current
+    /// producer's first transaction, and every [`CLEAR_WHEN_WAITING`] while an assigned partition
+    /// has waited that long for its committed offset. Call only while no transaction is open.
+    ///
+    /// Why: the group coordinator can accept a transactional offset commit (TxnOffsetCommit) of
+    /// an earlier producer with this `transactional.id` after the transaction coordinator has
+    /// aborted that producer's transaction — seen after a 60 s broker outage (Kafka 4.3.1,
+    /// librdkafka 2.12.1), from a producer given up after a hung call, whose retried request
+    /// arrived once the broker was back. No marker will ever end such a commit, so the group
+    /// coordinator answers every stable offset fetch of its partitions with
+    /// UNSTABLE_OFFSET_COMMIT, and their owner waits for its committed offsets forever; the next
+    /// committed transaction of this producer id would instead make those offsets, whose records
+    /// were aborted, the committed ones. The pending offsets of a producer id are ended by the
+    /// next transaction marker of that producer id on the group's offsets partition, whatever
+    /// partitions it names: an aborted transaction that only adds an offset commit discards
+    /// them, and changes nothing else.
+    fn clear_abandoned(&self, consumer: &EventConsumer) -> Result<()> {
+        let waiting = consumer.context().waiting_for_offsets().is_some_and(|w| w >= CLEAR_WHEN_WAITING);
+        let due = self.clear_due.load(Ordering::SeqCst);
+        let mut last = self.last_clear.lock().unwrap_or_else(|p| p.into_inner());
+        let pause = if due { CLEAR_RETRY } else { CLEAR_WHEN_WAITING };
+        if !(due || waiting) || last.is_some_and(|t| t.elapsed() < pause) {
+            return Ok(());
+        }
+        // Any partition of the assignment serves: the transaction is aborted.
+        let Some((topic, partition)) =
+            consumer.assignment().ok().and_then(|a| a.elements().first().map(|e| (e.topic().to_owned(), e.partition())))
+        else {
+            return Ok(());
+        };
+        if consumer.group_metadata().is_none() {
+            return Ok(());
+        }
+        *last = Some(Instant::now());
+        drop(last);
+        let producer = self.producer.load_full();
+        let (mut begun, mut sent, mut hung) = (false, false, false);
+        let outcome = self.retrying("clearing abandoned offset commits", || {
+            if !begun {
+                producer.begin_transaction()?;
+                begun = true;
+            }
+            if !sent {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition_offset(&topic, partition, Offset::Offset(0))?;
+                let metadata = consumer.group_metadata().ok_or(KafkaError::Global(RDKafkaErrorCode::State))?;
+                let p = producer.clone();
+                match on_own_thread(HUNG_CALL_LIMIT, move || p.send_offsets_to_transaction(&tpl, &metadata, CALL_TIMEOUT)) {
+                    Some(result) => result?,
+                    None => {
+                        hung = true;
+                        return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
+                    }
+                }
+                sent = true;
+            }
+            producer.abort_transaction(CALL_TIMEOUT)
+        });
+        match outcome {
+            Ok(()) => {
+                self.clear_due.store(false, Ordering::SeqCst);
+                self.processor.metrics.transaction("abandoned_offsets_cleared");
+                let reason = if due { "before the producer's first transaction" } else { "an assigned partition waits for its committed offset" };
+                tracing::info!(reason, "cleared abandoned transactional offset commits (an empty transaction, aborted)");
+                Ok(())
+            }
+            Err(e) if hung => self.recreate(&format!(
+                "sending the offsets of a clearing transaction did not return within {} s (confluentinc/librdkafka#5456): {e}",
+                HUNG_CALL_LIMIT.as_secs()
+            )),
+            Err(e) if e.starts_with("abort: ") => {
+                // Ends the failed transaction, if one was begun; the clearing is tried again.
+                tracing::warn!(error = %e, "clearing abandoned offset commits failed; trying again");
+                if begun {
+                    if let Err(e) = self.retrying("aborting a transaction", || producer.abort_transaction(CALL_TIMEOUT)) {
+                        return self.recreate(&format!("aborting a clearing transaction failed: {e}"));
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => self.recreate(&e),
+        }
+    }
+
     fn record_failure(&self, e: anyhow::Error) {
         tracing::error!(error = format!("{e:#}"), "exactly-once: in the rebalance callback");
         self.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| format!("{e:#}"));
@@ -426,15 +528,17 @@ impl Sink for ExactlyOnce {
         }
     }
 
-    fn before_dispatch(&self) -> Result<()> {
+    fn before_dispatch(&self, consumer: &EventConsumer) -> Result<()> {
         if let Some(failure) = self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             bail!(failure);
         }
         let mut txn = self.txn.lock().unwrap_or_else(|p| p.into_inner());
         if !txn.open {
+            self.clear_abandoned(consumer)?;
             let producer = self.producer.load_full();
             if let Err(e) = self.retrying("beginning a transaction", || producer.begin_transaction()) {
                 self.recreate(&e)?;
+                self.clear_abandoned(consumer)?;
                 let producer = self.producer.load_full();
                 self.retrying("beginning a transaction", || producer.begin_transaction())
                     .map_err(|e| anyhow!("the transactional producer cannot go on: {e}"))?;
@@ -453,6 +557,10 @@ impl Sink for ExactlyOnce {
         };
         if due {
             self.commit(consumer, "interval")?;
+        }
+        let txn = self.txn.lock().unwrap_or_else(|p| p.into_inner());
+        if !txn.open {
+            self.clear_abandoned(consumer)?;
         }
         Ok(())
     }

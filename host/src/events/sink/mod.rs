@@ -68,7 +68,7 @@ pub trait Sink: Send + Sync {
     fn send(&self, record: Record<'_>, batch: &Arc<Batch>, job: u32);
 
     /// Before the consumer thread dispatches a batch (exactly-once: a transaction is open).
-    fn before_dispatch(&self) -> Result<()>;
+    fn before_dispatch(&self, consumer: &EventConsumer) -> Result<()>;
 
     /// After each poll, on the consumer thread: releases the offsets of done batches and
     /// commits when due. An error stops the event path (and the process).

@@ -95,33 +95,75 @@ impl Drop for Pooled {
     }
 }
 
+/// Tags the threads that evaluate: an instance goes back to the thread that last used it.
+static NEXT_THREAD_TAG: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static THREAD_TAG: usize = NEXT_THREAD_TAG.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Idle items, each with the tag of the thread that put it back; a thread takes its own first.
+struct AffinityPool<T> {
+    idle: Mutex<Vec<(usize, T)>>,
+}
+
+impl<T> Default for AffinityPool<T> {
+    fn default() -> Self {
+        AffinityPool { idle: Mutex::new(Vec::new()) }
+    }
+}
+
+impl<T> AffinityPool<T> {
+    /// The item this thread put back last, else the one put back last by any thread.
+    fn take(&self) -> Option<T> {
+        let me = THREAD_TAG.with(|t| *t);
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let i = idle.iter().rposition(|(tag, _)| *tag == me).or_else(|| idle.len().checked_sub(1))?;
+        Some(idle.swap_remove(i).1)
+    }
+
+    fn put(&self, item: T) {
+        let me = THREAD_TAG.with(|t| *t);
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push((me, item));
+    }
+
+    fn len(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn take_all(&self) -> Vec<(usize, T)> {
+        std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 /// One campaign version's idle instances.
 #[derive(Default)]
 pub struct Instances {
-    idle: Mutex<Vec<Pooled>>,
+    idle: AffinityPool<Pooled>,
     last_used: AtomicU64,
 }
 
 impl Instances {
-    /// An idle instance, if there is one; marks the campaign used at `tick`.
+    /// An idle instance, if there is one, preferably the one this thread used last, whose
+    /// memory is still in this core's caches (an instance touches about 100 KiB per
+    /// evaluation). Marks the campaign used at `tick`.
     pub fn take(&self, tick: u64) -> Option<Pooled> {
         self.last_used.store(tick, Ordering::Relaxed);
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+        self.idle.take()
     }
 
     /// Returns an instance after an evaluation.
     pub fn put(&self, instance: Pooled) {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(instance);
+        self.idle.put(instance);
     }
 
     fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.idle.len()
     }
 
     /// Drops every idle instance.
     fn clear(&self) {
-        let dropped = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
-        drop(dropped);
+        drop(self.idle.take_all());
     }
 }
 
@@ -135,5 +177,29 @@ mod tests {
         assert_eq!(default_max_instances(282 * 1024), 3_718, "with fault-around");
         assert_eq!(default_max_instances(1), MAX_DEFAULT_INSTANCES);
         assert_eq!(default_max_instances(usize::MAX), 256);
+    }
+
+    #[test]
+    fn a_thread_takes_back_the_instance_it_used_last() {
+        let pool = Arc::new(AffinityPool::<&str>::default());
+        let (put_a, take_a) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+        std::thread::scope(|s| {
+            let other = s.spawn(|| {
+                pool.put("b's");
+                put_a.wait();
+                take_a.wait();
+                pool.take()
+            });
+            put_a.wait();
+            pool.put("a's"); // put back last, but by this thread
+            take_a.wait();
+            let other_took = other.join().unwrap();
+            assert_eq!(other_took, Some("b's"), "the other thread gets its own, not the last put back");
+        });
+        assert_eq!(pool.take(), Some("a's"));
+        // With none of its own, a thread takes any.
+        pool.put("a's");
+        assert_eq!(std::thread::scope(|s| s.spawn(|| pool.take()).join().unwrap()), Some("a's"));
+        assert_eq!(pool.take(), None);
     }
 }

@@ -145,8 +145,8 @@ pub struct Instances {
 
 impl Instances {
     /// An idle instance, if there is one, preferably the one this thread used last, whose
-    /// memory is still in this core's caches (an instance touches about 100 KiB per
-    /// evaluation). Marks the campaign used at `tick`.
+    /// memory is more likely still in this core's caches (an instance holds about 100 KiB
+    /// resident). Marks the campaign used at `tick`.
     pub fn take(&self, tick: u64) -> Option<Pooled> {
         self.last_used.store(tick, Ordering::Relaxed);
         self.idle.take()

@@ -274,7 +274,8 @@ impl Evaluator {
     /// campaigns: each instance then runs many events in a row, its memory hot in this core's
     /// caches, instead of every campaign's instance in turn for every event. Triggers are still
     /// sent event by event, in the events' order ([`Evaluator::event`] takes the verdicts from
-    /// here); a campaign quarantined meanwhile is evaluated no further.
+    /// here); a campaign quarantined meanwhile is evaluated no further, and the verdicts it
+    /// gave before still count, as they would have event by event.
     fn prefetch(&mut self, set: &CampaignSet, batch: &Arc<Batch>, shard: usize, tick: u64) {
         self.prefetched.clear();
         let clock = self.processor.settings.clock;
@@ -365,7 +366,10 @@ impl Evaluator {
             }
         };
         for (position, campaign) in set.candidates(&meta.game, &meta.event_name, &mut self.pair).iter().enumerate() {
-            if precheck(campaign, &meta).is_some() {
+            // A verdict evaluated ahead passed the checks then; only a quarantine can have come
+            // since, from a later event, and it must not take back this event's trigger.
+            let mut prefetched = self.prefetched.remove(&(index, position));
+            if prefetched.is_none() && precheck(campaign, &meta).is_some() {
                 continue;
             }
             let controls = &campaign.def.controls;
@@ -374,7 +378,7 @@ impl Evaluator {
                 continue;
             }
             if !controls.any() {
-                let verdict = self.prefetched.remove(&(index, position)).unwrap_or_else(|| evaluate_filter(&processor, campaign, event, job, tick));
+                let verdict = prefetched.take().unwrap_or_else(|| evaluate_filter(&processor, campaign, event, job, tick));
                 match verdict {
                     Ok(Verdict { matched: true, .. }) => {
                         let id = self.trigger_id(campaign.def.id, event, job);
@@ -391,7 +395,7 @@ impl Evaluator {
             };
             if !controls.needs_state() {
                 // Holdout and variants only: decided by the player's hash, no state.
-                let verdict = self.prefetched.remove(&(index, position)).unwrap_or_else(|| evaluate_filter(&processor, campaign, event, job, tick));
+                let verdict = prefetched.take().unwrap_or_else(|| evaluate_filter(&processor, campaign, event, job, tick));
                 match verdict {
                     Ok(Verdict { matched: true, .. }) => {
                         let control = decide::in_control_group(campaign.def.id, player, controls.holdout_bp);

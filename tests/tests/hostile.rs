@@ -66,4 +66,3 @@ fn endless_loop_is_quarantined_and_healthy_campaigns_complete() {
     assert!(diff.is_empty(), "the healthy campaigns' triggers are incomplete or wrong:\n{diff}");
     assert_eq!(p.metric("rtcrm_events_total").unwrap_or(0.0), 200.0, "rtcrm_events_total");
 }
-

@@ -21,9 +21,9 @@
 //!   transaction (it is aborted instead of committed without the record).
 //! - Abandoned offset commits are cleared: after an outage the group coordinator may hold a
 //!   transactional offset commit of this `transactional.id` that belongs to no open transaction
-//!   (see [`ExactlyOnce::clear_abandoned`]). Whenever an assigned partition has long waited for
-//!   its committed offset, the producer runs an empty transaction that only adds an offset
-//!   commit for the group, and aborts it: the abort marker discards them.
+//!   (see [`ExactlyOnce::clear_abandoned`]). Before its first transaction, and whenever an assigned
+//!   partition has long waited for its committed offset, a producer runs an empty transaction
+//!   that only adds the group's offsets, and aborts it: the abort marker discards them.
 
 use super::{base_record, RecordLimits, dead_letter, enqueue, is_permanent, oversize, Record, RecordKind, Sink};
 use arc_swap::ArcSwap;
@@ -68,6 +68,8 @@ const RETRY_LIMIT: Duration = Duration::from_secs(90);
 /// How long an assigned partition waits for its committed offset before the producer clears
 /// abandoned offset commits again, and how often it does so at most while one waits.
 const CLEAR_WHEN_WAITING: Duration = Duration::from_secs(15);
+/// How soon a clearing that could not be done is tried again.
+const CLEAR_RETRY: Duration = Duration::from_secs(1);
 /// New transactional producers started after fatal errors, at most, per window.
 pub const MAX_RECREATIONS: usize = 5;
 pub const RECREATION_WINDOW: Duration = Duration::from_secs(600);
@@ -142,6 +144,8 @@ pub struct ExactlyOnce {
     /// Timer triggers sent in the open transaction (confirmed by its commit). Not under the
     /// `txn` lock: workers add to it while a commit waits for them.
     confirm: Mutex<Vec<(i32, String)>>,
+    /// The current producer has not yet cleared abandoned offset commits.
+    clear_due: AtomicBool,
     /// When abandoned offset commits were last cleared, or tried to be.
     last_clear: Mutex<Option<Instant>>,
 }
@@ -183,6 +187,7 @@ impl ExactlyOnce {
             states,
             changelog,
             confirm: Mutex::new(Vec::new()),
+            clear_due: AtomicBool::new(true),
             last_clear: Mutex::new(None),
         };
         sink.init().map_err(|e| anyhow!("{e:#} (does the broker support transactions?)"))?;
@@ -233,6 +238,8 @@ impl ExactlyOnce {
         self.init()?;
         self.doomed.store(false, Ordering::SeqCst);
         self.rewind.store(true, Ordering::SeqCst);
+        self.clear_due.store(true, Ordering::SeqCst);
+        *self.last_clear.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.processor.metrics.transaction("producer_recreated");
         Ok(())
     }
@@ -388,9 +395,9 @@ impl ExactlyOnce {
         Ok(())
     }
 
-    /// Clears abandoned offset commits of this `transactional.id` while an assigned partition
-    /// has waited [`CLEAR_WHEN_WAITING`] for its committed offset, at most once per that time.
-    /// Call only while no transaction is open.
+    /// Clears abandoned offset commits of this `transactional.id`, when due: before the current
+    /// producer's first transaction, and every [`CLEAR_WHEN_WAITING`] while an assigned partition
+    /// has waited that long for its committed offset. Call only while no transaction is open.
     ///
     /// Why: the group coordinator can hold a transactional offset commit (TxnOffsetCommit) of an
     /// earlier producer with this `transactional.id` after that producer's transaction was
@@ -400,29 +407,29 @@ impl ExactlyOnce {
     /// exactly the partitions of that commit never got a stable offset again (the broker's
     /// state itself was not inspected). No marker will ever end such a commit, so the group
     /// coordinator answers every stable offset fetch of its partitions with
-    /// UNSTABLE_OFFSET_COMMIT, and their owner waits for its committed offsets forever. The
-    /// pending offsets of a producer id are ended by the next transaction marker of that
-    /// producer id on the group's offsets partition, whatever partitions it names: an aborted
-    /// transaction that only adds an offset commit discards them, and changes nothing else.
-    ///
-    /// Not run before every new producer's first transaction: that made two instances with the
-    /// same `--instance-id` fence each other's new producers faster than the group fences the
-    /// older one's consumer, and the newer one gave up (`fencing.rs`).
+    /// UNSTABLE_OFFSET_COMMIT, and their owner waits for its committed offsets forever; the next
+    /// committed transaction of this producer id would instead make those offsets, whose records
+    /// were aborted, the committed ones. The pending offsets of a producer id are ended by the
+    /// next transaction marker of that producer id on the group's offsets partition, whatever
+    /// partitions it names: an aborted transaction that only adds an offset commit discards
+    /// them, and changes nothing else.
     fn clear_abandoned(&self, consumer: &EventConsumer) -> Result<()> {
         let waiting = consumer.context().waiting_for_offsets().is_some_and(|w| w >= CLEAR_WHEN_WAITING);
+        let due = self.clear_due.load(Ordering::SeqCst);
         let mut last = self.last_clear.lock().unwrap_or_else(|p| p.into_inner());
-        if !waiting || last.is_some_and(|t| t.elapsed() < CLEAR_WHEN_WAITING) {
+        let pause = if due { CLEAR_RETRY } else { CLEAR_WHEN_WAITING };
+        if !(due || waiting) || last.is_some_and(|t| t.elapsed() < pause) {
             return Ok(());
         }
-        // The offset sent names a partition the group never consumes (the triggers topic's
-        // first): should a marker of this producer id ever commit it instead of the abort
-        // discarding it, no partition of the group is moved. (While offset 0 of an events
-        // partition was sent here, one takeover under the same --instance-id gave 206 duplicated
-        // triggers; that this was the cause is inferred, not confirmed.)
-        if consumer.assignment().map_or(true, |a| a.count() == 0) || consumer.group_metadata().is_none() {
+        // Any partition of the assignment serves: the transaction is aborted.
+        let Some((topic, partition)) =
+            consumer.assignment().ok().and_then(|a| a.elements().first().map(|e| (e.topic().to_owned(), e.partition())))
+        else {
+            return Ok(());
+        };
+        if consumer.group_metadata().is_none() {
             return Ok(());
         }
-        let (topic, partition) = (self.processor.settings.trigger_topic.clone(), 0);
         *last = Some(Instant::now());
         drop(last);
         let producer = self.producer.load_full();
@@ -450,10 +457,13 @@ impl ExactlyOnce {
         });
         match outcome {
             Ok(()) => {
+                self.clear_due.store(false, Ordering::SeqCst);
                 self.processor.metrics.transaction("abandoned_offsets_cleared");
-                tracing::info!("an assigned partition waits for its committed offset: cleared abandoned transactional offset commits (an empty transaction, aborted)");
+                let reason = if due { "before the producer's first transaction" } else { "an assigned partition waits for its committed offset" };
+                tracing::info!(reason, "cleared abandoned transactional offset commits (an empty transaction, aborted)");
                 Ok(())
             }
+            // Stopping: the next start of this instance clears before its first transaction.
             Err(_) if self.stopping() => Ok(()),
             Err(e) if hung => self.recreate(&format!(
                 "sending the offsets of a clearing transaction did not return within {} s (confluentinc/librdkafka#5456): {e}",
@@ -522,15 +532,17 @@ impl Sink for ExactlyOnce {
         }
     }
 
-    fn before_dispatch(&self, _consumer: &EventConsumer) -> Result<()> {
+    fn before_dispatch(&self, consumer: &EventConsumer) -> Result<()> {
         if let Some(failure) = self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             bail!(failure);
         }
         let mut txn = self.txn.lock().unwrap_or_else(|p| p.into_inner());
         if !txn.open {
+            self.clear_abandoned(consumer)?;
             let producer = self.producer.load_full();
             if let Err(e) = self.retrying("beginning a transaction", || producer.begin_transaction()) {
                 self.recreate(&e)?;
+                self.clear_abandoned(consumer)?;
                 let producer = self.producer.load_full();
                 self.retrying("beginning a transaction", || producer.begin_transaction())
                     .map_err(|e| anyhow!("the transactional producer cannot go on: {e}"))?;

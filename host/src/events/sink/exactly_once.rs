@@ -321,17 +321,7 @@ impl ExactlyOnce {
                     };
                     tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
                 }
-                // Without group metadata (not a member right now) the commit cannot include the
-                // offsets: abort and evaluate again.
-                let metadata = consumer.group_metadata().ok_or(KafkaError::Global(RDKafkaErrorCode::State))?;
-                let p = producer.clone();
-                match on_own_thread(HUNG_CALL_LIMIT, move || p.send_offsets_to_transaction(&tpl, &metadata, CALL_TIMEOUT)) {
-                    Some(result) => result?,
-                    None => {
-                        hung = true;
-                        return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
-                    }
-                }
+                send_offsets(&producer, consumer, tpl, &mut hung)?;
                 offsets_sent = true;
             }
             producer.commit_transaction(CALL_TIMEOUT)
@@ -442,15 +432,7 @@ impl ExactlyOnce {
             if !sent {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition_offset(&topic, partition, Offset::Offset(0))?;
-                let metadata = consumer.group_metadata().ok_or(KafkaError::Global(RDKafkaErrorCode::State))?;
-                let p = producer.clone();
-                match on_own_thread(HUNG_CALL_LIMIT, move || p.send_offsets_to_transaction(&tpl, &metadata, CALL_TIMEOUT)) {
-                    Some(result) => result?,
-                    None => {
-                        hung = true;
-                        return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
-                    }
-                }
+                send_offsets(&producer, consumer, tpl, &mut hung)?;
                 sent = true;
             }
             producer.abort_transaction(CALL_TIMEOUT)
@@ -634,6 +616,22 @@ impl Sink for ExactlyOnce {
 
     fn state_settled(&self) -> bool {
         !self.txn.lock().unwrap_or_else(|p| p.into_inner()).open
+    }
+}
+
+/// Adds `offsets` to the producer's open transaction, on a thread of its own: `hung` is set
+/// when the call has not returned within [`HUNG_CALL_LIMIT`] (the producer must be replaced).
+/// Without group metadata (not a member right now) the offsets cannot be sent: an abortable
+/// failure.
+fn send_offsets(producer: &Arc<TxnProducer>, consumer: &EventConsumer, offsets: TopicPartitionList, hung: &mut bool) -> Result<(), KafkaError> {
+    let metadata = consumer.group_metadata().ok_or(KafkaError::Global(RDKafkaErrorCode::State))?;
+    let p = producer.clone();
+    match on_own_thread(HUNG_CALL_LIMIT, move || p.send_offsets_to_transaction(&offsets, &metadata, CALL_TIMEOUT)) {
+        Some(result) => result,
+        None => {
+            *hung = true;
+            Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut))
+        }
     }
 }
 

@@ -37,7 +37,7 @@ fn a_second_exactly_once_instance_with_the_same_id_fences_the_first() {
 
     let produced = load.finish();
     let expected = expected_4711(&produced);
-    triggers.read_until(|r| Tally::complete(r, &expected), Duration::from_secs(3), Duration::from_secs(120));
+    triggers.read_until(|r| Tally::complete(r, &expected), Duration::from_secs(10), Duration::from_secs(120));
     let tally = Tally::of(&triggers.records, &expected);
     println!("after the fencing: {tally}");
     assert!(tally.lost.is_empty() && tally.duplicates == 0 && tally.unexpected.is_empty(), "{tally}");

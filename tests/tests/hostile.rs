@@ -66,3 +66,36 @@ fn endless_loop_is_quarantined_and_healthy_campaigns_complete() {
     assert!(diff.is_empty(), "the healthy campaigns' triggers are incomplete or wrong:\n{diff}");
     assert_eq!(p.metric("rtcrm_events_total").unwrap_or(0.0), 200.0, "rtcrm_events_total");
 }
+
+/// Two campaigns on one event are evaluated ahead, campaign by campaign, for a batch's events
+/// (`Evaluator::prefetch`): a campaign that matches 3 events and then throws for 20 is
+/// quarantined by the 5th throw before the first event's trigger is sent. Its 3 matches still
+/// trigger, as they would event by event, and the other campaign gets all 23.
+#[test]
+fn matches_before_a_quarantine_in_the_same_batch_still_trigger() {
+    let t = Topics::new("qbatch");
+    let base = |id: i64, filter: &str| {
+        json!({"campaign_id": id, "enabled": true, "game": "foe", "event_name": "fight", "filter": filter})
+    };
+    let thrower = base(21, "e => { if (e.data.result === 'boom') throw new Error('boom'); return e.data.result === 'win' }");
+    let healthy = base(22, "e => e.data.result !== 'none'");
+    produce(&t.campaigns, &[Msg::keyed("21", thrower.to_string()), Msg::keyed("22", healthy.to_string())]);
+    // One player (one worker's shard, in order), all produced before rtcrm starts: few batches.
+    let results = std::iter::repeat_n("win", 3).chain(std::iter::repeat_n("boom", 20));
+    let events: Vec<Value> = results.enumerate().map(|(i, r)| seed_event(&format!("q-{i:02}-{r}"), r)).collect();
+    produce(&t.events, &events.iter().map(|e| Msg::keyed("12345", e.to_string())).collect::<Vec<_>>());
+
+    let mut p = Processor::start(&[t.args(), vec!["--quarantine-after".into(), "5".into()]].concat());
+    let mut status = Reader::new(&t.status);
+    let q = wait_status(&mut status, 21, "quarantined", Duration::from_secs(60));
+    println!("quarantined: {q}");
+    let mut triggers = Reader::new(&t.triggers);
+    let done = triggers.read_until(|r| r.len() >= 26, Duration::from_secs(3), Duration::from_secs(60));
+    p.assert_running();
+    let (got, dups) = trigger_pairs(&triggers.records);
+    let ids = |c: i64| got.iter().filter(|(id, _)| *id == c).map(|(_, e)| e.clone()).collect::<Vec<_>>();
+    let wins: Vec<String> = (0..3).map(|i| format!("q-{i:02}-win")).collect();
+    assert_eq!(ids(21), wins, "the thrower's matches before its quarantine trigger (complete: {done})");
+    assert_eq!(ids(22).len(), 23, "the healthy campaign triggers for every event");
+    assert_eq!(dups, 0, "no trigger twice");
+}

@@ -399,11 +399,15 @@ fn consume(
         }
         let jobs_now = release_restored(context, consumer, states, std::mem::take(&mut jobs));
         if !jobs_now.is_empty() {
-            advance_clocks(processor, states, &jobs_now);
-            sink.before_dispatch(consumer)?;
-            metrics.events.inc_by(jobs_now.iter().filter(|j| j.offset >= 0).count() as u64);
-            let batch = Batch::dispatch(jobs_now, workers.len(), tracker);
-            workers.dispatch(&batch)?;
+            if sink.before_dispatch(consumer)? {
+                advance_clocks(processor, states, &jobs_now);
+                metrics.events.inc_by(jobs_now.iter().filter(|j| j.offset >= 0).count() as u64);
+                let batch = Batch::dispatch(jobs_now, workers.len(), tracker);
+                workers.dispatch(&batch)?;
+            } else {
+                // The consumer is rewound at the next turn: these events are read again.
+                context.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            }
         }
         sink.after_poll(consumer)?;
         if last_scan.elapsed() >= DEADLINE_SCAN && deadline_batch.as_ref().is_none_or(|b| b.is_done()) && sink.state_settled() {
@@ -485,7 +489,10 @@ fn run_deadlines(processor: &Processor, consumer: &EventConsumer, states: &Arc<S
     if jobs.is_empty() {
         return Ok(None);
     }
-    sink.before_dispatch(consumer)?;
+    // Not now if the consumer must first be rewound: the next scan finds these deadlines again.
+    if !sink.before_dispatch(consumer)? {
+        return Ok(None);
+    }
     let batch = Batch::dispatch(jobs, workers.len(), tracker);
     workers.dispatch(&batch)?;
     Ok(Some(batch))

@@ -226,8 +226,8 @@ impl Sink for AtLeastOnce {
         self.outlet.send(&self.producer, &record, pending);
     }
 
-    fn before_dispatch(&self, _consumer: &EventConsumer) -> Result<()> {
-        self.check_fatal()
+    fn before_dispatch(&self, _consumer: &EventConsumer) -> Result<bool> {
+        self.check_fatal().map(|()| true)
     }
 
     fn after_poll(&self, consumer: &EventConsumer) -> Result<()> {

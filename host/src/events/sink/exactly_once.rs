@@ -14,9 +14,13 @@
 //!   outlived its timeout during an outage and bumped the epoch, or another instance took the
 //!   same `--instance-id`) → a new transactional producer is started and every partition is
 //!   rewound, at most [`MAX_RECREATIONS`] times per [`RECREATION_WINDOW`]. A second instance with
-//!   the same `--instance-id` also takes this one's static group membership, which fences the
-//!   consumer: that stops the event path, and the process exits non-zero with the reason. So do
-//!   [`MAX_CONSECUTIVE_ABORTS`] aborts in a row: no silent loop.
+//!   the same `--instance-id` first takes this one's static group membership (transactions are
+//!   initialised only once the consumer has partitions), which fences this consumer at its next
+//!   heartbeat: a fenced producer waits [`FENCE_GRACE`] for that before it starts a new one, so
+//!   the process exits non-zero with the reason instead of fencing the other instance's producer
+//!   back. So do [`MAX_CONSECUTIVE_ABORTS`] aborts in a row: no silent loop.
+//! - A batch is dispatched only into a transaction of the current producer: when opening the
+//!   transaction replaced the producer, the batch is dropped and read again after the rewind.
 //! - A record the producer refuses at enqueue for a reason other than its size dooms the open
 //!   transaction (it is aborted instead of committed without the record).
 //! - Abandoned offset commits are cleared: after an outage the group coordinator may hold a
@@ -73,6 +77,11 @@ const CLEAR_RETRY: Duration = Duration::from_secs(1);
 /// New transactional producers started after fatal errors, at most, per window.
 pub const MAX_RECREATIONS: usize = 5;
 pub const RECREATION_WINDOW: Duration = Duration::from_secs(600);
+/// How long a fenced producer waits, before it starts a new one, for the events consumer to
+/// learn that another instance took its static membership (at its next heartbeat, every 3 s by
+/// librdkafka's default): then the process stops instead of fencing the other instance's
+/// producer in turn.
+const FENCE_GRACE: Duration = Duration::from_secs(5);
 
 struct TxnContext {
     errors: ClientErrors,
@@ -148,6 +157,9 @@ pub struct ExactlyOnce {
     clear_due: AtomicBool,
     /// When abandoned offset commits were last cleared, or tried to be.
     last_clear: Mutex<Option<Instant>>,
+    /// Transactions are initialised on the current producer (done once the consumer has an
+    /// assignment: see [`ExactlyOnce::initialise_when_assigned`]).
+    initialised: AtomicBool,
 }
 
 enum TxnError {
@@ -166,9 +178,9 @@ fn classify(err: KafkaError) -> TxnError {
 }
 
 impl ExactlyOnce {
-    /// The transactional producer, with transactions initialised. Its `transactional.id` is
-    /// stable across restarts of an instance (group and instance id), so a restart fences its
-    /// predecessor and aborts what it left open.
+    /// The transactional producer. Its `transactional.id` is stable across restarts of an
+    /// instance (group and instance id), so a restart fences its predecessor and aborts what it
+    /// left open, once the consumer has its assignment.
     pub fn new(processor: Arc<Processor>, tracker: Arc<Tracker>, limits: RecordLimits, stop: watch::Receiver<bool>, states: Arc<States>) -> Result<ExactlyOnce> {
         let changelog = Arc::new(Mutex::new(HashMap::new()));
         let producer = Self::create_producer(&processor, &limits, &changelog)?;
@@ -189,9 +201,33 @@ impl ExactlyOnce {
             confirm: Mutex::new(Vec::new()),
             clear_due: AtomicBool::new(true),
             last_clear: Mutex::new(None),
+            initialised: AtomicBool::new(false),
         };
-        sink.init().map_err(|e| anyhow!("{e:#} (does the broker support transactions?)"))?;
         Ok(sink)
+    }
+
+    /// Initialises transactions on the first producer once the consumer has partitions, and
+    /// says whether they are. Not before: initialising fences every other producer with this
+    /// `transactional.id`, and a second instance started with the same `--instance-id` must
+    /// first take the static group membership, so that the first instance's consumer is fenced
+    /// too and the first instance stops (see [`FENCE_GRACE`]) instead of fencing back. A
+    /// predecessor's open transaction holds back the committed offsets of the partitions it
+    /// consumed (until this aborts it), never the assignment itself.
+    fn initialise_when_assigned(&self, consumer: &EventConsumer) -> Result<bool> {
+        if self.initialised.load(Ordering::SeqCst) {
+            return Ok(true);
+        }
+        if consumer.assignment().map_or(true, |a| a.count() == 0) {
+            return Ok(false);
+        }
+        self.initialise()?;
+        Ok(true)
+    }
+
+    fn initialise(&self) -> Result<()> {
+        self.init().map_err(|e| anyhow!("{e:#} (does the broker support transactions?)"))?;
+        self.initialised.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     fn create_producer(processor: &Arc<Processor>, limits: &RecordLimits, changelog: &Arc<Mutex<HashMap<i32, i64>>>) -> Result<TxnProducer> {
@@ -215,7 +251,19 @@ impl ExactlyOnce {
     }
 
     /// After a fatal producer error: a new producer, and a rewind to the committed offsets.
-    fn recreate(&self, why: &str) -> Result<()> {
+    /// Unless the consumer learns within [`FENCE_GRACE`] that another instance took this
+    /// instance's static membership: then this instance stops with that reason.
+    fn recreate(&self, consumer: &EventConsumer, why: &str) -> Result<()> {
+        let waited = Instant::now();
+        while waited.elapsed() < FENCE_GRACE && !self.stopping() {
+            if let Some((code, reason)) = consumer.client().fatal_error() {
+                bail!(
+                    "the events consumer failed fatally ({code:?}: {reason}) while the transactional producer was fenced ({why}): \
+                     another instance runs with the same --instance-id; give every instance its own"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let mut recent = self.recreated.lock().unwrap_or_else(|p| p.into_inner());
         recent.retain(|t| t.elapsed() < RECREATION_WINDOW);
         if recent.len() >= MAX_RECREATIONS {
@@ -303,7 +351,7 @@ impl ExactlyOnce {
             bail!("stopped before the open transaction's events were evaluated");
         }
         if self.doomed.swap(false, Ordering::SeqCst) {
-            return self.abort_open(&mut txn, "a record of the transaction was refused by the producer");
+            return self.abort_open(consumer, &mut txn, "a record of the transaction was refused by the producer");
         }
         let producer = self.producer.load_full();
         // A timed-out call is resumed by calling it again, and only it: librdkafka refuses any
@@ -331,7 +379,7 @@ impl ExactlyOnce {
         txn.offsets.clear();
         if hung {
             self.processor.metrics.transaction("aborted");
-            return self.recreate(&format!(
+            return self.recreate(consumer, &format!(
                 "sending the offsets to the transaction did not return within {} s (librdkafka's coordinator request can hang after an outage: confluentinc/librdkafka#5456)",
                 HUNG_CALL_LIMIT.as_secs()
             ));
@@ -354,18 +402,18 @@ impl ExactlyOnce {
             }
             Err(e) if e.starts_with("abort: ") => {
                 tracing::warn!(error = %e, "committing a transaction failed; aborting it and evaluating its events again");
-                self.abort_open(&mut txn, &e)
+                self.abort_open(consumer, &mut txn, &e)
             }
             Err(e) => {
                 txn.aborts_in_a_row = 0;
                 self.processor.metrics.transaction("aborted");
-                self.recreate(&e)
+                self.recreate(consumer, &e)
             }
         }
     }
 
     /// Aborts (the transaction is already closed for commits) and asks for a rewind.
-    fn abort_open(&self, txn: &mut Txn, why: &str) -> Result<()> {
+    fn abort_open(&self, consumer: &EventConsumer, txn: &mut Txn, why: &str) -> Result<()> {
         txn.open = false;
         txn.offsets.clear();
         self.confirm.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -374,7 +422,7 @@ impl ExactlyOnce {
         let producer = self.producer.load_full();
         if let Err(e) = self.retrying("aborting a transaction", || producer.abort_transaction(CALL_TIMEOUT)) {
             self.processor.metrics.transaction("aborted");
-            return self.recreate(&format!("aborting a transaction failed: {e}"));
+            return self.recreate(consumer, &format!("aborting a transaction failed: {e}"));
         }
         self.processor.metrics.transaction("aborted");
         self.rewind.store(true, Ordering::SeqCst);
@@ -447,7 +495,7 @@ impl ExactlyOnce {
             }
             // Stopping: the next start of this instance clears before its first transaction.
             Err(_) if self.stopping() => Ok(()),
-            Err(e) if hung => self.recreate(&format!(
+            Err(e) if hung => self.recreate(consumer, &format!(
                 "sending the offsets of a clearing transaction did not return within {} s (confluentinc/librdkafka#5456): {e}",
                 HUNG_CALL_LIMIT.as_secs()
             )),
@@ -456,12 +504,12 @@ impl ExactlyOnce {
                 tracing::warn!(error = %e, "clearing abandoned offset commits failed; trying again");
                 if begun {
                     if let Err(e) = self.retrying("aborting a transaction", || producer.abort_transaction(CALL_TIMEOUT)) {
-                        return self.recreate(&format!("aborting a clearing transaction failed: {e}"));
+                        return self.recreate(consumer, &format!("aborting a clearing transaction failed: {e}"));
                     }
                 }
                 Ok(())
             }
-            Err(e) => self.recreate(&e),
+            Err(e) => self.recreate(consumer, &e),
         }
     }
 
@@ -514,16 +562,19 @@ impl Sink for ExactlyOnce {
         }
     }
 
-    fn before_dispatch(&self, consumer: &EventConsumer) -> Result<()> {
+    fn before_dispatch(&self, consumer: &EventConsumer) -> Result<bool> {
         if let Some(failure) = self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             bail!(failure);
+        }
+        if !self.initialised.load(Ordering::SeqCst) {
+            self.initialise()?;
         }
         let mut txn = self.txn.lock().unwrap_or_else(|p| p.into_inner());
         if !txn.open {
             self.clear_abandoned(consumer)?;
             let producer = self.producer.load_full();
             if let Err(e) = self.retrying("beginning a transaction", || producer.begin_transaction()) {
-                self.recreate(&e)?;
+                self.recreate(consumer, &e)?;
                 self.clear_abandoned(consumer)?;
                 let producer = self.producer.load_full();
                 self.retrying("beginning a transaction", || producer.begin_transaction())
@@ -532,10 +583,13 @@ impl Sink for ExactlyOnce {
             txn.open = true;
             txn.opened = Some(Instant::now());
         }
-        Ok(())
+        Ok(!self.rewind.load(Ordering::SeqCst))
     }
 
     fn after_poll(&self, consumer: &EventConsumer) -> Result<()> {
+        if !self.initialise_when_assigned(consumer)? {
+            return Ok(());
+        }
         let due = {
             let mut txn = self.txn.lock().unwrap_or_else(|p| p.into_inner());
             Self::merge(&mut txn, self.tracker.pop_done());
@@ -599,11 +653,11 @@ impl Sink for ExactlyOnce {
         }
     }
 
-    fn lost(&self, _consumer: &EventConsumer) {
+    fn lost(&self, consumer: &EventConsumer) {
         let mut txn = self.txn.lock().unwrap_or_else(|p| p.into_inner());
         if txn.open {
             self.tracker.drain(|_| {}, || !self.stopping());
-            if let Err(e) = self.abort_open(&mut txn, "the assignment was lost") {
+            if let Err(e) = self.abort_open(consumer, &mut txn, "the assignment was lost") {
                 drop(txn);
                 self.record_failure(e);
             }

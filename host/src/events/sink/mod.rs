@@ -68,7 +68,10 @@ pub trait Sink: Send + Sync {
     fn send(&self, record: Record<'_>, batch: &Arc<Batch>, job: u32);
 
     /// Before the consumer thread dispatches a batch (exactly-once: a transaction is open).
-    fn before_dispatch(&self, consumer: &EventConsumer) -> Result<()>;
+    /// False: the batch must not be dispatched, because the consumer must first be rewound to
+    /// its committed offsets (opening the transaction replaced its producer); its events are
+    /// read again after the rewind.
+    fn before_dispatch(&self, consumer: &EventConsumer) -> Result<bool>;
 
     /// After each poll, on the consumer thread: releases the offsets of done batches and
     /// commits when due. An error stops the event path (and the process).

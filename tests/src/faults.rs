@@ -98,9 +98,17 @@ pub struct Produced {
 struct LoadContext {
     acked: Mutex<Vec<Produced>>,
     failed: AtomicU64,
+    /// librdkafka's log of the load producer (its idempotence and broker states included).
+    log: Mutex<std::fs::File>,
 }
 
-impl ClientContext for LoadContext {}
+impl ClientContext for LoadContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use std::io::Write;
+        let at = chrono::Utc::now().format("%H:%M:%S%.3f");
+        let _ = writeln!(self.log.lock().unwrap(), "{at} {level:?} {fac} {message}");
+    }
+}
 
 impl ProducerContext for LoadContext {
     type DeliveryOpaque = Box<Produced>;
@@ -117,12 +125,13 @@ impl ProducerContext for LoadContext {
 
 /// A steady load of seed events (game foe, event fight, a random player of `players`, result
 /// loss or win) keyed by player, at about `rate` events per second, until stopped. The producer
-/// waits through broker outages (10 minutes of delivery timeout), so every event it reports
-/// was acknowledged by the broker.
+/// waits through broker outages (3 minutes of delivery timeout), so every event it reports
+/// was acknowledged by the broker. Its librdkafka log goes to `load-*.log` in [`crate::log_dir`].
 pub struct Load {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
     thread: Option<JoinHandle<(Vec<Produced>, u64)>>,
+    log: PathBuf,
 }
 
 impl Load {
@@ -130,13 +139,17 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let (bootstrap, topic, flag, count) = (bootstrap.to_owned(), topic.to_owned(), stop.clone(), sent.clone());
+        let log = crate::log_dir().join(format!("load-{topic}-{}.log", unique_suffix()));
+        let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
         let thread = std::thread::spawn(move || {
             let producer: BaseProducer<LoadContext> = ClientConfig::new()
                 .set("bootstrap.servers", &bootstrap)
-                .set("message.timeout.ms", "600000")
+                .set("message.timeout.ms", "180000")
                 .set("linger.ms", "5")
                 .set("enable.idempotence", "true")
-                .create_with_context(LoadContext { acked: Mutex::default(), failed: AtomicU64::new(0) })
+                .set("debug", "eos,broker")
+                .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug)
+                .create_with_context(LoadContext { acked: Mutex::default(), failed: AtomicU64::new(0), log: Mutex::new(file) })
                 .expect("create the load producer");
             let mut rng = Rng::new(seed);
             let tag = unique_suffix();
@@ -167,12 +180,12 @@ impl Load {
                 }
                 producer.poll(Duration::from_millis(5));
             }
-            producer.flush(Duration::from_secs(600)).expect("the load's events are delivered within 10 minutes");
+            producer.flush(Duration::from_secs(200)).expect("the load's events are delivered (or time out) within 200 s");
             let ctx = producer.context();
             let acked = std::mem::take(&mut *ctx.acked.lock().unwrap());
             (acked, ctx.failed.load(Ordering::SeqCst))
         });
-        Load { stop, sent, thread: Some(thread) }
+        Load { stop, sent, thread: Some(thread), log }
     }
 
     /// Events sent so far (not all acknowledged yet).
@@ -184,7 +197,7 @@ impl Load {
     pub fn finish(mut self) -> Vec<Produced> {
         self.stop.store(true, Ordering::SeqCst);
         let (acked, failed) = self.thread.take().unwrap().join().expect("the load thread panicked");
-        assert_eq!(failed, 0, "{failed} events of the load were not delivered to the broker");
+        assert_eq!(failed, 0, "{failed} events of the load were not delivered to the broker (its log: {})", self.log.display());
         eprintln!("[harness] load: {} events delivered", acked.len());
         acked
     }

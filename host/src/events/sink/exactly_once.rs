@@ -258,8 +258,9 @@ impl ExactlyOnce {
         while waited.elapsed() < FENCE_GRACE && !self.stopping() {
             if let Some((code, reason)) = consumer.client().fatal_error() {
                 bail!(
-                    "the events consumer failed fatally ({code:?}: {reason}) while the transactional producer was fenced ({why}): \
-                     another instance runs with the same --instance-id; give every instance its own"
+                    "the transactional producer was fenced ({why}), and the events consumer too ({code:?}: {reason}): another \
+                     process joined the group with the same --instance-id (give every instance its own), or this one's group \
+                     session ran out in an outage and its rejoin took its static membership (restart it)"
                 );
             }
             std::thread::sleep(Duration::from_millis(100));

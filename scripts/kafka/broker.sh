@@ -222,7 +222,10 @@ probe() { # DIR ADDR
 launch() { # DIR
   local dir=$1 pid
   # setsid: the broker outlives this shell and ignores its terminal's signals.
-  setsid java -Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true \
+  # GC pauses and safepoints go to DIR/gc.log: a broker that stops answering for seconds (seen
+  # once in a suite, with nothing in its own log) can be told apart from a stalled host.
+  setsid java -Xms512m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
+    "-Xlog:gc*,safepoint:file=$dir/gc.log:time,uptime,level,tags:filecount=2,filesize=20m" \
     -Dlog4j2.configurationFile="$dir/log4j2.xml" -Dkafka.logs.dir="$dir" \
     -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" \
     </dev/null >>"$dir/broker.out" 2>&1 &

@@ -3,7 +3,7 @@
 //! (at-least-once) or with exactly-once instances that recover by themselves or exit non-zero and
 //! are restarted; `/healthz` and `/readyz` are never 200 while nothing can be consumed.
 
-use rtcrm_integration_tests::faults::{expected_4711, Load, PrivateBroker, Tally};
+use rtcrm_integration_tests::faults::{expected_4711, one_at_a_time, Load, PrivateBroker, Tally};
 use rtcrm_integration_tests::*;
 use std::time::{Duration, Instant};
 
@@ -31,11 +31,12 @@ fn healthy_samples(processors: &mut [Processor], duration: Duration) -> usize {
 
 #[test]
 fn at_least_once_loses_nothing_when_the_broker_stops_for_30_seconds() {
+    let _serial = one_at_a_time();
     let broker = PrivateBroker::start("alo-outage");
     let t = Topics::new("outage-alo");
     produce_to(&broker.addr, &t.campaigns, &[Msg::keyless(SEED_CAMPAIGN)]);
     let mut p = Processor::builder("run").bootstrap(&broker.addr).args(t.args()).args(["--partitions", "2"]).start();
-    let load = Load::start(&broker.addr, &t.events, 300, 500, 30);
+    let load = Load::start_plain(&broker.addr, &t.events, 300, 500, 30);
     let mut triggers = Reader::with_bootstrap(&broker.addr, &t.triggers);
     assert!(triggers.read_until(|r| r.len() >= 100, Duration::ZERO, Duration::from_secs(60)), "triggers flow before the outage");
 
@@ -77,6 +78,7 @@ fn at_least_once_loses_nothing_when_the_broker_stops_for_30_seconds() {
 
 #[test]
 fn exactly_once_instances_recover_from_a_60_second_outage_without_loss_or_duplicates() {
+    let _serial = one_at_a_time();
     let broker = PrivateBroker::start("eos-outage");
     let t = Topics::new("outage-eos");
     produce_to(&broker.addr, &t.campaigns, &[Msg::keyless(SEED_CAMPAIGN)]);

@@ -4,7 +4,7 @@
 //! nothing for a read_committed reader. Static membership (an explicit `--instance-id`) gives
 //! the restarted instance its partitions back at once.
 
-use rtcrm_integration_tests::faults::{expected_4711, Load, Tally};
+use rtcrm_integration_tests::faults::{expected_4711, one_at_a_time, Load, Tally};
 use rtcrm_integration_tests::*;
 use std::time::Duration;
 
@@ -60,11 +60,13 @@ fn kill_and_restart_ten_times(delivery: &str) -> Tally {
 
 #[test]
 fn at_least_once_loses_no_trigger_across_ten_sigkills() {
+    let _serial = one_at_a_time();
     kill_and_restart_ten_times("at-least-once");
 }
 
 #[test]
 fn exactly_once_loses_and_duplicates_no_trigger_across_ten_sigkills() {
+    let _serial = one_at_a_time();
     let tally = kill_and_restart_ten_times("exactly-once");
     assert_eq!(tally.duplicates, 0, "duplicates under exactly-once: {tally}");
 }

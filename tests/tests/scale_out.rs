@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use rtcrm_integration_tests::faults::{expected_4711, Load, Tally};
+use rtcrm_integration_tests::faults::{expected_4711, one_at_a_time, Load, Tally};
 use rtcrm_integration_tests::*;
 
 const EVENTS: usize = 2_000;
@@ -17,6 +17,7 @@ fn assigned(p: &Processor) -> f64 {
 
 #[test]
 fn two_processes_share_four_partitions() {
+    let _serial = one_at_a_time();
     let t = Topics::new("scale");
     create_topic(&t.events, 4);
     produce(&t.campaigns, &[Msg::keyless(SEED_CAMPAIGN)]);
@@ -79,6 +80,7 @@ fn two_processes_share_four_partitions() {
 
 #[test]
 fn a_third_instance_joining_and_leaving_under_load_loses_nothing_and_repeats_nothing() {
+    let _serial = one_at_a_time();
     let t = Topics::new("join");
     create_topic(&t.events, 4);
     produce(&t.campaigns, &[Msg::keyless(SEED_CAMPAIGN)]);

@@ -10,17 +10,19 @@ use serde_json::Value;
 /// A campaign and the same filter in Rust.
 type Rule = (Value, fn(&Value) -> bool);
 
+/// A campaign on game `foe`, event `fight` (the seed events').
+fn campaign(id: i64, filter: &str) -> Value {
+    json!({"campaign_id": id, "enabled": true, "game": "foe", "event_name": "fight", "filter": filter})
+}
+
 #[test]
 fn endless_loop_is_quarantined_and_healthy_campaigns_complete() {
     let t = Topics::new("hostile");
-    let base = |id: i64, filter: &str| {
-        json!({"campaign_id": id, "enabled": true, "game": "foe", "event_name": "fight", "filter": filter})
-    };
-    let hostile = base(666, "function(e){ while(true){} }");
+    let hostile = campaign(666, "function(e){ while(true){} }");
     let healthy: Vec<Rule> = vec![
-        (base(1, "e => e.data.result === 'loss'"), |e| e["data"]["result"] == "loss"),
-        (base(2, "function(event) { return event.getData().get('score') > 500 }"), |e| e["data"]["score"].as_i64().unwrap() > 500),
-        (base(3, "(e) => e.market === 'de' || e.market === 'at'"), |e| e["market"] == "de" || e["market"] == "at"),
+        (campaign(1, "e => e.data.result === 'loss'"), |e| e["data"]["result"] == "loss"),
+        (campaign(2, "function(event) { return event.getData().get('score') > 500 }"), |e| e["data"]["score"].as_i64().unwrap() > 500),
+        (campaign(3, "(e) => e.market === 'de' || e.market === 'at'"), |e| e["market"] == "de" || e["market"] == "at"),
     ];
     // The hostile campaign first, so it is evaluated early for every event.
     let mut msgs = vec![Msg::keyed("666", hostile.to_string())];
@@ -74,11 +76,8 @@ fn endless_loop_is_quarantined_and_healthy_campaigns_complete() {
 #[test]
 fn matches_before_a_quarantine_in_the_same_batch_still_trigger() {
     let t = Topics::new("qbatch");
-    let base = |id: i64, filter: &str| {
-        json!({"campaign_id": id, "enabled": true, "game": "foe", "event_name": "fight", "filter": filter})
-    };
-    let thrower = base(21, "e => { if (e.data.result === 'boom') throw new Error('boom'); return e.data.result === 'win' }");
-    let healthy = base(22, "e => e.data.result !== 'none'");
+    let thrower = campaign(21, "e => { if (e.data.result === 'boom') throw new Error('boom'); return e.data.result === 'win' }");
+    let healthy = campaign(22, "e => e.data.result !== 'none'");
     produce(&t.campaigns, &[Msg::keyed("21", thrower.to_string()), Msg::keyed("22", healthy.to_string())]);
     // One player (one worker's shard, in order), all produced before rtcrm starts: few batches.
     let results = std::iter::repeat_n("win", 3).chain(std::iter::repeat_n("boom", 20));

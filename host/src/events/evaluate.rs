@@ -368,7 +368,7 @@ impl Evaluator {
         for (position, campaign) in set.candidates(&meta.game, &meta.event_name, &mut self.pair).iter().enumerate() {
             // A verdict evaluated ahead passed the checks then; only a quarantine can have come
             // since, from a later event, and it must not take back this event's trigger.
-            let mut prefetched = self.prefetched.remove(&(index, position));
+            let mut prefetched = if self.prefetched.is_empty() { None } else { self.prefetched.remove(&(index, position)) };
             if prefetched.is_none() && precheck(campaign, &meta).is_some() {
                 continue;
             }
